@@ -1,0 +1,27 @@
+"""Shared fixtures. Every test runs offline on a CPU: ultralytics is told never to download or
+pip-install anything before it is first imported."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Must be set before ultralytics is imported anywhere in the test session.
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_AUTOINSTALL", "false")
+os.environ.setdefault("YOLO_VERBOSE", "false")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DIR = Path(os.environ.get("AMODAL_SHARED", REPO_ROOT.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """``../shared`` (real footage, weights, PETA). CI sets AMODAL_REQUIRE_SHARED=1 so absence fails."""
+    if not SHARED_DIR.is_dir():
+        if os.environ.get("AMODAL_REQUIRE_SHARED") == "1":
+            pytest.fail(f"shared assets not found at {SHARED_DIR}")
+        pytest.skip(f"shared assets not found at {SHARED_DIR} (set AMODAL_SHARED)")
+    return SHARED_DIR
