@@ -1,0 +1,209 @@
+"""PETA attribute annotations (Deng et al., ACM MM 2014) read from each subset's ``archive/Label.txt``.
+
+Layout: ``<root>/<subset>/archive/Label.txt`` with lines ``<person id> <attribute tokens...>`` and
+images in the same folder whose file names start with that person id (``0001_002.jpg``,
+``100_3_FRAME_26_RGB.bmp``). Every image of a person gets that person's labels.
+
+Two label sets:
+
+* ``"peta35"``: the 35 attributes used since DeepMAR (order of ``../shared/ASSETS.md``);
+* ``"all"``: the whole PETA vocabulary of the dataset's ReadMe: 65 binary attributes (including
+  the four it discards for having < 10 samples) plus the four 11-colour multi-class attributes as
+  one-hot binaries (``upperBodyBlack`` ...), 109 in all, in a fixed order so train and test agree;
+* or an explicit list of attribute names from that vocabulary.
+
+A few tokens in ``Label.txt`` are spelled differently from the published list
+(``footwearSneakers`` -> ``footwearSneaker``); they are mapped and counted. Tokens that are not in the
+vocabulary at all are counted as ``unmapped`` and reported, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "PETA_35_ATTRIBUTES", "PETA_BINARY_ATTRIBUTES", "PETA_COLOURS", "PETA_ALL_ATTRIBUTES", "PETA_SUBSETS",
+    "PETA_TRAIN_SUBSETS", "PETA_TEST_SUBSETS", "TOKEN_ALIASES", "AttributeRecord", "AttributeRecords",
+    "read_peta_attributes", "resolve_attribute_names",
+]
+
+logger = logging.getLogger(__name__)
+
+PETA_35_ATTRIBUTES: tuple[str, ...] = (
+    "accessoryHat", "accessoryMuffler", "accessoryNothing", "accessorySunglasses", "hairLong",
+    "upperBodyCasual", "upperBodyFormal", "upperBodyJacket", "upperBodyLogo", "upperBodyPlaid",
+    "upperBodyShortSleeve", "upperBodyThinStripes", "upperBodyTshirt", "upperBodyOther", "upperBodyVNeck",
+    "lowerBodyCasual", "lowerBodyFormal", "lowerBodyJeans", "lowerBodyShorts", "lowerBodyShortSkirt",
+    "lowerBodyTrousers", "footwearLeatherShoes", "footwearSandals", "footwearShoes", "footwearSneaker",
+    "carryingBackpack", "carryingOther", "carryingMessengerBag", "carryingNothing", "carryingPlasticBags",
+    "personalLess30", "personalLess45", "personalLess60", "personalLarger60", "personalMale",
+)
+
+# The ReadMe's binary list (ids 1-65), including the four it discards for having < 10 samples.
+PETA_BINARY_ATTRIBUTES: tuple[str, ...] = (
+    "accessoryFaceMask", "accessoryHeadphone", "accessoryShawl", "personalLess15", "personalLess30",
+    "personalLess45", "personalLess60", "personalLarger60", "carryingBabyBuggy", "carryingBackpack",
+    "hairBald", "footwearBoots", "lowerBodyCapri", "carryingOther", "carryingShoppingTro", "carryingUmbrella",
+    "lowerBodyCasual", "upperBodyCasual", "personalFemale", "carryingFolder", "lowerBodyFormal",
+    "upperBodyFormal", "accessoryHairBand", "accessoryHat", "lowerBodyHotPants", "upperBodyJacket",
+    "lowerBodyJeans", "accessoryKerchief", "footwearLeatherShoes", "upperBodyLogo", "hairLong",
+    "lowerBodyLongSkirt", "upperBodyLongSleeve", "lowerBodyLogo", "lowerBodyPlaid", "lowerBodyThickStripes",
+    "lowerBodyThinStripes", "carryingLuggageCase", "personalMale", "carryingMessengerBag", "accessoryMuffler",
+    "accessoryNothing", "carryingNothing", "upperBodyNoSleeve", "upperBodyPlaid", "carryingPlasticBags",
+    "footwearSandals", "footwearShoes", "hairShort", "lowerBodyShorts", "upperBodyShortSleeve",
+    "lowerBodyShortSkirt", "footwearSneaker", "footwearStocking", "upperBodyThinStripes", "upperBodySuit",
+    "carryingSuitcase", "lowerBodySuits", "accessorySunglasses", "upperBodySweater", "upperBodyThickStripes",
+    "lowerBodyTrousers", "upperBodyTshirt", "upperBodyOther", "upperBodyVNeck",
+)
+PETA_COLOURS: tuple[str, ...] = (
+    "Black", "Blue", "Brown", "Green", "Grey", "Orange", "Pink", "Purple", "Red", "White", "Yellow",
+)
+PETA_ALL_ATTRIBUTES: tuple[str, ...] = PETA_BINARY_ATTRIBUTES + tuple(
+    f"{part}{colour}" for part in ("footwear", "hair", "lowerBody", "upperBody") for colour in PETA_COLOURS
+)
+# Label.txt spellings that differ from the ReadMe's list.
+TOKEN_ALIASES: dict[str, str] = {
+    "footwearSneakers": "footwearSneaker",
+    "carryingShoppingTrolley": "carryingShoppingTro",
+}
+PETA_SUBSETS: tuple[str, ...] = (
+    "3DPeS", "CAVIAR4REID", "CUHK", "GRID", "i-LID", "MIT", "PRID", "SARC3D", "TownCentre", "VIPeR",
+)
+PETA_TRAIN_SUBSETS: tuple[str, ...] = ("3DPeS", "CAVIAR4REID", "GRID", "MIT", "SARC3D", "TownCentre")
+PETA_TEST_SUBSETS: tuple[str, ...] = ("VIPeR",)
+IMAGE_SUFFIXES = frozenset({".bmp", ".jpg", ".jpeg", ".png"})
+_ID_SPLIT = re.compile(r"[_.]")
+
+
+@dataclass(frozen=True)
+class AttributeRecord:
+    """One image and its binary attribute vector (1 = present, 0 = absent, -1 = unknown)."""
+
+    path: Path
+    person_id: str
+    labels: np.ndarray
+    subset: str = ""
+
+
+@dataclass
+class AttributeRecords:
+    """A sequence of records plus what the reader saw: names, per-subset counts, mapped/unmapped tokens."""
+
+    records: list[AttributeRecord]
+    names: tuple[str, ...]
+    subset_counts: dict[str, int] = field(default_factory=dict)
+    aliased: Counter = field(default_factory=Counter)
+    unmapped: Counter = field(default_factory=Counter)
+    outside_selection: Counter = field(default_factory=Counter)
+    images_without_label: int = 0
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[AttributeRecord]:
+        return iter(self.records)
+
+    def __getitem__(self, index: int) -> AttributeRecord:
+        return self.records[index]
+
+    def label_matrix(self) -> np.ndarray:
+        """All labels stacked, (N, A) float32."""
+        if not self.records:
+            return np.zeros((0, len(self.names)), np.float32)
+        return np.stack([r.labels for r in self.records]).astype(np.float32)
+
+
+def resolve_attribute_names(attributes: str | Sequence[str]) -> tuple[str, ...]:
+    """``"peta35"`` / ``"all"`` / an explicit list checked against the PETA vocabulary."""
+    if isinstance(attributes, str):
+        if attributes == "peta35":
+            return PETA_35_ATTRIBUTES
+        if attributes == "all":
+            return PETA_ALL_ATTRIBUTES
+        raise ValueError(f"attributes must be 'peta35', 'all' or a list of names, got {attributes!r}")
+    names = tuple(TOKEN_ALIASES.get(a, a) for a in attributes)
+    unknown = [a for a in names if a not in PETA_ALL_ATTRIBUTES]
+    if unknown:
+        raise ValueError(f"not PETA attributes: {', '.join(unknown)}")
+    if len(set(names)) != len(names):
+        raise ValueError("attribute list has duplicates")
+    return names
+
+
+def _person_id(file_name: str) -> str:
+    return _ID_SPLIT.split(file_name, maxsplit=1)[0]
+
+
+def read_peta_attributes(
+    root: str | Path,
+    subsets: Sequence[str] | None = None,
+    attributes: str | Sequence[str] = "peta35",
+) -> AttributeRecords:
+    """Read ``Label.txt`` of each subset under ``root`` (the folder holding ``VIPeR/``, ``MIT/``, ...).
+
+    ``subsets=None`` reads every subset present. Images whose person id has no label line are
+    counted (``images_without_label``) and skipped.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"PETA root {root} is not a directory")
+    names = resolve_attribute_names(attributes)
+    index = {n: i for i, n in enumerate(names)}
+    if subsets is None:
+        subsets = [s for s in PETA_SUBSETS if (root / s / "archive" / "Label.txt").is_file()]
+        if not subsets:
+            raise ValueError(f"no PETA subset with archive/Label.txt under {root}")
+    out = AttributeRecords(records=[], names=names)
+    for subset in subsets:
+        folder = root / subset / "archive"
+        label_file = folder / "Label.txt"
+        if not label_file.is_file():
+            raise ValueError(f"PETA subset {subset!r}: {label_file} not found")
+        by_id: dict[str, np.ndarray] = {}
+        lines = label_file.read_text(encoding="utf-8", errors="replace").splitlines()
+        for line_no, line in enumerate(lines, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            vec = np.zeros(len(names), np.float32)
+            for token in parts[1:]:
+                if token in TOKEN_ALIASES:
+                    out.aliased[token] += 1
+                    token = TOKEN_ALIASES[token]
+                if token not in PETA_ALL_ATTRIBUTES:
+                    out.unmapped[token] += 1
+                elif token in index:
+                    vec[index[token]] = 1.0
+                else:
+                    out.outside_selection[token] += 1
+            if parts[0] in by_id:
+                logger.warning("%s:%d: person id %s labelled twice; keeping the last line",
+                               label_file, line_no, parts[0])
+            by_id[parts[0]] = vec
+        by_int = {int(k): v for k, v in by_id.items() if k.isdigit()}
+        count = 0
+        for image in sorted(folder.iterdir()):
+            if image.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            pid = _person_id(image.name)
+            vec = by_id.get(pid)
+            if vec is None and pid.isdigit():
+                vec = by_int.get(int(pid))
+            if vec is None:
+                out.images_without_label += 1
+                continue
+            out.records.append(
+                AttributeRecord(path=image, person_id=f"{subset}/{pid}", labels=vec, subset=subset))
+            count += 1
+        out.subset_counts[subset] = count
+    if out.unmapped:
+        logger.warning("PETA: %d label tokens could not be mapped: %s", sum(out.unmapped.values()),
+                       dict(out.unmapped))
+    return out
