@@ -29,7 +29,7 @@ from pipeline.messages import (
     Tracks,
 )
 
-__all__ = ["encode", "decode", "type_name", "MAX_HEADER_BYTES"]
+__all__ = ["encode", "decode", "type_name", "wire_names", "MAX_HEADER_BYTES"]
 
 MAX_HEADER_BYTES = 64 * 1024
 
@@ -81,6 +81,11 @@ def type_name(message: object) -> str:
         return _NAMES[type(message)]
     except KeyError:
         raise MessageError(f"cannot encode {type(message).__name__}: not a pipeline message") from None
+
+
+def wire_names(types: tuple[type, ...]) -> tuple[str, ...]:
+    """Wire names of message classes (for routing by type across processes)."""
+    return tuple(_NAMES[t] for t in types if t in _NAMES)
 
 
 def encode(message: object) -> list[Any]:

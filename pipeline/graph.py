@@ -1,0 +1,358 @@
+"""The graph config: which stages run, how they are linked, and how the runtime behaves.
+
+A graph YAML is a list of stages (``name``, ``type``, ``inputs``, ``config``) plus runtime
+sections. Each stage's ``config`` is validated against that stage type's own pydantic ``Config``:
+the schema is assembled at load time from the stage registry as a union discriminated by ``type``,
+so an error names the full key path (``stages[1].detect.config.conf``), the bad value and what was
+expected, exactly like every other config in the project (pipeline.configfile).
+
+``--set`` overrides address a stage by its name: ``detect.weights=x.pt`` sets
+``config.weights`` of the stage named ``detect`` (``detect.inputs=[a]`` sets its inputs);
+anything else (``mode=process``, ``metrics.port=9100``) addresses the top level.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from collections.abc import Iterable, Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from pipeline.configfile import ConfigError, apply_overrides, interpolate_env, load_yaml, validate
+from pipeline.registry import stage_types
+from pipeline.stage import SourceStage
+
+__all__ = [
+    "Policy",
+    "InputSpec",
+    "TransportConfig",
+    "LinkDefaults",
+    "MetricsConfig",
+    "SupervisorConfig",
+    "ShutdownConfig",
+    "LoggingConfig",
+    "GraphConfig",
+    "load_graph",
+    "apply_stage_overrides",
+]
+
+Policy = Literal["block", "drop_oldest"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputSpec(_Strict):
+    """One incoming link, when it needs more than the upstream's name."""
+
+    source: str = Field(description="Name of the upstream stage this link comes from.")
+    policy: Policy | None = Field(
+        default=None,
+        description="block: the sender waits when the link is full (lossless, for replay). drop_oldest: the "
+        "receiver discards the oldest queued frame to keep latency bounded (live cameras). "
+        "Default: links.policy.",
+    )
+    hwm: int | None = Field(
+        default=None, ge=1, le=100_000, description="Messages the link may buffer (default: links.hwm)."
+    )
+    endpoint: str | None = Field(
+        default=None,
+        description="Explicit tcp:// endpoint the downstream stage binds and the upstream connects to "
+        "(stages on other hosts). Only with transport.kind=tcp; default: an automatic port.",
+    )
+
+
+class TransportConfig(_Strict):
+    """Which ZeroMQ transport the links use."""
+
+    kind: Literal["auto", "inproc", "ipc", "tcp"] = Field(
+        default="auto",
+        description="auto = inproc:// in embedded mode, ipc:// in process mode. tcp:// for stages on "
+        "several hosts (or to test the network path on one).",
+    )
+    ipc_dir: str | None = Field(
+        default=None, description="Folder for ipc:// socket files (default: a fresh private temp folder)."
+    )
+    tcp_host: str = Field(default="127.0.0.1", description="Host the automatic tcp:// endpoints bind to.")
+
+
+class LinkDefaults(_Strict):
+    """Defaults for every link that does not set its own policy/hwm."""
+
+    policy: Policy = Field(default="block", description="Default link policy: block or drop_oldest.")
+    hwm: int = Field(default=16, ge=1, le=100_000, description="Default messages a link may buffer.")
+
+
+class MetricsConfig(_Strict):
+    """Prometheus endpoint."""
+
+    port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the /metrics HTTP endpoint; 0 = off. In process mode the supervisor serves "
+        "this port and stage number i (0-based, config order) serves port + 1 + i.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the metrics endpoint listens on.")
+
+
+class SupervisorConfig(_Strict):
+    """Process mode: restarting crashed stage processes."""
+
+    max_restarts: int = Field(default=5, ge=0, description="Restarts per stage before the pipeline gives up.")
+    backoff_initial_s: float = Field(default=0.5, gt=0, description="Wait before the first restart.")
+    backoff_max_s: float = Field(default=30.0, gt=0, description="Longest wait between restarts (doubling).")
+
+
+class ShutdownConfig(_Strict):
+    """How the graph drains when sources end or a stop is requested."""
+
+    drain_timeout_s: float = Field(
+        default=60.0, gt=0, description="After a stop request, the longest wait for every stage to drain."
+    )
+    idle_drain_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="After a stop request, a stage whose inputs stay silent this long finishes on its own "
+        "(an upstream that died cannot keep it waiting).",
+    )
+    linger_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="On a clean exit, how long a socket may keep flushing its last messages.",
+    )
+    max_consecutive_errors: int = Field(
+        default=20, ge=1, description="A stage whose process() raises this many times in a row has failed."
+    )
+
+
+class LoggingConfig(_Strict):
+    """Structured logs on stderr."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+    format: Literal["kv", "json"] = Field(default="kv", description="key=value lines or JSON lines.")
+
+
+class StageSpecBase(_Strict):
+    """Fields every stage entry has; ``type`` and ``config`` come from the registered stage class."""
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_\-]{0,47}$", description="Unique stage name.")
+    inputs: list[str | InputSpec] = Field(
+        default_factory=list, description="Upstream stage names (or {source, policy, hwm, endpoint})."
+    )
+
+    def input_specs(self) -> list[InputSpec]:
+        return [InputSpec(source=i) if isinstance(i, str) else i for i in self.inputs]
+
+
+_TOP_LEVEL = (
+    "mode",
+    "transport",
+    "links",
+    "metrics",
+    "supervisor",
+    "shutdown",
+    "logging",
+    "output_dir",
+    "stages",
+)
+
+
+class GraphConfig(_Strict):
+    """A whole pipeline: stages and the runtime settings they run under."""
+
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Extra Python modules to import before the graph is built, so stage types they "
+        "register with @register_stage can be used (your own stages outside the stages/ package).",
+    )
+    mode: Literal["embedded", "process"] = Field(
+        default="embedded",
+        description="embedded: every stage a thread in one process (replay). process: one supervised "
+        "process per stage (edge box; a crashed stage is restarted).",
+    )
+    transport: TransportConfig = Field(default_factory=TransportConfig, description="Link transport.")
+    links: LinkDefaults = Field(default_factory=LinkDefaults, description="Default link policy and size.")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint.")
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig, description="Process restarts.")
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig, description="Draining and errors.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Log level and format.")
+    output_dir: str = Field(
+        default="out", description="Folder that relative sink paths are resolved against."
+    )
+    stages: list[Any] = Field(min_length=1, description="The stages, each {name, type, inputs, config}.")
+
+    def check(self) -> None:
+        """Cross-stage checks (names, inputs, sources, cycles, transport); ValueError says which stage."""
+        names = [s.name for s in self.stages]
+        seen: set[str] = set()
+        for i, name in enumerate(names):
+            if name in seen:
+                raise ValueError(f"stages[{i}].name {name!r} is used twice; stage names must be unique")
+            if name in _TOP_LEVEL:
+                raise ValueError(f"stages[{i}].name {name!r} clashes with a top-level key; rename the stage")
+            seen.add(name)
+        kind = self.transport_kind
+        if self.mode == "process" and kind == "inproc":
+            raise ValueError("transport.kind 'inproc' only works with mode 'embedded'; use ipc or tcp")
+        for i, spec in enumerate(self.stages):
+            is_source = issubclass(spec.stage_class, SourceStage)
+            inputs = spec.input_specs()
+            if is_source and inputs:
+                raise ValueError(
+                    f"stages[{i}] ({spec.name}): a {spec.type} stage is a source and takes no inputs"
+                )
+            if not is_source and not inputs:
+                raise ValueError(f"stages[{i}] ({spec.name}): inputs is empty; name the upstream stage(s)")
+            sources = [s.source for s in inputs]
+            for src in sources:
+                if src not in seen:
+                    raise ValueError(
+                        f"stages[{i}] ({spec.name}).inputs: no stage named {src!r}; have {names}"
+                    )
+                if src == spec.name:
+                    raise ValueError(f"stages[{i}] ({spec.name}).inputs: a stage cannot feed itself")
+            if len(set(sources)) != len(sources):
+                raise ValueError(f"stages[{i}] ({spec.name}).inputs: {sources} lists a stage twice")
+            for link in inputs:
+                if link.endpoint is not None and kind != "tcp":
+                    raise ValueError(
+                        f"stages[{i}] ({spec.name}).inputs: endpoint {link.endpoint!r} "
+                        "needs transport.kind=tcp"
+                    )
+                if link.endpoint is not None and not link.endpoint.startswith("tcp://"):
+                    raise ValueError(f"stages[{i}] ({spec.name}).inputs: endpoint must be tcp://host:port")
+        self._check_acyclic()
+
+    def _check_acyclic(self) -> None:
+        upstream = {s.name: [i.source for i in s.input_specs()] for s in self.stages}
+        state: dict[str, int] = {}
+
+        def visit(name: str, path: list[str]) -> None:
+            if state.get(name) == 1:
+                raise ValueError(f"the stage graph has a cycle: {' -> '.join(path + [name])}")
+            if state.get(name) == 2:
+                return
+            state[name] = 1
+            for up in upstream[name]:
+                visit(up, path + [name])
+            state[name] = 2
+
+        for name in upstream:
+            visit(name, [])
+
+    @property
+    def transport_kind(self) -> Literal["inproc", "ipc", "tcp"]:
+        if self.transport.kind == "auto":
+            return "inproc" if self.mode == "embedded" else "ipc"
+        return self.transport.kind
+
+    def stage(self, name: str) -> Any:
+        for spec in self.stages:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def downstream_of(self, name: str) -> list[Any]:
+        return [s for s in self.stages if any(i.source == name for i in s.input_specs())]
+
+
+def _stage_variant(type_name: str, cls: type) -> type[StageSpecBase]:
+    model = create_model(
+        f"{type_name}_stage",
+        __base__=StageSpecBase,
+        type=(Literal[type_name], Field(description=f"Stage type ({cls.__module__}.{cls.__name__}).")),
+        config=(
+            cls.Config,
+            Field(
+                default_factory=dict, validate_default=True, description=f"Options of the {type_name} stage."
+            ),
+        ),
+    )
+    model.stage_class = cls  # type: ignore[attr-defined]
+    return model
+
+
+@lru_cache(maxsize=8)
+def _schema(types_key: tuple[tuple[str, type], ...]) -> type[GraphConfig]:
+    variants = tuple(_stage_variant(name, cls) for name, cls in types_key)
+    if not variants:
+        raise ConfigError("no stage types are registered (is the 'stages' package importable?)")
+    item: Any = variants[0] if len(variants) == 1 else Annotated[Union[variants], Field(discriminator="type")]  # noqa: UP007
+    return create_model(
+        "GraphConfig",
+        __base__=GraphConfig,
+        stages=(
+            list[item],
+            Field(min_length=1, description="The stages, each {name, type, inputs, config}."),
+        ),
+    )
+
+
+def graph_schema() -> type[GraphConfig]:
+    """The GraphConfig model for the stage types registered right now."""
+    return _schema(tuple(sorted(stage_types().items())))
+
+
+def apply_stage_overrides(raw: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Apply ``--set`` items; ``NAME.key=v`` goes to the config of the stage called NAME."""
+    raw = copy.deepcopy(raw)
+    stages = raw.get("stages")
+    by_name = {}
+    if isinstance(stages, list):
+        by_name = {s.get("name"): s for s in stages if isinstance(s, dict)}
+    top: list[str] = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        head, dot, rest = key.strip().partition(".")
+        if sep and dot and head in by_name and head not in _TOP_LEVEL:
+            spec = by_name[head]
+            field, _, _ = rest.partition(".")
+            if field in ("inputs", "type", "name"):
+                spec.update(apply_overrides(spec, [f"{rest}={value}"]))
+            else:
+                if rest.startswith("config."):
+                    rest = rest[len("config.") :]
+                config = spec.get("config") if isinstance(spec.get("config"), dict) else {}
+                spec["config"] = apply_overrides(config, [f"{rest}={value}"])
+        else:
+            top.append(item)
+    return apply_overrides(raw, top)
+
+
+def import_plugins(modules: Any, source: str = "config") -> None:
+    """Import the ``plugins:`` modules (they register stage types); ConfigError names a bad one."""
+    if modules is None:
+        return
+    if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
+        raise ConfigError(f"{source}: plugins: bad value {modules!r}: expected a list of module names")
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"{source}: plugins: cannot import {module!r}: {exc}") from None
+
+
+def load_graph(
+    path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    env: Mapping[str, str] | None = None,
+    data: dict[str, Any] | None = None,
+) -> GraphConfig:
+    """Load a graph YAML (or a dict), apply ``--set`` overrides and ``${ENV}``, validate everything."""
+    raw = load_yaml(path) if path is not None else copy.deepcopy(data or {})
+    raw = apply_stage_overrides(raw, overrides)
+    raw = interpolate_env(raw, env)
+    source = str(path) if path is not None else "config"
+    import_plugins(raw.get("plugins"), source)
+    graph = validate(graph_schema(), raw, source=source)
+    try:
+        graph.check()
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return graph

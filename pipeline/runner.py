@@ -1,0 +1,305 @@
+"""Drive one stage: build it, feed it from its input links, send its outputs, shut it down cleanly.
+
+The same runner runs a stage as a thread (embedded mode) or as the body of a stage process
+(process mode). It implements the runtime half of the stage contract:
+
+* batches of up to ``max_batch`` data messages (waiting at most ``max_wait_s``) go to
+  ``process_batch``; outputs are routed to each downstream link whose stage accepts their type;
+* an EndOfStream is handed to ``process`` once every input link that carried that stream has
+  delivered it (fan-in safe), then forwarded downstream after the stage's outputs;
+* when every input link has sent StageDone (its upstream finished), ``on_stop`` runs and this stage
+  sends StageDone on each output link: that is how "all sources ended" drains the whole graph;
+* an exception in ``process`` is counted and logged (once per exception type), the message is
+  dropped and the stage keeps going; ``max_consecutive_errors`` in a row mark the stage failed.
+  A failed stage keeps draining (discarding) its inputs so upstream stages never block on it, and
+  still forwards EndOfStream/StageDone so downstream sinks commit and close.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from pipeline.configfile import ConfigError
+from pipeline.graph import GraphConfig
+from pipeline.messages import DATA_TYPES, EndOfStream, StageDone
+from pipeline.metrics import RuntimeMetrics
+from pipeline.stage import SourceStage, Stage, StageContext
+from pipeline.transport import POLL_S, Inputs, Link, OnceLog, Outlet
+from pipeline.urls import mask_urls_in
+from pipeline.wire import encode, type_name
+
+__all__ = ["StageRunner", "StageResult", "StageFailed", "Observer", "is_config_error"]
+
+logger = logging.getLogger(__name__)
+
+Observer = Callable[[str, Any], None]
+
+
+class StageFailed(RuntimeError):
+    """A stage that cannot go on (start-up failed, or process() kept raising)."""
+
+
+def is_config_error(exc: BaseException) -> bool:
+    """Errors the user fixes in the config (bad option, missing weights file): exit code 2."""
+    return isinstance(exc, ConfigError | FileNotFoundError)
+
+
+@dataclass
+class StageResult:
+    """How a stage ended; ``error`` is one line, credentials masked."""
+
+    name: str
+    ok: bool
+    error: str | None = None
+    config_error: bool = False
+    messages_in: int = 0
+    messages_out: int = 0
+
+
+class StageRunner:
+    """Runs one stage of a graph against already-resolved links."""
+
+    def __init__(
+        self,
+        graph: GraphConfig,
+        name: str,
+        zmq_context: zmq.Context,
+        links: list[Link],
+        metrics: RuntimeMetrics,
+        stop: threading.Event,
+        abort: threading.Event,
+        bound: dict[str, zmq.Socket] | None = None,
+        observer: Observer | None = None,
+        on_failure: Callable[[str, BaseException], None] | None = None,
+        upstream_done: Iterable[str] = (),
+    ) -> None:
+        self.graph = graph
+        self.spec = graph.stage(name)
+        self.name = name
+        self._zmq = zmq_context
+        self._in_links = [link for link in links if link.downstream == name]
+        self._out_links = [link for link in links if link.upstream == name]
+        self._metrics = metrics
+        self._stop = stop
+        self._abort = abort
+        self._bound = bound
+        self._observer = observer if not self._out_links else None
+        self._on_failure = on_failure
+        self._upstream_done = set(upstream_done)
+        self._log = logging.getLogger(f"amodal.stage.{name}")
+        self._once = OnceLog(self._log)
+        self._send_lock = threading.Lock()
+        self._outlets: list[Outlet] = []
+        self._failure: BaseException | None = None
+        self._consecutive_errors = 0
+        self.result = StageResult(name=name, ok=False)
+
+    # -- public -------------------------------------------------------------------------------
+    def run(self) -> StageResult:
+        """Run the stage to completion; never raises (the result says what went wrong)."""
+        inputs: Inputs | None = None
+        stage: Stage | None = None
+        started = False
+        try:
+            self._outlets = [Outlet(self._zmq, link, self._metrics) for link in self._out_links]
+            cls = self.spec.stage_class
+            if self._in_links:
+                inputs = Inputs(self._zmq, self.name, self._in_links, cls.accepts, self._metrics, self._bound)
+                inputs.start()
+            context = StageContext(self.name, self._log, self._metrics, self.graph.output_dir)
+            stage = cls.from_config(self.spec.config, context)
+            stage.on_start()
+            started = True
+            self._log.info("stage=%s type=%s started", self.name, self.spec.type)
+        except Exception as exc:  # noqa: BLE001 - any start-up failure is reported, never raised
+            self._fail(exc, "failed to start")
+        try:
+            if isinstance(stage, SourceStage):
+                if started:
+                    self._run_source(stage)
+            elif inputs is not None:
+                self._run_consumer(stage if started else None, inputs)
+            if started and stage is not None and self._failure is None:
+                self._call(stage.on_stop, "on_stop")
+        except Exception as exc:  # noqa: BLE001
+            self._fail(exc, "crashed")
+        finally:
+            self._send(StageDone(sender=self.name))
+            linger = 0.0 if self._abort.is_set() else self.graph.shutdown.linger_s
+            for outlet in self._outlets:
+                outlet.close(linger)
+            if inputs is not None:
+                inputs.close()
+        self.result.ok = self._failure is None
+        self._log.info(
+            "stage=%s finished ok=%s in=%d out=%d",
+            self.name,
+            self.result.ok,
+            self.result.messages_in,
+            self.result.messages_out,
+        )
+        return self.result
+
+    # -- sources ------------------------------------------------------------------------------
+    def _run_source(self, stage: SourceStage) -> None:
+        streams: set[str] = set()
+        ended: set[str] = set()
+
+        def emit(message: Any) -> None:
+            with self._send_lock:
+                if isinstance(message, EndOfStream):
+                    ended.add(message.stream_id)
+                elif isinstance(message, DATA_TYPES):
+                    streams.add(message.stream_id)
+                self._send(message)
+
+        reason = "error"
+        try:
+            stage.run(emit, self._stop)
+            reason = "stopped" if self._stop.is_set() else "finished"
+        finally:
+            for stream in sorted(streams - ended):  # the runtime guarantees one EndOfStream per stream
+                self._send(EndOfStream(stream_id=stream, reason=reason, detail="source returned without one"))
+
+    # -- consumers ----------------------------------------------------------------------------
+    def _run_consumer(self, stage: Stage | None, inputs: Inputs) -> None:
+        pending = {name for name, link in inputs.links.items() if link.upstream not in self._upstream_done}
+        stream_links: dict[str, set[str]] = {}
+        cls = self.spec.stage_class
+        max_batch = max(1, int(getattr(stage, "max_batch", cls.max_batch) or 1))
+        max_wait = float(getattr(stage, "max_wait_s", cls.max_wait_s) or 0.0)
+        while pending and not self._abort.is_set():
+            batch = inputs.get(max_batch, max_wait, POLL_S * 4)
+            if not batch:
+                idle = time.monotonic() - inputs.last_activity
+                if self._stop.is_set() and idle > self.graph.shutdown.idle_drain_s:
+                    self._log.warning(
+                        "stage=%s inputs silent for %.1fs after stop; finishing without %s",
+                        self.name,
+                        idle,
+                        sorted(pending),
+                    )
+                    break
+                continue
+            link, first = batch[0]
+            if isinstance(first, StageDone):
+                pending.discard(link)
+                for stream in [s for s, owners in stream_links.items() if link in owners]:
+                    owners = stream_links[stream]
+                    owners.discard(link)
+                    if not owners:
+                        detail = f"{link} finished without an end of stream"
+                        self._end_stream(
+                            stage, EndOfStream(stream_id=stream, reason="stopped", detail=detail)
+                        )
+                        del stream_links[stream]
+                continue
+            if isinstance(first, EndOfStream):
+                owners = stream_links.get(first.stream_id, set())
+                owners.discard(link)
+                if not owners:
+                    stream_links.pop(first.stream_id, None)
+                    self._end_stream(stage, first)
+                continue
+            messages = [message for _, message in batch]
+            for owner, message in batch:
+                stream_links.setdefault(message.stream_id, set()).add(owner)
+                self._metrics.messages_in.labels(stage=self.name, type=type_name(message)).inc()
+            self.result.messages_in += len(messages)
+            if stage is None or self._failure is not None:
+                continue  # failed: keep draining so nothing upstream blocks
+            self._process(stage, messages)
+
+    def _process(self, stage: Stage, messages: list[Any]) -> None:
+        start = time.perf_counter()
+        try:
+            outputs = list(
+                stage.process_batch(messages) if len(messages) > 1 else (stage.process(messages[0]) or ())
+            )
+        except Exception as exc:  # noqa: BLE001 - bad input never kills a stage
+            self._stage_error(exc)
+            return
+        elapsed = time.perf_counter() - start
+        self._consecutive_errors = 0
+        self._metrics.process_seconds.labels(stage=self.name).observe(elapsed)
+        self._metrics.batch_size.labels(stage=self.name).observe(len(messages))
+        for output in outputs:
+            self._send(output)
+        if self._observer is not None or not self._out_links:
+            now = time.time()
+            for message in messages:
+                capture = getattr(message, "capture_time", None)
+                if capture is not None:
+                    self._metrics.capture_to_sink.labels(stage=self.name).observe(max(0.0, now - capture))
+                if self._observer is not None:
+                    self._observer(self.name, message)
+
+    def _end_stream(self, stage: Stage | None, eos: EndOfStream) -> None:
+        self._metrics.messages_in.labels(stage=self.name, type="end_of_stream").inc()
+        if stage is not None and self._failure is None:
+            try:
+                outputs = list(stage.process(eos) or ())
+            except Exception as exc:  # noqa: BLE001
+                self._stage_error(exc)
+                outputs = []
+            for output in outputs:
+                self._send(output)
+        self._send(eos)
+        if self._observer is not None:
+            self._observer(self.name, eos)
+
+    def _stage_error(self, exc: Exception) -> None:
+        self._metrics.errors.labels(stage=self.name).inc()
+        self._consecutive_errors += 1
+        self._once.warn(
+            f"error:{type(exc).__name__}",
+            "stage=%s process() raised %s: %s; message dropped",
+            self.name,
+            type(exc).__name__,
+            mask_urls_in(str(exc)),
+            exc_info=True,
+        )
+        limit = self.graph.shutdown.max_consecutive_errors
+        if self._consecutive_errors >= limit:
+            self._fail(
+                StageFailed(f"process() raised {limit} times in a row; last: {type(exc).__name__}: {exc}"),
+                "failed",
+            )
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _call(self, hook: Callable[[], Iterable[Any] | None], what: str) -> None:
+        outputs = hook()
+        for output in list(outputs or ()):
+            self._send(output)
+
+    def _send(self, message: Any) -> None:
+        name = type_name(message)
+        parts = None
+        sent = False
+        for outlet in self._outlets:
+            if not outlet.wants(name):
+                continue
+            if parts is None:
+                parts = encode(message)
+            sent = outlet.send(parts, isinstance(message, DATA_TYPES), self._abort) or sent
+        if sent and not isinstance(message, StageDone):
+            self.result.messages_out += 1
+            self._metrics.messages_out.labels(stage=self.name, type=name).inc()
+
+    def _fail(self, exc: BaseException, what: str) -> None:
+        if self._failure is not None:
+            return
+        self._failure = exc
+        line = mask_urls_in(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        self.result.error = f"stage {self.name!r} {what}: {line}"
+        self.result.config_error = is_config_error(exc)
+        self._log.error("stage=%s %s: %s", self.name, what, line, exc_info=not self.result.config_error)
+        if self._on_failure is not None:
+            self._on_failure(self.name, exc)
