@@ -1,0 +1,93 @@
+"""One stage process (process mode): ``python -m pipeline.worker --stage NAME``.
+
+The supervisor writes a JSON job on stdin (the resolved graph, the links with their endpoints, the
+metrics port, the upstream stages that already finished) rather than on the command line or a file,
+so camera credentials in the config never land in ``ps`` output or on disk. The process runs the
+stage with :class:`pipeline.runner.StageRunner`, writes a one-line status file for the supervisor
+and exits 0 (done), 2 (config error: restarting cannot help) or 1 (failure: restart me).
+
+SIGTERM = graceful stop (a source stops reading, everything drains); a second SIGTERM aborts.
+SIGINT is ignored: the supervisor owns Ctrl-C and tells stages what to do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from pipeline.graph import load_graph
+from pipeline.logs import setup_logging
+from pipeline.metrics import MetricsServer, RuntimeMetrics
+from pipeline.runner import StageRunner
+from pipeline.transport import Link
+
+__all__ = ["main", "run_job"]
+
+logger = logging.getLogger(__name__)
+
+
+def run_job(name: str, job: dict[str, Any]) -> int:
+    """Run stage ``name`` as described by ``job``; returns the process exit code."""
+    graph = load_graph(data=job["graph"])
+    setup_logging(graph.logging.level, graph.logging.format)
+    links = [Link(**item) for item in job["links"]]
+    stop, abort = threading.Event(), threading.Event()
+
+    def on_term(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            abort.set()
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    metrics = RuntimeMetrics()
+    server = None
+    if job.get("metrics_port"):
+        try:
+            server = MetricsServer(metrics.registry, int(job["metrics_port"]), graph.metrics.host)
+        except OSError as exc:
+            logger.warning("stage=%s metrics port %s unavailable: %s", name, job["metrics_port"], exc)
+    context = zmq.Context()
+    try:
+        runner = StageRunner(
+            graph, name, context, links, metrics, stop, abort, upstream_done=job.get("upstream_done", ())
+        )
+        result = runner.run()
+    finally:
+        context.term()
+        if server is not None:
+            server.close()
+    status = {
+        "ok": result.ok,
+        "error": result.error,
+        "config_error": result.config_error,
+        "messages_in": result.messages_in,
+        "messages_out": result.messages_out,
+    }
+    if job.get("status_file"):
+        Path(job["status_file"]).write_text(json.dumps(status))
+    if result.ok:
+        return 0
+    return 2 if result.config_error else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Run one stage of an Amodal graph (started by the supervisor)."
+    )
+    parser.add_argument("--stage", required=True, help="stage name in the graph")
+    args = parser.parse_args(argv)
+    job = json.loads(sys.stdin.read())
+    return run_job(args.stage, job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
