@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import copy
 import importlib
+import os
+import sys
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -331,6 +333,9 @@ def import_plugins(modules: Any, source: str = "config") -> None:
         return
     if not isinstance(modules, list) or not all(isinstance(m, str) for m in modules):
         raise ConfigError(f"{source}: plugins: bad value {modules!r}: expected a list of module names")
+    cwd = os.getcwd()
+    if modules and cwd not in sys.path:
+        sys.path.append(cwd)  # like `python -m`: plugin modules are found from the working directory
     for module in modules:
         try:
             importlib.import_module(module)
