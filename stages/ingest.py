@@ -45,8 +45,9 @@ class ReconnectConfig(BaseModel):
     multiplier: float = Field(2.0, ge=1, description="Delay growth per consecutive failure.")
     jitter: float = Field(0.5, ge=0, le=1, description="Each delay is scaled by a random factor in "
                           "[1 - jitter, 1] so many cameras do not retry in lock-step.")
-    max_attempts: int | None = Field(None, ge=0, description="Consecutive attempts that yield no frame "
-                                     "before the stream ends with reason 'error'; null retries for ever.")
+    max_attempts: int | None = Field(None, ge=1, description="Consecutive connection attempts that yield "
+                                     "no frame before the stream ends with reason 'error'; null retries for "
+                                     "ever.")
 
     @model_validator(mode="after")
     def _ceiling(self) -> ReconnectConfig:

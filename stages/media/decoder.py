@@ -11,7 +11,7 @@ one ``StreamEnded``. It owns everything that makes a source robust:
   a blocking read in C is aborted after ``read_timeout_s``), a stall watchdog in the packet loop (a
   camera that keeps the socket busy but yields no decodable frame for ``stall_timeout_s`` is
   dropped), then reconnects with exponential backoff + jitter (``Backoff``) for ever or up to
-  ``max_reconnects`` consecutive unproductive attempts;
+  ``max_reconnects`` consecutive attempts that yield no frame;
 * pacing: ``realtime`` replays files at their native rate (sleeping on ``stop`` so shutdown is
   immediate) and ``max_fps`` drops frames by timestamp to cap the rate;
 * timestamps: ``pts`` in seconds from the container (files: from the file's start plus the offset
@@ -191,24 +191,26 @@ class StreamDecoder:
         backoff = Backoff(opts.backoff_initial_s, opts.backoff_max_s, opts.backoff_multiplier,
                           opts.backoff_jitter)
         url = self.source.inputs[0]
-        unproductive = 0
+        failures = 0  # consecutive attempts that produced no frame
         sessions = 0
         last_error = ""
         offset = 0.0
+        first = True
         while not stop.is_set():
-            if opts.max_reconnects is not None and unproductive > opts.max_reconnects:
-                detail = f"gave up after {unproductive} attempts without frames; last error: {last_error}"
-                return StreamEnded(self.stream_id, "error", detail)
-            if unproductive:
+            if not first:
+                if opts.max_reconnects is not None and failures >= opts.max_reconnects:
+                    detail = f"gave up after {failures} attempts without a frame; last error: {last_error}"
+                    return StreamEnded(self.stream_id, "error", detail)
                 delay = backoff.next_delay()
                 logger.info("stream %s: reconnecting to %s in %.2f s", self.stream_id,
                             self.source.describe(), delay)
                 if stop.wait(delay):
                     break
+            first = False
             try:
                 container = self._open(url)
             except (av.FFmpegError, OSError) as exc:
-                unproductive += 1
+                failures += 1
                 last_error = self._scrub(f"{type(exc).__name__}: {exc}")
                 logger.warning("stream %s: cannot open %s: %s", self.stream_id, self.source.describe(),
                                last_error)
@@ -225,8 +227,9 @@ class StreamDecoder:
                 break
             if outcome.frames:
                 backoff.reset()
-                unproductive = 0
-            unproductive += 1  # this session ended: the next attempt waits at least the initial delay
+                failures = 0
+            else:
+                failures += 1
             last_error = outcome.error or "the server ended the stream"
             if outcome.stalled:
                 self._count("stalls", stream=self.stream_id)
