@@ -1,0 +1,190 @@
+"""Detect stage: ultralytics YOLO on Frames, person class by default, batched across streams.
+
+The runtime hands ``process_batch`` up to ``max_batch`` frames, waiting at most ``max_wait_ms`` to
+fill a batch; frames of several cameras therefore share one forward pass. ``interval: N`` runs the
+detector on every Nth frame *of each stream* (the first frame of a stream always), the frames in
+between pass through with ``detections=None`` so the tracker predicts them from its motion model.
+
+Weights: ``.pt``, ``.onnx``, ``.engine`` or an OpenVINO export directory, all loaded by
+``YOLO(path, task="detect")``. The default ``yolo11n.pt`` is fetched by ultralytics itself on a
+connected machine; offline (``YOLO_OFFLINE=1`` or no network) the stage checks the file first and
+fails with the path and the ``--set`` that points the config at local weights, so ultralytics
+never tries a download. Conversion from ultralytics ``Results`` to our ``Detections`` lives here
+(STYLE.md: conversions belong in the stage that needs them).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pipeline.messages import Detections, EndOfStream, Frame
+from pipeline.registry import register_stage
+from pipeline.stage import Stage, StageContext
+
+__all__ = ["DetectStage", "DetectConfig", "resolve_weights", "results_to_detections"]
+
+_WEIGHT_SUFFIXES = (".pt", ".onnx", ".engine", ".xml", ".torchscript")
+
+
+class DetectConfig(BaseModel):
+    """YOLO detector settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: str = Field("yolo11n.pt", description="YOLO weights: a .pt, .onnx or .engine file or an "
+                         "OpenVINO export directory (*_openvino_model/). A bare official name such as "
+                         "yolo11n.pt is downloaded by ultralytics only on a connected machine.")
+    conf: float = Field(0.25, ge=0, le=1, description="Minimum detection confidence.")
+    iou: float = Field(0.7, ge=0, le=1, description="IoU threshold of non-maximum suppression.")
+    imgsz: int | list[int] = Field(640, description="Inference size: one side (square) or [h, w]. Fixed-"
+                                   "shape exports (OpenVINO/ONNX/TensorRT) use their export size.")
+    device: str = Field("cpu", description="cpu, cuda, cuda:N, auto (CUDA when available), or an "
+                        "ultralytics device string such as intel:gpu for OpenVINO.")
+    half: bool = Field(False, description="FP16 inference (CUDA/TensorRT; ignored on CPU).")
+    classes: list[int] | None = Field(default_factory=lambda: [0], description="COCO class ids to keep "
+                                      "(0 = person); null keeps every class.")
+    max_det: int = Field(300, ge=1, description="Maximum detections per frame.")
+    max_batch: int = Field(8, ge=1, le=256, description="Frames per forward pass (across streams).")
+    max_wait_ms: float = Field(5.0, ge=0, description="How long to wait for a batch to fill, in ms.")
+    interval: int = Field(1, ge=1, description="Run the detector on every Nth frame of each stream; "
+                          "frames in between carry detections=None and the tracker predicts them.")
+    warmup: bool = Field(True, description="Run one dummy inference in on_start so the first real frame "
+                         "does not pay for model initialisation.")
+
+    @field_validator("imgsz")
+    @classmethod
+    def _imgsz(cls, value: int | list[int]) -> int | list[int]:
+        sizes = [value] if isinstance(value, int) else value
+        if len(sizes) not in (1, 2) or any(s < 32 or s % 32 for s in sizes):
+            raise ValueError(f"imgsz must be one or two multiples of 32 (>= 32), got {value!r}")
+        return value
+
+
+def _offline() -> bool:
+    if os.environ.get("YOLO_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return True
+    from ultralytics.utils import ONLINE
+
+    return not ONLINE
+
+
+def resolve_weights(weights: str) -> str:
+    """Return the weights path to load; FileNotFoundError (naming the fix) when it cannot exist.
+
+    A bare file name (``yolo11n.pt``) may also live in ultralytics' weights folder; when it is
+    nowhere and the machine is online, ultralytics downloads it, otherwise we fail here before
+    ultralytics can try.
+    """
+    path = Path(weights).expanduser()
+    if path.is_dir():
+        if not any(path.glob("*.xml")):
+            raise FileNotFoundError(f"detector weights directory {str(path)!r} holds no OpenVINO .xml model")
+        return str(path)
+    if path.is_file():
+        if path.suffix.lower() not in _WEIGHT_SUFFIXES:
+            raise ValueError(f"detector weights {str(path)!r}: unsupported format {path.suffix!r}; use "
+                             ".pt, .onnx, .engine or an OpenVINO export directory")
+        return str(path)
+    if path.name == weights:  # bare name: ultralytics' own weights folder, or its download
+        from ultralytics.utils import SETTINGS
+
+        cached = Path(SETTINGS["weights_dir"]) / weights
+        if cached.is_file():
+            return str(cached)
+        if not _offline():
+            return weights
+    raise FileNotFoundError(
+        f"detector weights {weights!r} not found (looked at {str(path.resolve())!r}) and this machine is "
+        "offline, so they cannot be downloaded. Point the config at local weights, e.g. "
+        "--set detect.weights=/path/to/yolov8n_openvino_model (or a .pt/.onnx/.engine file)."
+    )
+
+
+def results_to_detections(result: Any) -> Detections:
+    """ultralytics ``Results`` (one image) -> our ``Detections`` in full-frame pixels."""
+    boxes = result.boxes
+    if boxes is None or len(boxes) == 0:
+        return Detections.empty()
+    boxes = boxes.cpu().numpy()
+    return Detections(
+        xyxy=np.ascontiguousarray(boxes.xyxy, dtype=np.float32),
+        confidence=np.ascontiguousarray(boxes.conf, dtype=np.float32),
+        class_id=np.ascontiguousarray(boxes.cls, dtype=np.int32),
+    )
+
+
+@register_stage("detect")
+class DetectStage(Stage):
+    """Run YOLO on frames (every ``interval``-th per stream) and attach ``Detections``."""
+
+    Config: ClassVar[type[BaseModel]] = DetectConfig
+    accepts: ClassVar[tuple[type, ...]] = (Frame,)
+    emits: ClassVar[tuple[type, ...] | None] = (Frame,)
+
+    def __init__(self, config: DetectConfig, context: StageContext) -> None:
+        super().__init__(config, context)
+        self.config: DetectConfig = config
+        self.max_batch = config.max_batch
+        self.max_wait_s = config.max_wait_ms / 1000.0
+        self._model: Any = None
+        self._seen: dict[str, int] = {}
+        self._predict_args: dict[str, Any] = {}
+
+    def on_start(self) -> None:
+        """Load the model (no download offline) and warm it up."""
+        os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # never pip-install at run time
+        weights = resolve_weights(self.config.weights)
+        from ultralytics import YOLO
+
+        device = self.config.device
+        if device == "auto":
+            from models.training import pick_device
+
+            device = str(pick_device("auto"))
+        self._model = YOLO(weights, task="detect")
+        cfg = self.config
+        self._predict_args = {"conf": cfg.conf, "iou": cfg.iou, "imgsz": cfg.imgsz, "device": device,
+                              "half": cfg.half, "classes": cfg.classes, "max_det": cfg.max_det,
+                              "verbose": False}
+        self.context.logger.info("detector %s on %s (conf=%.2f, classes=%s, interval=%d, max_batch=%d)",
+                                 weights, device, cfg.conf, cfg.classes, cfg.interval, cfg.max_batch)
+        if cfg.warmup:
+            self.detect([np.zeros((64, 64, 3), np.uint8)])
+
+    def detect(self, images: list[np.ndarray]) -> list[Detections]:
+        """One batched forward pass over BGR images; one ``Detections`` per image, in order."""
+        if self._model is None:
+            raise RuntimeError("DetectStage.detect called before on_start loaded the model")
+        results = self._model.predict(images, **self._predict_args)
+        return [results_to_detections(r) for r in results]
+
+    def process(self, message: Any) -> Iterable[Any]:
+        if isinstance(message, EndOfStream):
+            self._seen.pop(message.stream_id, None)  # a stream id that comes back starts afresh
+            return ()
+        return self.process_batch([message])
+
+    def process_batch(self, messages: list[Any]) -> Iterable[Any]:
+        run: list[int] = []
+        for index, frame in enumerate(messages):
+            seen = self._seen.get(frame.stream_id, 0)
+            self._seen[frame.stream_id] = seen + 1
+            if seen % self.config.interval == 0:
+                run.append(index)
+        outputs = list(messages)
+        if run:
+            started = time.perf_counter()
+            detections = self.detect([messages[i].image for i in run])
+            self.context.observe("inference_seconds", time.perf_counter() - started)
+            self.context.observe("batch_size", len(run))
+            for index, dets in zip(run, detections, strict=True):
+                outputs[index] = replace(messages[index], detections=dets)
+        return outputs
