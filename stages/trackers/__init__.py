@@ -1,0 +1,1 @@
+"""Per-stream multi-object tracking (ultralytics ByteTrack / BoT-SORT) and person crop cutting."""
