@@ -25,7 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "LossScheme", "LOSS_SCHEMES", "weighted_bce", "positive_ratio", "category_weights", "AttributeLoss",
+    "LossScheme",
+    "LOSS_SCHEMES",
+    "weighted_bce",
+    "positive_ratio",
+    "category_weights",
+    "AttributeLoss",
 ]
 
 logger = logging.getLogger(__name__)
@@ -107,8 +112,9 @@ def weighted_bce(
     num_attrs = logits.shape[1]
     r = None
     if pos_ratio is not None:
-        r = torch.as_tensor(np.asarray(pos_ratio, dtype=np.float32) if not isinstance(pos_ratio, torch.Tensor)
-                            else pos_ratio)
+        r = torch.as_tensor(
+            np.asarray(pos_ratio, dtype=np.float32) if not isinstance(pos_ratio, torch.Tensor) else pos_ratio
+        )
         if r.shape != (num_attrs,):
             raise ValueError(f"pos_ratio must have shape ({num_attrs},), got {tuple(r.shape)}")
     w_pos, w_neg = _weights(scheme, r, categories, num_attrs, logits)

@@ -82,18 +82,20 @@ def attribute_metrics(
         attr_f1 = np.where((attr_prec + attr_rec) > 0, 2 * attr_prec * attr_rec / (attr_prec + attr_rec), 0.0)
     table = []
     for i, name in enumerate(names):
-        table.append({
-            "name": str(name),
-            "positives": int(n_pos[i]),
-            "negatives": int(n_neg[i]),
-            "tpr": _num(tpr[i]),
-            "tnr": _num(tnr[i]),
-            "mA": _num(balanced[i]),
-            "accuracy": _num((tp[i] + tn[i]) / max(n_pos[i] + n_neg[i], 1)),
-            "precision": _num(attr_prec[i]),
-            "recall": _num(attr_rec[i]),
-            "f1": _num(attr_f1[i]),
-        })
+        table.append(
+            {
+                "name": str(name),
+                "positives": int(n_pos[i]),
+                "negatives": int(n_neg[i]),
+                "tpr": _num(tpr[i]),
+                "tnr": _num(tnr[i]),
+                "mA": _num(balanced[i]),
+                "accuracy": _num((tp[i] + tn[i]) / max(n_pos[i] + n_neg[i], 1)),
+                "precision": _num(attr_prec[i]),
+                "recall": _num(attr_rec[i]),
+                "f1": _num(attr_f1[i]),
+            }
+        )
     return {
         "mA": label_mA,
         "accuracy": float(acc_i.mean()),
@@ -116,14 +118,23 @@ def format_metrics(metrics: dict[str, Any], per_attribute: bool = True) -> str:
     """The table the papers print: summary line in percent, then one line per attribute."""
     lines = [
         "mA {:.2f}  acc {:.2f}  prec {:.2f}  rec {:.2f}  F1 {:.2f}  (N={})".format(
-            100 * metrics["mA"], 100 * metrics["accuracy"], 100 * metrics["precision"],
-            100 * metrics["recall"], 100 * metrics["f1"], metrics["num_samples"])
+            100 * metrics["mA"],
+            100 * metrics["accuracy"],
+            100 * metrics["precision"],
+            100 * metrics["recall"],
+            100 * metrics["f1"],
+            metrics["num_samples"],
+        )
     ]
     if per_attribute:
         lines.append(f"{'attribute':<24}{'pos':>6}{'mA':>8}{'TPR':>8}{'TNR':>8}{'F1':>8}")
         for row in metrics["per_attribute"]:
+
             def pct(v: float | None) -> str:
                 return f"{100 * v:8.2f}" if v is not None else f"{'-':>8}"
-            lines.append(f"{row['name']:<24}{row['positives']:>6}{pct(row['mA'])}{pct(row['tpr'])}"
-                         f"{pct(row['tnr'])}{pct(row['f1'])}")
+
+            lines.append(
+                f"{row['name']:<24}{row['positives']:>6}{pct(row['mA'])}{pct(row['tpr'])}"
+                f"{pct(row['tnr'])}{pct(row['f1'])}"
+            )
     return "\n".join(lines)

@@ -1,0 +1,212 @@
+"""Attribute annotations for a user's own data (CSV / JSON) and the RAP and PA-100K benchmarks.
+
+CSV (one row per image; header names the attributes)::
+
+    image,person_id,personalMale,carryingBackpack,...
+    cam1/0001.jpg,17,1,0,...
+
+``image`` is relative to the CSV's folder (or absolute); ``person_id`` is optional; a label is
+1 / 0, and -1 or an empty cell means unknown (ignored by the loss and the label-based metrics).
+
+JSON::
+
+    {"attributes": ["personalMale", ...],
+     "samples": [{"image": "cam1/0001.jpg", "person_id": "17", "labels": {"personalMale": 1, ...}}, ...]}
+
+(a missing attribute in ``labels`` is unknown; ``labels`` may also be a list in attribute order).
+
+RAP (v1/v2 ``RAP_annotation.mat``) and PA-100K (``annotation.mat``) are read with scipy from the
+field names their documentation gives. They are written from those documented layouts only and
+have not been run against the real files (the datasets are not available here).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .peta_attributes import AttributeRecord, AttributeRecords
+
+__all__ = ["read_attribute_csv", "read_attribute_json", "read_pa100k", "read_rap", "select_attributes"]
+
+logger = logging.getLogger(__name__)
+
+
+def _label_value(raw: object, where: str) -> float:
+    if raw is None or (isinstance(raw, str) and raw.strip() == ""):
+        return -1.0
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: label {raw!r} is not 1, 0 or -1") from None
+    if value not in (0.0, 1.0, -1.0):
+        raise ValueError(f"{where}: label {raw!r} is not 1, 0 or -1")
+    return value
+
+
+def _resolve(base: Path, image: str) -> Path:
+    p = Path(image)
+    return p if p.is_absolute() else base / p
+
+
+def read_attribute_csv(path: str | Path, check_images: bool = True) -> AttributeRecords:
+    """Read the CSV format above."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"attribute CSV {path} not found")
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if not header or header[0].strip() != "image":
+            raise ValueError(
+                f"{path}: the first column must be 'image', got {header[:1] if header else 'nothing'}"
+            )
+        has_pid = len(header) > 1 and header[1].strip() == "person_id"
+        names = tuple(h.strip() for h in header[2 if has_pid else 1 :])
+        if not names:
+            raise ValueError(f"{path}: no attribute columns after 'image'")
+        records = []
+        for line_no, row in enumerate(reader, 2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise ValueError(f"{path}:{line_no}: {len(row)} cells, header has {len(header)}")
+            image = _resolve(path.parent, row[0].strip())
+            if check_images and not image.is_file():
+                raise ValueError(f"{path}:{line_no}: image {image} not found")
+            values = row[2 if has_pid else 1 :]
+            labels = np.array([_label_value(v, f"{path}:{line_no}") for v in values], np.float32)
+            pid = row[1].strip() if has_pid else image.stem
+            records.append(AttributeRecord(path=image, person_id=pid, labels=labels, subset=path.stem))
+    return AttributeRecords(records=records, names=names, subset_counts={path.stem: len(records)})
+
+
+def read_attribute_json(path: str | Path, check_images: bool = True) -> AttributeRecords:
+    """Read the JSON format above."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"attribute JSON {path} not found")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if (
+        not isinstance(doc, dict)
+        or not isinstance(doc.get("attributes"), list)
+        or not isinstance(doc.get("samples"), list)
+    ):
+        raise ValueError(f"{path}: expected an object with 'attributes' (list) and 'samples' (list)")
+    names = tuple(str(a) for a in doc["attributes"])
+    index = {n: i for i, n in enumerate(names)}
+    records = []
+    for k, sample in enumerate(doc["samples"]):
+        where = f"{path}: samples[{k}]"
+        if not isinstance(sample, dict) or "image" not in sample:
+            raise ValueError(f"{where}: needs an 'image' entry")
+        image = _resolve(path.parent, str(sample["image"]))
+        if check_images and not image.is_file():
+            raise ValueError(f"{where}: image {image} not found")
+        raw = sample.get("labels", {})
+        labels = np.full(len(names), -1.0, np.float32)
+        if isinstance(raw, list):
+            if len(raw) != len(names):
+                raise ValueError(f"{where}: {len(raw)} labels for {len(names)} attributes")
+            labels[:] = [_label_value(v, where) for v in raw]
+        elif isinstance(raw, dict):
+            for name, value in raw.items():
+                if name not in index:
+                    raise ValueError(f"{where}: unknown attribute {name!r}")
+                labels[index[name]] = _label_value(value, where)
+        else:
+            raise ValueError(f"{where}: 'labels' must be an object or a list")
+        pid = str(sample.get("person_id", image.stem))
+        records.append(AttributeRecord(path=image, person_id=pid, labels=labels, subset=path.stem))
+    return AttributeRecords(records=records, names=names, subset_counts={path.stem: len(records)})
+
+
+def select_attributes(records: AttributeRecords, names: Sequence[str]) -> AttributeRecords:
+    """Keep (and reorder to) ``names``; an attribute the file lacks is an error naming it."""
+    missing = [n for n in names if n not in records.names]
+    if missing:
+        raise ValueError(f"attributes not in the annotation file: {', '.join(missing)}")
+    idx = [records.names.index(n) for n in names]
+    recs = [AttributeRecord(r.path, r.person_id, r.labels[idx], r.subset) for r in records]
+    return AttributeRecords(records=recs, names=tuple(names), subset_counts=dict(records.subset_counts))
+
+
+def _mat_strings(arr: object) -> list[str]:
+    """Flatten a MATLAB cell array of strings as loaded by scipy.io.loadmat."""
+    out = []
+    for item in np.asarray(arr, dtype=object).ravel():
+        while isinstance(item, np.ndarray) and item.dtype == object and item.size == 1:
+            item = item.ravel()[0]
+        out.append(str(item.ravel()[0]) if isinstance(item, np.ndarray) and item.size else str(item))
+    return out
+
+
+def read_pa100k(root: str | Path, split: str = "test") -> AttributeRecords:
+    """PA-100K: ``<root>/annotation.mat`` (fields ``attributes``, ``{train,val,test}_images_name``,
+    ``{train,val,test}_label``) and images in ``<root>/data/`` (or ``<root>/release_data/release_data``).
+    Untested on the real file (not available here)."""
+    from scipy.io import loadmat
+
+    root = Path(root)
+    if split not in ("train", "val", "test", "trainval"):
+        raise ValueError(f"PA-100K split must be train, val, test or trainval, got {split!r}")
+    ann = root / "annotation.mat"
+    if not ann.is_file():
+        raise ValueError(f"PA-100K annotation {ann} not found")
+    mat = loadmat(str(ann))
+    names = tuple(_mat_strings(mat["attributes"]))
+    image_dir = next(
+        (d for d in (root / "data", root / "release_data" / "release_data", root) if d.is_dir()), root
+    )
+    records = []
+    for part in ("train", "val") if split == "trainval" else (split,):
+        files = _mat_strings(mat[f"{part}_images_name"])
+        labels = np.asarray(mat[f"{part}_label"], np.float32)
+        for f, y in zip(files, labels, strict=True):
+            records.append(AttributeRecord(path=image_dir / f, person_id=Path(f).stem, labels=y, subset=part))
+    return AttributeRecords(records=records, names=names, subset_counts={split: len(records)})
+
+
+def read_rap(root: str | Path, partition: int = 0, split: str = "test") -> AttributeRecords:
+    """RAP v1: ``<root>/RAP_annotation/RAP_annotation.mat`` (struct ``RAP_annotation`` with ``imagesname``,
+    ``label``, ``attribute``, ``partion{k}.{train,test}_index`` 1-based) and images in
+    ``<root>/RAP_dataset/``; the 51 attributes of the common protocol are the first 51 columns.
+    Labels of 2 (RAP's "uncertain") become -1 (unknown). Untested on the real file."""
+    from scipy.io import loadmat
+
+    root = Path(root)
+    ann = next(
+        (
+            p
+            for p in (root / "RAP_annotation" / "RAP_annotation.mat", root / "RAP_annotation.mat")
+            if p.is_file()
+        ),
+        None,
+    )
+    if ann is None:
+        raise ValueError(f"RAP annotation RAP_annotation.mat not found under {root}")
+    if split not in ("train", "test"):
+        raise ValueError(f"RAP split must be train or test, got {split!r}")
+    data = loadmat(str(ann), squeeze_me=False)["RAP_annotation"][0, 0]
+    files = _mat_strings(data["imagesname"])
+    names = tuple(_mat_strings(data["attribute"]))[:51]
+    labels = np.asarray(data["label"], np.float32)[:, :51]
+    labels[labels > 1] = -1.0
+    part = data["partion"][partition, 0][0, 0]
+    index = np.asarray(part[f"{split}_index"]).ravel().astype(int) - 1
+    image_dir = root / "RAP_dataset"
+    records = [
+        AttributeRecord(
+            path=image_dir / files[i], person_id=Path(files[i]).stem, labels=labels[i], subset=split
+        )
+        for i in index
+    ]
+    return AttributeRecords(records=records, names=names, subset_counts={split: len(records)})

@@ -1,0 +1,231 @@
+#!/usr/bin/env python3
+"""Train a pedestrian-attribute network from a YAML recipe (configs/attributes_*.yaml).
+
+    python tools/train_attributes.py --config configs/attributes_part_osnet.yaml \
+        [--set optim.epochs=2 --set loss.scheme=exp] [--json runs/x/metrics.json]
+
+Resumable: rerun the same command and it continues from ``<out_dir>/last.pt``. Each epoch is scored
+on the held-out part of the TRAINING data (by person id); ``best.pt`` keeps the best held-out mA and
+is a self-describing checkpoint that ``tools/eval_attributes.py --weights`` and the pipeline load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
+
+from models.attributes.groups import attribute_task  # noqa: E402
+from models.attributes.losses import AttributeLoss, positive_ratio  # noqa: E402
+from models.attributes.metrics import attribute_metrics, format_metrics  # noqa: E402
+from models.attributes.model import AttributeModelBundle, build_attribute_model  # noqa: E402
+from models.attributes.recipe import AttributeRecipe, load_records, split_holdout  # noqa: E402
+from models.data.attribute_dataset import AttributeImageDataset  # noqa: E402
+from models.data.transforms import AttributeTransform  # noqa: E402
+from models.training import Checkpointer, pick_device, progress, seed_everything, set_threads, write_json  # noqa: E402
+from pipeline.configfile import load_config  # noqa: E402
+
+logger = logging.getLogger("train_attributes")
+
+
+@torch.no_grad()
+def predict(
+    model: torch.nn.Module, loader: DataLoader, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmoid probabilities and labels over a loader, in order."""
+    model.eval()
+    probs, labels = [], []
+    for x, y, _ in loader:
+        probs.append(torch.sigmoid(model(x.to(device))).cpu().numpy())
+        labels.append(y.numpy())
+    return np.concatenate(probs), np.concatenate(labels)
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 1% of the base rate."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def train(recipe: AttributeRecipe, json_out: Path | None = None) -> dict:
+    """Run (or resume) the recipe; returns the metrics payload also written to JSON."""
+    rt, dc, oc = recipe.runtime, recipe.data, recipe.optim
+    set_threads(rt.threads)
+    seed_everything(rt.seed)
+    device = pick_device(rt.device)
+    out_dir = Path(rt.out_dir)
+    records = load_records(dc.format, dc.root, dc.train_subsets, dc.attributes, split="train")
+    names = list(records.names)
+    train_recs, held_recs = split_holdout(records, dc.holdout_fraction, rt.seed)
+    logger.info(
+        "%d training images, %d held out (%d attributes); unmapped label tokens: %d",
+        len(train_recs),
+        len(held_recs),
+        len(names),
+        sum(records.unmapped.values()),
+    )
+    size = tuple(dc.input_size)
+    train_ds = AttributeImageDataset(
+        train_recs, AttributeTransform(size, True, dc.flip_p, dc.crop_pad, dc.jitter), rt.preload, rt.seed
+    )
+    held_loader = None
+    if len(held_recs):
+        held_ds = AttributeImageDataset(held_recs, AttributeTransform(size, False), rt.preload, rt.seed)
+        held_loader = DataLoader(held_ds, batch_size=max(64, oc.batch_size), shuffle=False)
+    ratio = positive_ratio(train_ds.labels)
+    criterion = AttributeLoss(recipe.loss.scheme, ratio, [attribute_task(n) for n in names]).to(device)
+    model = build_attribute_model(recipe.model, names).to(device)
+    backbone_params = list(model.backbone.parameters())
+    backbone_ids = {id(p) for p in backbone_params}
+    head_params = [p for p in model.parameters() if id(p) not in backbone_ids]
+    optimizer = torch.optim.Adam(
+        [
+            {"params": backbone_params, "lr": oc.lr * oc.backbone_lr_mult},
+            {"params": head_params, "lr": oc.lr},
+        ],
+        weight_decay=oc.weight_decay,
+    )
+    base_lrs = [g["lr"] for g in optimizer.param_groups]
+    steps_per_epoch = math.ceil(len(train_ds) / oc.batch_size)
+    if oc.max_iters_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, oc.max_iters_per_epoch)
+    total_steps = steps_per_epoch * oc.epochs
+    bundle = AttributeModelBundle(
+        model=recipe.model,
+        attribute_names=names,
+        input_size=size,
+        info={
+            "recipe": recipe.model_dump(mode="json"),
+            "train_images": len(train_recs),
+            "held_out_images": len(held_recs),
+            "positive_ratio": ratio.tolist(),
+        },
+    )
+
+    ckpt = Checkpointer(out_dir)
+    start_epoch, step, best_mA, history = 0, 0, -1.0, []
+    state = ckpt.load_last(device)
+    if state is not None:
+        if state.get("bundle", {}).get("attribute_names") != names:
+            raise ValueError(f"{ckpt.last_path} was trained on other attributes; use another runtime.out_dir")
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, step, best_mA, history = (
+            state["epoch"] + 1,
+            state["step"],
+            state["best_mA"],
+            state["history"],
+        )
+        logger.info("resumed at epoch %d (step %d, best held-out mA %.4f)", start_epoch, step, best_mA)
+
+    generator = torch.Generator().manual_seed(rt.seed)
+    for epoch in range(start_epoch, oc.epochs):
+        model.train()
+        train_ds.set_epoch(epoch)
+        generator.manual_seed(rt.seed * 1000 + epoch)
+        loader = DataLoader(
+            train_ds, batch_size=oc.batch_size, shuffle=True, drop_last=True, generator=generator
+        )
+        t0, running, seen = time.time(), 0.0, 0
+        for it, (x, y, _) in enumerate(
+            progress(loader, steps_per_epoch, f"epoch {epoch + 1}/{oc.epochs}", rt.progress)
+        ):
+            if it >= steps_per_epoch:
+                break
+            for g, base in zip(optimizer.param_groups, base_lrs, strict=True):
+                g["lr"] = base * lr_factor(step, total_steps, oc.warmup_iters)
+            loss = criterion(model(x.to(device)), y.to(device))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch + 1} step {it}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running += loss.item() * len(x)
+            seen += len(x)
+            step += 1
+        entry = {"epoch": epoch + 1, "train_loss": running / max(seen, 1), "seconds": time.time() - t0}
+        if held_loader is not None:
+            probs, labels = predict(model, held_loader, device)
+            m = attribute_metrics(probs, labels, names)
+            entry.update({k: m[k] for k in ("mA", "accuracy", "precision", "recall", "f1")})
+            logger.info(
+                "epoch %d: loss %.4f, held-out %s",
+                epoch + 1,
+                entry["train_loss"],
+                format_metrics(m, per_attribute=False),
+            )
+            score = m["mA"]
+        else:
+            logger.info("epoch %d: loss %.4f", epoch + 1, entry["train_loss"])
+            score = -entry["train_loss"]
+        history.append(entry)
+        is_best = score > best_mA
+        best_mA = max(best_mA, score)
+        bundle.info["epoch"] = epoch + 1
+        bundle.info["held_out"] = {k: entry.get(k) for k in ("mA", "accuracy", "precision", "recall", "f1")}
+        ckpt.save(
+            {
+                "format": "amodal-attributes-v1",
+                "bundle": bundle.model_dump(mode="json"),
+                "state_dict": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "best_mA": best_mA,
+                "history": history,
+            },
+            best=is_best,
+        )
+    best_entry = max(history, key=lambda e: e.get("mA", -e["train_loss"])) if history else {}
+    payload = {
+        "recipe": recipe.model_dump(mode="json"),
+        "attributes": names,
+        "history": history,
+        "best_epoch": best_entry.get("epoch"),
+        "best_held_out": best_entry,
+        "checkpoint": str(ckpt.best_path),
+        "train_images": len(train_recs),
+        "held_out_images": len(held_recs),
+        "unmapped_label_tokens": sum(records.unmapped.values()),
+    }
+    write_json(json_out or out_dir / "metrics.json", payload)
+    return payload
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", required=True, help="YAML recipe (configs/attributes_*.yaml)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. --set loss.scheme=exp (repeatable)",
+    )
+    parser.add_argument(
+        "--json", type=Path, default=None, help="metrics JSON (default <out_dir>/metrics.json)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    recipe = load_config(AttributeRecipe, args.config, overrides=args.overrides)
+    payload = train(recipe, args.json)
+    logger.info("best held-out epoch %s: %s", payload["best_epoch"], payload["best_held_out"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
