@@ -108,6 +108,12 @@ class IngestConfig(BaseModel):
     decode_threads: int = Field(0, ge=0, le=64, description="FFmpeg decoder threads per stream; 0 = auto.")
     ffmpeg_options: dict[str, str] = Field(default_factory=dict, description="Extra FFmpeg demuxer "
                                            "options passed to every open, e.g. {fflags: nobuffer}.")
+    capture_clock: Literal["pts", "wall"] = Field("pts", description="capture_time of file frames: pts = "
+                                                  "stream start + pts (reproducible event times); wall = "
+                                                  "the wall clock at decode, as a camera gives (latency "
+                                                  "measurements). Live sources always use wall.")
+    max_frames: int | None = Field(None, ge=1, description="End each stream after this many frames "
+                                   "(quick trials, benchmarks); null = all.")
     stop_grace_s: float = Field(2.0, ge=0, description="After shutdown is requested, how long to wait for "
                                 "decode threads (a read blocked in FFmpeg ends within read_timeout_s).")
 
@@ -150,6 +156,8 @@ class IngestStage(SourceStage):
             backoff_jitter=cfg.reconnect.jitter,
             max_reconnects=cfg.reconnect.max_attempts,
             decode_threads=cfg.decode_threads,
+            capture_clock=cfg.capture_clock,
+            max_frames=cfg.max_frames,
             ffmpeg_options=tuple(sorted(cfg.ffmpeg_options.items())),
         )
 

@@ -224,3 +224,12 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     cfg.write_text("streams:\n  - {id: cam, source: 'rtsp://u:${CAM_PW}@h/s'}\n")
     loaded = load_config(IngestConfig, cfg, env={"CAM_PW": "pw"})
     assert loaded.streams[0].source == "rtsp://u:pw@h/s"
+
+
+def test_max_frames_and_wall_clock(tmp_path: Path) -> None:
+    path = str(write_clip(tmp_path / "a.mp4", frames=30))
+    before = time.time()
+    frames, end = decode_all([path, path], max_frames=12, capture_clock="wall")
+    assert len(frames) == 12 and end.reason == "finished"
+    assert all(before <= f.capture_time <= time.time() for f in frames)
+    assert frames[-1].capture_time - frames[0].capture_time < 0.4, "wall clock at decode, not start + pts"

@@ -16,7 +16,9 @@ one ``StreamEnded``. It owns everything that makes a source robust:
   immediate) and ``max_fps`` drops frames by timestamp to cap the rate;
 * timestamps: ``pts`` in seconds from the container (files: from the file's start plus the offset
   of earlier files; live: from the first frame of the session); ``capture_time`` is wall clock at
-  decode for live sources and ``start + pts`` for replays.
+  decode for live sources and ``start + pts`` for replays (or wall clock with ``capture_clock:
+  wall``, which makes a file behave like a camera for latency measurements);
+* ``max_frames`` ends a stream (``finished``) after that many emitted frames.
 
 Credentials: every message that leaves this module goes through ``scrub`` (PyAV quotes the URL in
 its exceptions).
@@ -86,6 +88,8 @@ class DecoderOptions:
     max_reconnects: int | None = None
     decode_threads: int = 0
     probe_s: float = 1.0
+    capture_clock: Literal["pts", "wall"] = "pts"
+    max_frames: int | None = None
     max_decode_errors: int = 25
     ffmpeg_options: tuple[tuple[str, str], ...] = ()
 
@@ -109,6 +113,7 @@ class _Outcome:
     error: str | None = None
     stalled: bool = False
     stopped: bool = False
+    limited: bool = False
 
 
 class _RateCap:
@@ -174,6 +179,8 @@ class StreamDecoder:
                 outcome = yield from self._decode(container, stop, offset, live=False)
             if outcome.stopped:
                 return StreamEnded(self.stream_id, "stopped")
+            if outcome.limited:
+                break
             if outcome.error:
                 failed.append(f"{item}: {outcome.error}")
                 self._file_failed(failed[-1])
@@ -225,6 +232,8 @@ class StreamDecoder:
             offset = max(offset, outcome.end_pts)
             if outcome.stopped:
                 break
+            if outcome.limited:
+                return StreamEnded(self.stream_id, "finished", f"max_frames={opts.max_frames} reached")
             if outcome.frames:
                 backoff.reset()
                 failures = 0
@@ -310,7 +319,8 @@ class StreamDecoder:
                             t = offset + (frame.pts - (start_pts or 0)) * time_base
                         else:
                             t = offset + outcome.frames / rate
-                        capture = self._wall_start + t
+                        wall = self.options.capture_clock == "wall"
+                        capture = time.time() if wall else self._wall_start + t
                     outcome.frames += 1
                     last_t = t
                     outcome.end_pts = max(outcome.end_pts, t + 1.0 / rate)
@@ -323,6 +333,9 @@ class StreamDecoder:
                             return outcome
                     yield DecodedFrame(self.stream_id, self._seq, t, capture, to_bgr(frame))
                     self._seq += 1
+                    if self.options.max_frames is not None and self._seq >= self.options.max_frames:
+                        outcome.limited = True
+                        return outcome
         except av.error.ExitError:
             outcome.stalled = True
             outcome.error = f"timed out: no data for {self.options.read_timeout_s:g} s"
