@@ -76,6 +76,13 @@ def _offline() -> bool:
     return not ONLINE
 
 
+def _half_precision() -> dict[str, Any]:
+    """FP16 request in the spelling of the installed ultralytics (``quantize=16`` replaced ``half``)."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    return {"quantize": 16} if "quantize" in DEFAULT_CFG_DICT else {"half": True}
+
+
 def resolve_weights(weights: str) -> str:
     """Return the weights path to load; FileNotFoundError (naming the fix) when it cannot exist.
 
@@ -152,8 +159,9 @@ class DetectStage(Stage):
         self._model = YOLO(weights, task="detect")
         cfg = self.config
         self._predict_args = {"conf": cfg.conf, "iou": cfg.iou, "imgsz": cfg.imgsz, "device": device,
-                              "half": cfg.half, "classes": cfg.classes, "max_det": cfg.max_det,
-                              "verbose": False}
+                              "classes": cfg.classes, "max_det": cfg.max_det, "verbose": False}
+        if cfg.half:
+            self._predict_args.update(_half_precision())
         self.context.logger.info("detector %s on %s (conf=%.2f, classes=%s, interval=%d, max_batch=%d)",
                                  weights, device, cfg.conf, cfg.classes, cfg.interval, cfg.max_batch)
         if cfg.warmup:
@@ -183,8 +191,8 @@ class DetectStage(Stage):
         if run:
             started = time.perf_counter()
             detections = self.detect([messages[i].image for i in run])
-            self.context.observe("inference_seconds", time.perf_counter() - started)
-            self.context.observe("batch_size", len(run))
+            self.context.observe("detector_inference_seconds", time.perf_counter() - started)
+            self.context.observe("detector_batch_frames", len(run))
             for index, dets in zip(run, detections, strict=True):
                 outputs[index] = replace(messages[index], detections=dets)
         return outputs
