@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -56,6 +57,9 @@ class DetectConfig(BaseModel):
     max_wait_ms: float = Field(5.0, ge=0, description="How long to wait for a batch to fill, in ms.")
     interval: int = Field(1, ge=1, description="Run the detector on every Nth frame of each stream; "
                           "frames in between carry detections=None and the tracker predicts them.")
+    threads: int = Field(0, ge=0, le=256, description="CPU threads for inference; 0 = the backend's "
+                         "default (all cores). On a small box, leaving cores to decoding, tracking and "
+                         "encoding keeps the graph as fast as its detector (OpenVINO and torch models).")
     warmup: bool = Field(True, description="Run one dummy inference in on_start so the first real frame "
                          "does not pay for model initialisation.")
 
@@ -164,8 +168,34 @@ class DetectStage(Stage):
             self._predict_args.update(_half_precision())
         self.context.logger.info("detector %s on %s (conf=%.2f, classes=%s, interval=%d, max_batch=%d)",
                                  weights, device, cfg.conf, cfg.classes, cfg.interval, cfg.max_batch)
-        if cfg.warmup:
-            self.detect([np.zeros((64, 64, 3), np.uint8)])
+        if cfg.warmup or cfg.threads:
+            self.detect([np.zeros((64, 64, 3), np.uint8)])  # builds ultralytics' predictor + backend
+        if cfg.threads:
+            self._limit_threads(weights, cfg.threads)
+
+    def _limit_threads(self, weights: str, threads: int) -> None:
+        """Cap inference threads: torch models via torch, OpenVINO by recompiling with
+        INFERENCE_NUM_THREADS (ultralytics exposes no option for it, so this reaches into its backend;
+        if that layout changes the cap is skipped with a warning, never an error)."""
+        backend = getattr(getattr(getattr(self._model, "predictor", None), "model", None), "backend", None)
+        if hasattr(backend, "ov_compiled_model") and hasattr(backend, "compile_model"):
+            try:
+                import openvino as ov
+
+                path = Path(weights)
+                xml = path if path.is_file() else next(path.glob("*.xml"))
+                core = ov.Core()
+                config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+                backend.compile_model = partial(core.compile_model, device_name="CPU", config=config)
+                backend.ov_compiled_model = backend.compile_model(core.read_model(str(xml)))
+                self.context.logger.info("OpenVINO inference limited to %d threads", threads)
+            except Exception as exc:  # noqa: BLE001 - an optimisation must never stop the stage
+                self.context.logger.warning("could not limit OpenVINO threads (%s); using its default", exc)
+            return
+        import torch
+
+        torch.set_num_threads(threads)
+        self.context.logger.info("torch inference limited to %d threads", threads)
 
     def detect(self, images: list[np.ndarray]) -> list[Detections]:
         """One batched forward pass over BGR images; one ``Detections`` per image, in order."""

@@ -97,7 +97,7 @@ def crosswalk(shared_dir: Path) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def openvino_stage(shared_dir: Path) -> DetectStage:
     stage = make_stage(weights=str(shared_dir / "models" / "yolov8n_int8_openvino_model"), interval=2,
-                       max_batch=4)
+                       max_batch=4, threads=1)
     stage.on_start()
     return stage
 
@@ -125,3 +125,9 @@ def test_openvino_finds_people_and_interval_skips_per_stream(openvino_stage: Det
     assert list(stage.process(EndOfStream("b", "finished"))) == []
     (again,) = stage.process_batch([frame("b", 0, crosswalk[3])])
     assert again.detections is not None and len(again.detections) >= 5
+
+
+@pytest.mark.shared_assets
+def test_threads_option_caps_openvino_inference_threads(openvino_stage: DetectStage) -> None:
+    compiled = openvino_stage._model.predictor.model.backend.ov_compiled_model
+    assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1
