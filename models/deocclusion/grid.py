@@ -1,0 +1,34 @@
+"""The sample grid PNG: one row per crop, columns occluded | generated | ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = ["save_grid"]
+
+
+def save_grid(
+    path: str | Path, occluded: np.ndarray, generated: np.ndarray, clean: np.ndarray, scale: int = 2
+) -> Path:
+    """Write (N, H, W, 3) uint8 RGB triplets as a PNG grid (rows = crops) and return the path."""
+    if not (occluded.shape == generated.shape == clean.shape) or occluded.ndim != 4:
+        raise ValueError(
+            f"grid inputs must be equal (N, H, W, 3) arrays, "
+            f"got {occluded.shape}, {generated.shape}, {clean.shape}"
+        )
+    gap = np.full((occluded.shape[1], 2, 3), 255, np.uint8)
+    rows = [
+        np.concatenate([o, gap, g, gap, c], axis=1)
+        for o, g, c in zip(occluded, generated, clean, strict=True)
+    ]
+    hgap = np.full((2, rows[0].shape[1], 3), 255, np.uint8)
+    grid = np.concatenate([x for r in rows for x in (r, hgap)][:-1], axis=0)
+    if scale > 1:
+        grid = cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), grid[..., ::-1])
+    return path
