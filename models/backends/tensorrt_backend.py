@@ -340,6 +340,9 @@ class TensorRTBackend(InferenceBackend):
             trt.int32: torch.int32,
             trt.int8: torch.int8,
         }
+        for trt_name, torch_name in (("int64", "int64"), ("bool", "bool"), ("bfloat16", "bfloat16")):
+            if hasattr(trt, trt_name):  # TensorRT 10 adds these; older bindings lack some
+                table[getattr(trt, trt_name)] = getattr(torch, torch_name)
         if trt_dtype not in table:
             raise ValueError(f"unsupported TensorRT tensor dtype {trt_dtype}")
         return table[trt_dtype]
