@@ -120,10 +120,13 @@ class TrackStage(Stage):
         self._streams: dict[str, _StreamState] = {}
 
     def on_start(self) -> None:
-        """Check the ReID model file exists (never let ultralytics fetch one)."""
+        """Check the ReID model file exists (never let ultralytics fetch one); import the trackers now
+        so the first frame does not pay for it."""
         if self.config.with_reid and not Path(self.config.reid_model or "").is_file():
             raise FileNotFoundError(f"track.reid_model {self.config.reid_model!r} does not exist; point "
                                     "--set track.reid_model=PATH at a local file or set with_reid: false")
+        import ultralytics.trackers.bot_sort  # noqa: F401
+        import ultralytics.trackers.byte_tracker  # noqa: F401
 
     def process(self, message: Any) -> Iterable[Any]:
         if isinstance(message, EndOfStream):

@@ -182,3 +182,37 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
                        StageContext("track"))
     with pytest.raises(FileNotFoundError, match="no.pt.*--set track.reid_model"):
         stage.on_start()
+
+
+@pytest.mark.shared_assets
+def test_real_footage_with_detector_every_other_frame(shared_dir: Path) -> None:
+    """Crosswalk footage, shared OpenVINO YOLOv8n on every 2nd frame: people keep their ids through
+    the predicted frames (>= 5 tracks present in 30+ of 48 frames) and every ENDED comes once."""
+    import threading
+
+    from stages.detect import DetectConfig, DetectStage
+    from stages.media.decoder import DecodedFrame, DecoderOptions, StreamDecoder
+    from stages.media.sources import resolve_source
+
+    detect = DetectStage(DetectConfig(weights=str(shared_dir / "models" / "yolov8n_int8_openvino_model"),
+                                      interval=2, threads=1), StageContext("detect"))
+    detect.on_start()
+    stage, _ = make_stage(tracker="botsort")
+    video = resolve_source(str(shared_dir / "media" / "crosswalk-occlusions.mp4"))
+    present: dict[int, int] = {}
+    ended: dict[int, int] = {}
+    for item in StreamDecoder("cw", video, DecoderOptions(max_frames=48)).frames(threading.Event()):
+        if not isinstance(item, DecodedFrame):
+            break
+        (frame,) = detect.process_batch([Frame("cw", item.seq, item.pts, item.capture_time, item.image)])
+        _, crops = list(stage.process(frame))
+        for tid, state in states(crops.tracks).items():
+            if state in (NEW, UPDATED):
+                present[tid] = present.get(tid, 0) + 1
+            if state == ENDED:
+                ended[tid] = ended.get(tid, 0) + 1
+    for final in stage.process(EndOfStream("cw", "finished")):
+        for tid in final.tracks.track_id.tolist():
+            ended[tid] = ended.get(tid, 0) + 1
+    assert sum(n >= 30 for n in present.values()) >= 5, present
+    assert set(ended) == set(present) and set(ended.values()) == {1}
