@@ -189,6 +189,9 @@ def build_graph(args: argparse.Namespace, mode: str, out_dir: Path, probe_path: 
     graph = default_replay_graph()
     graph.update(mode=mode, output_dir=str(out_dir), plugins=[PLUGIN])
     graph["logging"]["level"] = "ERROR"
+    # A stage process that finishes keeps flushing its last queued messages for linger_s; behind a
+    # slow detector the 2 s default can drop the tail (and its EndOfStream), so replay waits it out.
+    graph.setdefault("shutdown", {})["linger_s"] = 600.0
     stages = []
     for spec in graph["stages"]:
         if spec["type"] == "ingest":
