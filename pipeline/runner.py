@@ -79,6 +79,7 @@ class StageRunner:
         observer: Observer | None = None,
         on_failure: Callable[[str, BaseException], None] | None = None,
         upstream_done: Iterable[str] = (),
+        defer_close: bool = False,
     ) -> None:
         self.graph = graph
         self.spec = graph.stage(name)
@@ -93,6 +94,7 @@ class StageRunner:
         self._observer = observer if not self._out_links else None
         self._on_failure = on_failure
         self._upstream_done = set(upstream_done)
+        self._defer_close = defer_close
         self._log = logging.getLogger(f"amodal.stage.{name}")
         self._once = OnceLog(self._log)
         self._send_lock = threading.Lock()
@@ -108,7 +110,8 @@ class StageRunner:
         stage: Stage | None = None
         started = False
         try:
-            self._outlets = [Outlet(self._zmq, link, self._metrics) for link in self._out_links]
+            linger = self.graph.shutdown.linger_s
+            self._outlets = [Outlet(self._zmq, link, self._metrics, linger) for link in self._out_links]
             cls = self.spec.stage_class
             if self._in_links:
                 inputs = Inputs(self._zmq, self.name, self._in_links, cls.accepts, self._metrics, self._bound)
@@ -131,10 +134,10 @@ class StageRunner:
         except Exception as exc:  # noqa: BLE001
             self._fail(exc, "crashed")
         finally:
+            self._log.debug("stage=%s sending StageDone (out=%d)", self.name, self.result.messages_out)
             self._send(StageDone(sender=self.name))
-            linger = 0.0 if self._abort.is_set() else self.graph.shutdown.linger_s
-            for outlet in self._outlets:
-                outlet.close(linger)
+            if not self._defer_close or self._abort.is_set():
+                self.close_outlets()
             if inputs is not None:
                 inputs.close()
         self.result.ok = self._failure is None
@@ -146,6 +149,17 @@ class StageRunner:
             self.result.messages_out,
         )
         return self.result
+
+    def close_outlets(self) -> None:
+        """Close the sending sockets.
+
+        Call it only once every downstream stage has finished reading (the runtime knows when):
+        libzmq drops the messages still queued on a link if the sender closes while the receiver's
+        queue is at its high-water mark, and those are the last ones: EndOfStream and StageDone.
+        """
+        for outlet in self._outlets:
+            outlet.close(abort=self._abort.is_set())
+        self._outlets = []
 
     # -- sources ------------------------------------------------------------------------------
     def _run_source(self, stage: SourceStage) -> None:
@@ -190,6 +204,9 @@ class StageRunner:
                 continue
             link, first = batch[0]
             if isinstance(first, StageDone):
+                self._log.debug(
+                    "stage=%s link %s done; waiting for %s", self.name, link, sorted(pending - {link})
+                )
                 pending.discard(link)
                 for stream in [s for s, owners in stream_links.items() if link in owners]:
                     owners = stream_links[stream]

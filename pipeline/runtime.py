@@ -134,6 +134,7 @@ class EmbeddedRuntime:
                     bound=bound,
                     observer=self._observer,
                     on_failure=self._failed,
+                    defer_close=True,
                 )
                 for spec in self.graph.stages
             ]
@@ -141,6 +142,9 @@ class EmbeddedRuntime:
             for thread in threads:
                 thread.start()
             clean = self._wait(threads)
+            if clean:  # every reader has finished: now the senders may close without losing a message
+                for runner in runners:
+                    runner.close_outlets()
             report = RunReport.from_results([r.result for r in runners], time.monotonic() - started)
             if report.exit_code == 0 and self._abort_reason is not None:
                 report.exit_code, report.error = 1, self._abort_reason

@@ -108,9 +108,10 @@ class ProcessRuntime:
             base_job = {"graph": graph_json, "links": link_json}
             for child in children:
                 self._start(child, base_job, run_dir, children)
-            while not all(c.done for c in children):
+            while not all(c.done and c.process is None for c in children):
                 time.sleep(_POLL_S)
                 self._reap(children)
+                self._release(children)
                 self._handle_stop(children)
                 for child in children:
                     if not child.done and child.process is None and time.monotonic() >= child.start_at:
@@ -153,8 +154,10 @@ class ProcessRuntime:
             upstream_done=upstream_done,
             metrics_port=port,
             status_file=str(run_dir / f"{child.name}.status.json"),
+            release_file=str(run_dir / f"{child.name}.release"),
         )
         Path(job["status_file"]).unlink(missing_ok=True)
+        Path(job["release_file"]).unlink(missing_ok=True)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path.cwd()), env.get("PYTHONPATH")]))
         child.process = subprocess.Popen(
@@ -173,14 +176,22 @@ class ProcessRuntime:
     def _reap(self, children: list[_Child]) -> None:
         for child in children:
             proc = child.process
-            if proc is None or proc.poll() is None:
+            if proc is None:
+                continue
+            if proc.poll() is None:
+                if not child.done:
+                    status = self._status(child)
+                    if status is not None and status.ok:
+                        child.done, child.result = True, status  # finished; waits to be released
                 continue
             code = proc.returncode
             child.process = None
+            if child.done and child.result is not None and child.result.ok:
+                continue  # it had finished its work; how it exited after release does not matter
             status = self._status(child)
             if code == 0:
                 child.done = True
-                child.result = status or StageResult(child.name, ok=True)
+                child.result = child.result or status or StageResult(child.name, ok=True)
                 continue
             if code == 2:
                 child.done = True
@@ -222,6 +233,19 @@ class ProcessRuntime:
                 cfg.max_restarts,
                 backoff,
             )
+
+    def _release(self, children: list[_Child]) -> None:
+        """Let a finished stage close its sockets once every stage it feeds has finished too."""
+        by_name = {c.name: c for c in children}
+        for child in children:
+            if not child.done or child.process is None:
+                continue
+            release = self._run_dir / f"{child.name}.release"
+            if release.exists():
+                continue
+            downstream = [by_name[d.name] for d in self.graph.downstream_of(child.name)]
+            if all(d.done for d in downstream) or self._killed:
+                release.touch()
 
     def _status(self, child: _Child) -> StageResult | None:
         """The status file the stage process wrote on its way out (None if it died before that)."""

@@ -12,8 +12,9 @@
   StageDone are never dropped), counting each eviction: queued latency is bounded by ``hwm``.
   Malformed, unknown or unaccepted messages are counted and logged once per kind, never raised.
 
-Sockets are closed with ``linger=0`` on abort, and with a short linger on a clean exit so the
-final EndOfStream/StageDone of a link is not thrown away.
+Sockets are closed with ``linger=0`` on abort, and with a short linger (``shutdown.linger_s``, set
+before connecting, which is when libzmq reads it) on a clean exit so the final EndOfStream/StageDone
+of a link is not thrown away.
 """
 
 from __future__ import annotations
@@ -73,12 +74,16 @@ class OnceLog:
 class Outlet:
     """The sending end of one link."""
 
-    def __init__(self, context: zmq.Context, link: Link, metrics: RuntimeMetrics) -> None:
+    def __init__(
+        self, context: zmq.Context, link: Link, metrics: RuntimeMetrics, linger_s: float = 2.0
+    ) -> None:
         self.link = link
         self._metrics = metrics
         self._socket = context.socket(zmq.PUSH)
         self._socket.setsockopt(zmq.SNDHWM, link.hwm)
-        self._socket.setsockopt(zmq.LINGER, 0)
+        # LINGER must be set before connect(): libzmq copies it into the connection's session then, and
+        # a session with linger 0 throws away the last messages (EndOfStream, StageDone) on close.
+        self._socket.setsockopt(zmq.LINGER, int(linger_s * 1000))
         self._socket.connect(link.endpoint)
         self._wants = set(link.accepts)
 
@@ -88,12 +93,18 @@ class Outlet:
     def send(self, parts: list[Any], is_data: bool, abort: threading.Event) -> bool:
         """Send one encoded message; False if it was dropped (drop_oldest, peer not reading) or aborted."""
         if is_data and self.link.policy == "drop_oldest":
-            try:
-                self._socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
-                return True
-            except zmq.Again:
-                self._metrics.dropped.labels(stage=self.link.upstream, link=self.link.name).inc()
-                return False
+            # The receiver drains this socket continuously into its bounded inbox (where the oldest
+            # are dropped), so a full socket means it fell behind for a moment or is gone: wait one
+            # poll interval at most, then drop this message rather than stall the producer.
+            for attempt in range(2):
+                try:
+                    self._socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+                    return True
+                except zmq.Again:
+                    if attempt == 0:
+                        self._socket.poll(int(POLL_S * 1000), zmq.POLLOUT)
+            self._metrics.dropped.labels(stage=self.link.upstream, link=self.link.name).inc()
+            return False
         while not abort.is_set():
             if self._socket.poll(int(POLL_S * 1000), zmq.POLLOUT):
                 try:
@@ -103,8 +114,10 @@ class Outlet:
                     continue
         return False
 
-    def close(self, linger_s: float = 0.0) -> None:
-        self._socket.setsockopt(zmq.LINGER, int(linger_s * 1000))
+    def close(self, abort: bool = False) -> None:
+        """Close; pending messages keep flushing for up to the linger time unless aborting."""
+        if abort:
+            self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.close()
 
 

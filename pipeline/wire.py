@@ -186,7 +186,10 @@ def decode(parts: list[Any]) -> object:
             raise MessageError(
                 f"{name}: array {path!r} {dtype}{list(dims)} needs {want} bytes, got {len(buf)}"
             )
-        arrays[path] = np.frombuffer(buf, dtype=dtype).reshape(dims)
+        array = np.frombuffer(buf, dtype=dtype).reshape(dims)
+        # Read-only: in-process the buffer may be the sender's own memory, shared by every receiver.
+        array.flags.writeable = False
+        arrays[path] = array
     kwargs: dict[str, Any] = {}
     for key in _SCALARS[name]:
         if key not in fields:

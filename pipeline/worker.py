@@ -18,6 +18,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -58,25 +59,49 @@ def run_job(name: str, job: dict[str, Any]) -> int:
     context = zmq.Context()
     try:
         runner = StageRunner(
-            graph, name, context, links, metrics, stop, abort, upstream_done=job.get("upstream_done", ())
+            graph,
+            name,
+            context,
+            links,
+            metrics,
+            stop,
+            abort,
+            upstream_done=job.get("upstream_done", ()),
+            defer_close=True,
         )
         result = runner.run()
+        status = {
+            "ok": result.ok,
+            "error": result.error,
+            "config_error": result.config_error,
+            "messages_in": result.messages_in,
+            "messages_out": result.messages_out,
+        }
+        if job.get("status_file"):
+            tmp = Path(job["status_file"] + ".tmp")
+            tmp.write_text(json.dumps(status))
+            tmp.replace(job["status_file"])
+        _wait_for_release(job.get("release_file"), abort, graph.shutdown.drain_timeout_s)
+        runner.close_outlets()
     finally:
-        context.term()
+        context.destroy(linger=0) if abort.is_set() else context.term()
         if server is not None:
             server.close()
-    status = {
-        "ok": result.ok,
-        "error": result.error,
-        "config_error": result.config_error,
-        "messages_in": result.messages_in,
-        "messages_out": result.messages_out,
-    }
-    if job.get("status_file"):
-        Path(job["status_file"]).write_text(json.dumps(status))
     if result.ok:
         return 0
     return 2 if result.config_error else 1
+
+
+def _wait_for_release(path: str | None, abort: threading.Event, timeout_s: float) -> None:
+    """Keep the sending sockets open until the supervisor says every downstream stage has finished.
+
+    Closing them earlier can lose the last queued messages (see StageRunner.close_outlets).
+    """
+    if not path:
+        return
+    deadline = time.monotonic() + timeout_s
+    while not abort.is_set() and not Path(path).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
 
 
 def main(argv: list[str] | None = None) -> int:

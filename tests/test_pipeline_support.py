@@ -67,6 +67,7 @@ class RelayConfig(BaseModel):
     to_crops: bool = Field(
         default=False, description="Emit PersonCrops with one fake track instead of Frame."
     )
+    flush_seq_on_eos: int = Field(default=-1, description="On EndOfStream emit one last frame with this seq.")
 
 
 @register_stage("test_relay")
@@ -86,9 +87,12 @@ class Relay(Stage):
         return super().process_batch(messages)
 
     def process(self, message: Any) -> Iterable[Any]:
-        if isinstance(message, EndOfStream):
-            return []
         cfg = self.config
+        if isinstance(message, EndOfStream):
+            if cfg.flush_seq_on_eos >= 0:
+                image = np.full((4, 4, 3), cfg.flush_seq_on_eos % 256, np.uint8)
+                return [Frame(message.stream_id, cfg.flush_seq_on_eos, None, time.time(), image)]
+            return []
         if message.seq in cfg.fail_on_seq:
             raise ValueError(f"refusing seq {message.seq}")
         if message.seq == cfg.crash_on_seq and cfg.crash_marker and not Path(cfg.crash_marker).exists():
@@ -155,6 +159,45 @@ class Collect(Stage):
 
 def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def chain_graph(
+    out: Path,
+    source: dict | None = None,
+    relay: dict | None = None,
+    sink: dict | None = None,
+    link: dict | None = None,
+    **top: Any,
+) -> dict:
+    """source -> relay -> sink with the test stages; ``link`` sets the relay->sink input options."""
+    sink_input: Any = dict({"source": "relay"}, **link) if link else "relay"
+    graph = {
+        "plugins": [PLUGIN],
+        "output_dir": str(out),
+        "shutdown": {"linger_s": 1.0, "idle_drain_s": 3.0, "drain_timeout_s": 20.0},
+        "stages": [
+            {
+                "name": "src",
+                "type": "test_source",
+                "config": dict({"streams": ["a", "b"], "frames": 20}, **(source or {})),
+            },
+            {"name": "relay", "type": "test_relay", "inputs": ["src"], "config": relay or {}},
+            {
+                "name": "sink",
+                "type": "test_collect",
+                "inputs": [sink_input],
+                "config": dict({"path": "rows.jsonl"}, **(sink or {})),
+            },
+        ],
+    }
+    graph.update(top)
+    return graph
+
+
+def frames_and_eos(rows: list[dict]) -> tuple[list[tuple[str, int]], list[tuple[str, str]]]:
+    frames = [(r["stream"], r["seq"]) for r in rows if "seq" in r]
+    eos = [(r["eos"], r["reason"]) for r in rows if "eos" in r]
+    return frames, eos
 
 
 def test_synth_source_runs_bare() -> None:

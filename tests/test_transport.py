@@ -1,0 +1,128 @@
+"""Links over real ZeroMQ sockets: the three transports, both policies, and garbage on a link."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from pipeline.graph import load_graph
+from pipeline.links import free_tcp_port
+from pipeline.runtime import EmbeddedRuntime
+from pipeline.supervisor import ProcessRuntime
+from tests.test_pipeline_support import chain_graph, frames_and_eos, read_rows
+
+
+def _expect_complete(rows: list[dict], streams=("a", "b"), frames: int = 20) -> None:
+    got, eos = frames_and_eos(rows)
+    assert sorted(got) == sorted((s, i) for s in streams for i in range(frames))
+    assert all(r["ok"] for r in rows if "seq" in r), "pixel content changed in transit"
+    assert sorted(eos) == sorted((s, "finished") for s in streams)
+    assert rows[-1] == {"stopped": True}
+
+
+@pytest.mark.parametrize("kind", ["inproc", "ipc", "tcp"])
+def test_embedded_mode_over_each_transport(tmp_path: Path, kind: str) -> None:
+    graph = load_graph(data=chain_graph(tmp_path, relay={"batch": 4}, transport={"kind": kind}))
+    runtime = EmbeddedRuntime(graph)
+    report = runtime.run()
+    assert report.exit_code == 0, report.error
+    assert all(link.endpoint.startswith(f"{kind}://") for link in runtime.links)
+    if kind == "tcp":
+        assert not any(link.endpoint.endswith(":*") for link in runtime.links)
+    _expect_complete(read_rows(tmp_path / "rows.jsonl"))
+    assert runtime.metrics.value("amodal_messages_in_total", stage="sink", type="frame") == 40
+
+
+@pytest.mark.parametrize("kind", ["ipc", "tcp"])
+def test_process_mode_over_ipc_and_tcp(tmp_path: Path, kind: str) -> None:
+    graph = load_graph(data=chain_graph(tmp_path, mode="process", transport={"kind": kind}))
+    report = ProcessRuntime(graph).run()
+    assert report.exit_code == 0, report.error
+    assert report.stages["sink"].messages_in == 40
+    assert report.restarts == {"src": 0, "relay": 0, "sink": 0}
+    _expect_complete(read_rows(tmp_path / "rows.jsonl"))
+
+
+def test_block_policy_is_lossless_with_a_slow_consumer(tmp_path: Path) -> None:
+    graph = load_graph(
+        data=chain_graph(
+            tmp_path, source={"frames": 30}, sink={"delay_s": 0.005}, link={"policy": "block", "hwm": 2}
+        )
+    )
+    runtime = EmbeddedRuntime(graph)
+    assert runtime.run().exit_code == 0
+    _expect_complete(read_rows(tmp_path / "rows.jsonl"), frames=30)
+    assert runtime.metrics.value("amodal_dropped_total") == 0
+
+
+def test_drop_oldest_bounds_the_queue_and_counts_every_drop(tmp_path: Path) -> None:
+    graph = load_graph(
+        data=chain_graph(
+            tmp_path,
+            source={"frames": 150, "streams": ["a"]},
+            sink={"delay_s": 0.01},
+            link={"policy": "drop_oldest", "hwm": 2},
+        )
+    )
+    runtime = EmbeddedRuntime(graph)
+    assert runtime.run().exit_code == 0
+    rows = read_rows(tmp_path / "rows.jsonl")
+    got, eos = frames_and_eos(rows)
+    dropped = runtime.metrics.value("amodal_dropped_total")
+    assert dropped > 0 and len(got) < 150
+    assert len(got) + dropped == 150  # every frame is either delivered or counted as dropped
+    assert eos == [("a", "finished")]  # control messages are never dropped
+    assert [seq for _, seq in got] == sorted(seq for _, seq in got)  # order kept
+    assert got[-1] == ("a", 149)  # the newest frame survives, the oldest ones go
+
+
+def test_garbage_on_a_link_is_rejected_counted_and_survived(tmp_path: Path) -> None:
+    port = free_tcp_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    data = chain_graph(
+        tmp_path, source={"frames": 0, "fps": 100, "streams": ["a"]}, transport={"kind": "tcp"}
+    )
+    data["stages"][1]["inputs"] = [{"source": "src", "endpoint": endpoint}]
+    runtime = EmbeddedRuntime(load_graph(data=data))
+    thread = threading.Thread(target=lambda: setattr(runtime, "report", runtime.run()))
+    thread.start()
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    try:
+        push.connect(endpoint)
+        time.sleep(0.3)
+        import numpy as np
+
+        from pipeline.messages import PersonCrops, Tracks
+        from pipeline.wire import encode
+
+        wrong_type = PersonCrops("a", 1, None, 0.0, (4, 4), Tracks.empty(), np.zeros((0, 2, 2, 3), np.uint8))
+        garbage = [
+            [b"\x00\x01\x02 not json"],
+            [b'{"v": 1, "type": "frame", "f": {}, "a": [["image", "uint8", [99, 99, 3]]]}', b"short"],
+            [b'{"v": 7, "type": "frame"}'],
+            [b'{"v": 1, "type": "rm -rf", "f": {}, "a": []}'],
+            encode(wrong_type),
+        ]
+        for parts in garbage * 3:
+            push.send_multipart(parts, copy=True)
+        time.sleep(0.5)
+    finally:
+        push.close(linger=0)
+        ctx.term()
+        runtime.request_stop()
+        thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert runtime.report.exit_code == 0, runtime.report.error
+    m = runtime.metrics
+    assert m.value("amodal_rejected_total", stage="relay", reason="malformed") == 9
+    assert m.value("amodal_rejected_total", stage="relay", reason="unknown_type") == 3
+    assert m.value("amodal_rejected_total", stage="relay", reason="unaccepted") == 3
+    rows = read_rows(tmp_path / "rows.jsonl")
+    got, eos = frames_and_eos(rows)
+    assert len(got) > 20 and [s for _, s in got] == list(range(len(got)))  # the stage kept going
+    assert eos == [("a", "stopped")]
