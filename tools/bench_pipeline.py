@@ -17,7 +17,8 @@ Measures, on one video:
 * ``latency_ms``: capture (wall clock at decode) to probe, p50/p95 over the frames decoded after the
   first frame reached the probe (steady state), for each mode as fast as possible
   (dominated by queueing behind the slowest stage, by design of ``block`` links) and, with
-  ``--realtime-frames``, at the video's native rate (what a live camera sees);
+  ``--realtime-frames``, at the video's native rate over ``drop_oldest`` links (what a live camera
+  sees; ``realtime_run.frames`` says how many of the decoded frames got through);
 * ``transport_us``: per-message cost of encode + send + receive + decode for a Frame (full image +
   detections) and a PersonCrops over inproc://, ipc:// and tcp://.
 
@@ -192,6 +193,8 @@ def build_graph(args: argparse.Namespace, mode: str, out_dir: Path, probe_path: 
     # A stage process that finishes keeps flushing its last queued messages for linger_s; behind a
     # slow detector the 2 s default can drop the tail (and its EndOfStream), so replay waits it out.
     graph.setdefault("shutdown", {})["linger_s"] = 600.0
+    if realtime:  # a live camera: native rate, drop_oldest links keep latency bounded
+        graph["links"]["policy"] = "drop_oldest"
     stages = []
     for spec in graph["stages"]:
         if spec["type"] == "ingest":
