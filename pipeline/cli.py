@@ -176,8 +176,23 @@ def _print_description(desc: dict[str, Any]) -> None:
             print(
                 f"  <- {link['from']:<12} policy={link['policy']:<11} hwm={link['hwm']:<5} {link['endpoint']}"
             )
-        for line in json.dumps(stage["config"], indent=2).splitlines()[1:-1]:
-            print(f"  {line}")
+        for key, value in _flatten(stage["config"]):
+            print(f"    {key} = {json.dumps(value)}")
+
+
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested config -> [("reconnect.max_s", 30.0), ("streams[0].id", "cam1"), ...]."""
+    if isinstance(value, dict) and value:
+        out: list[tuple[str, Any]] = []
+        for key, item in value.items():
+            out.extend(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(value, list) and value and any(isinstance(v, dict | list) for v in value):
+        out = []
+        for index, item in enumerate(value):
+            out.extend(_flatten(item, f"{prefix}[{index}]"))
+        return out
+    return [(prefix, value)]
 
 
 def _check(args: argparse.Namespace) -> int:

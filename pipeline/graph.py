@@ -352,8 +352,11 @@ def load_graph(
     """Load a graph YAML (or a dict), apply ``--set`` overrides and ``${ENV}``, validate everything."""
     raw = load_yaml(path) if path is not None else copy.deepcopy(data or {})
     raw = apply_stage_overrides(raw, overrides)
-    raw = interpolate_env(raw, env)
     source = str(path) if path is not None else "config"
+    try:
+        raw = interpolate_env(raw, env)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     import_plugins(raw.get("plugins"), source)
     graph = validate(graph_schema(), raw, source=source)
     try:
