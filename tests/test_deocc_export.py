@@ -28,10 +28,15 @@ def _trained_like(g: UNetGenerator) -> UNetGenerator:
     return g.eval()
 
 
-@pytest.mark.parametrize("upsample", ["transpose", "bilinear"])
-def test_generator_onnx_parity_through_onnxruntime(tmp_path, upsample):
+@pytest.mark.parametrize(
+    ("upsample", "residual"), [("transpose", False), ("bilinear", False), ("transpose", True)]
+)
+def test_generator_onnx_parity_through_onnxruntime(tmp_path, upsample, residual):
     torch.manual_seed(0)
-    g = _trained_like(UNetGenerator(base_channels=4, image_size=(64, 32), upsample=upsample))
+    g = UNetGenerator(base_channels=4, image_size=(64, 32), upsample=upsample, residual=residual)
+    if residual:
+        torch.nn.init.normal_(g.head[0].weight, std=0.1)  # as after training (zero at init)
+    g = _trained_like(g)
     x = torch.rand(2, 3, 64, 32) * 2 - 1
     path = export_onnx(g, x, tmp_path / "g.onnx", input_names=["images"], output_names=["generated"])
     diff = check_onnx_parity(g, path, x, atol=1e-4)

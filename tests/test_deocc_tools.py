@@ -150,5 +150,10 @@ def test_recipe_errors_name_the_key(tmp_path):
     bad.write_text("model: {widht: 3}\n")
     with pytest.raises(ConfigError, match="widht"):
         load_config(DeocclusionRecipe, bad)
-    for name in ("deocclusion_cpu.yaml", "deocclusion_paper.yaml", "deocclusion_baseline_mse.yaml"):
+    for name in (
+        "deocclusion_cpu.yaml",
+        "deocclusion_cpu_scratch.yaml",
+        "deocclusion_paper.yaml",
+        "deocclusion_baseline_mse.yaml",
+    ):
         assert load_config(DeocclusionRecipe, REPO / "configs" / name).model.image_size[0] % 16 == 0

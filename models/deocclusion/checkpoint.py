@@ -20,6 +20,7 @@ def build_generator(cfg: ModelConfig) -> UNetGenerator:
         num_attributes=cfg.num_attributes,
         attribute_channels=cfg.attribute_channels,
         upsample=cfg.upsample,
+        residual=cfg.residual,
     )
 
 

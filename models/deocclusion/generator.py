@@ -60,6 +60,7 @@ class UNetGenerator(nn.Module):
         upsample: Literal["transpose", "bilinear"] = "transpose",
         in_channels: int = 3,
         out_channels: int = 3,
+        residual: bool = False,
     ):
         super().__init__()
         height, width = image_size
@@ -99,6 +100,16 @@ class UNetGenerator(nn.Module):
             self.up.append(_Up(previous, w, w, upsample))
             previous = w
         self.head = nn.Sequential(nn.Conv2d(widths[0], out_channels, 1), nn.Tanh())  # 1x1 conv to RGB + tanh
+        # Not in the paper: an optional global input skip, tanh(head(x) + atanh(I_occ)), with the 1x1
+        # conv zero-initialised, so the untrained generator starts as the identity and training only
+        # learns the correction of the occluded region (converges in the few thousand CPU iterations
+        # we can afford; the paper's recipe trains from scratch on a GPU).
+        self.residual = residual
+        if residual:
+            if in_channels != out_channels:
+                raise ValueError("residual generators need in_channels == out_channels")
+            nn.init.zeros_(self.head[0].weight)
+            nn.init.zeros_(self.head[0].bias)
 
     def forward(self, images: torch.Tensor, attributes: torch.Tensor | None = None) -> torch.Tensor:
         skips = []
@@ -119,6 +130,10 @@ class UNetGenerator(nn.Module):
         x = self.bottleneck(x)
         for block, skip in zip(self.up, reversed(skips), strict=True):
             x = block(x, skip)
+        if self.residual:
+            z = images.clamp(-1.0, 1.0) * 0.999
+            # atanh(z) written out: the TorchScript ONNX exporter has no aten::atanh
+            return self.head[1](self.head[0](x) + 0.5 * torch.log((1.0 + z) / (1.0 - z)))
         return self.head(x)
 
     def check_input(self, images: torch.Tensor) -> None:

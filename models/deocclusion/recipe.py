@@ -30,6 +30,9 @@ class ModelConfig(BaseModel):
         8, ge=1, description="Channels the attribute FC is reshaped to at the bottleneck."
     )
     upsample: Literal["transpose", "bilinear"] = Field("transpose", description="x2 up-sampling layer type.")
+    residual: bool = Field(
+        False, description="Not in the paper: global input skip (starts as identity; for short CPU runs)."
+    )
 
 
 class LossConfig(BaseModel):
