@@ -131,3 +131,17 @@ def test_openvino_finds_people_and_interval_skips_per_stream(openvino_stage: Det
 def test_threads_option_caps_openvino_inference_threads(openvino_stage: DetectStage) -> None:
     compiled = openvino_stage._model.predictor.model.backend.ov_compiled_model
     assert int(compiled.get_property("INFERENCE_NUM_THREADS")) == 1
+
+
+def test_onnx_export_of_the_yaml_model_runs_in_the_stage(yaml_weights: Path, tmp_path: Path) -> None:
+    from ultralytics import YOLO
+
+    onnx_path = Path(YOLO(str(yaml_weights)).export(format="onnx", imgsz=64, dynamic=True, simplify=False))
+    assert onnx_path.suffix == ".onnx" and onnx_path.is_file()
+    stage = make_stage(weights=str(onnx_path), imgsz=64, conf=0.001, classes=[0, 1], warmup=False)
+    stage.on_start()
+    out = list(stage.process_batch([frame("a", i, synthetic_frame(i, 160, 96)) for i in range(2)]))
+    assert [f.seq for f in out] == [0, 1]
+    for f in out:
+        assert isinstance(f.detections, Detections)
+        assert set(f.detections.class_id.tolist()) <= {0, 1}
