@@ -259,6 +259,7 @@ class _Progress:
         self.stage = stage
         self.frames = 0
         self.tracks: set[tuple[str, int]] = set()
+        self._last_seq: dict[str, int] = {}
         self.ended: list[EndOfStream] = []
         self._lock = threading.Lock()
 
@@ -269,7 +270,10 @@ class _Progress:
             if isinstance(message, EndOfStream):
                 self.ended.append(message)
             elif isinstance(message, Frame | PersonCrops):
-                self.frames += 1
+                # the tracker may send a frame's tracks twice (ended tracks at end of stream)
+                if self._last_seq.get(message.stream_id) != message.seq:
+                    self.frames += 1
+                    self._last_seq[message.stream_id] = message.seq
                 tracks = message.tracks
                 if tracks is not None:
                     self.tracks.update((message.stream_id, int(t)) for t in tracks.track_id)
@@ -328,7 +332,15 @@ def _run_with_signals(runtime: Any, progress: _Progress | None, total: int | Non
         if progress is not None:
             from tqdm import tqdm
 
-            bar = tqdm(total=total, unit="frame", desc="replay", dynamic_ncols=True, smoothing=0.1)
+            interactive = sys.stderr.isatty()
+            bar = tqdm(
+                total=total,
+                unit="frame",
+                desc="replay",
+                dynamic_ncols=True,
+                smoothing=0.1,
+                mininterval=0.2 if interactive else 5.0,
+            )
         thread.start()
         shown = 0
         while thread.is_alive():

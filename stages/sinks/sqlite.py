@@ -109,6 +109,7 @@ class SqliteSink(Stage):
         self._db.executescript(SCHEMA)
         self.session = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
         self._track_rows: dict[tuple[str, int], int] = {}
+        self._last_seq: dict[str, int] = {}
         self._pending = 0
         self._last_commit = time.monotonic()
         self._in_tx = False
@@ -149,12 +150,15 @@ class SqliteSink(Stage):
     def _write(self, msg: PersonCrops) -> None:
         db = self._db
         t = msg.capture_time
+        # A tracker may send a second message for a frame (tracks ended at end of stream): count frames once.
+        new_frame = int(self._last_seq.get(msg.stream_id, -1) != msg.seq)
+        self._last_seq[msg.stream_id] = msg.seq
         db.execute(
             "INSERT INTO streams (stream_id, first_seen, last_seen, frames, frame_height, frame_width) "
-            "VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT(stream_id) DO UPDATE SET last_seen=excluded.last_seen, "
-            "frames=frames+1, frame_height=excluded.frame_height, frame_width=excluded.frame_width, "
-            "ended_reason=NULL, ended_detail=NULL",
-            (msg.stream_id, t, t, msg.frame_size[0], msg.frame_size[1]),
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(stream_id) DO UPDATE SET last_seen=excluded.last_seen, "
+            "frames=frames+excluded.frames, frame_height=excluded.frame_height, "
+            "frame_width=excluded.frame_width, ended_reason=NULL, ended_detail=NULL",
+            (msg.stream_id, t, t, new_frame, msg.frame_size[0], msg.frame_size[1]),
         )
         tracks = msg.tracks
         rows = []
