@@ -47,8 +47,8 @@ class DetectConfig(BaseModel):
     iou: float = Field(0.7, ge=0, le=1, description="IoU threshold of non-maximum suppression.")
     imgsz: int | list[int] = Field(640, description="Inference size: one side (square) or [h, w]. Fixed-"
                                    "shape exports (OpenVINO/ONNX/TensorRT) use their export size.")
-    device: str = Field("cpu", description="cpu, cuda, cuda:N, auto (CUDA when available), or an "
-                        "ultralytics device string such as intel:gpu for OpenVINO.")
+    device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda, cuda:N, or "
+                        "an ultralytics device string such as intel:gpu for OpenVINO.")
     half: bool = Field(False, description="FP16 inference (CUDA/TensorRT; ignored on CPU).")
     classes: list[int] | None = Field(default_factory=lambda: [0], description="COCO class ids to keep "
                                       "(0 = person); null keeps every class.")
