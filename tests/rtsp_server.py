@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--path", default="/test")
-    parser.add_argument("--file", default=None, help="serve this video (re-encoded) instead of a test pattern")
+    parser.add_argument("--file", default=None, help="serve this video (re-encoded), not a test pattern")
     parser.add_argument("--fps", type=int, default=15)
     parser.add_argument("--size", default="320x240")
     parser.add_argument("--user", default=None)
