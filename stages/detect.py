@@ -63,6 +63,13 @@ class DetectConfig(BaseModel):
     warmup: bool = Field(True, description="Run one dummy inference in on_start so the first real frame "
                          "does not pay for model initialisation.")
 
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or min(value) < 0):
+            raise ValueError(f"classes must be a non-empty list of ids >= 0 (null = all), got {value}")
+        return value
+
     @field_validator("imgsz")
     @classmethod
     def _imgsz(cls, value: int | list[int]) -> int | list[int]:

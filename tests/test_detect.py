@@ -55,6 +55,9 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     cfg.write_text("confidence: 0.5\n")
     with pytest.raises(ConfigError, match=r"confidence: unknown key"):
         load_config(DetectConfig, cfg)
+    cfg.write_text("classes: []\n")
+    with pytest.raises(ConfigError, match=r"classes: bad value \[\]: .*non-empty list"):
+        load_config(DetectConfig, cfg)
     cfg.write_text("interval: 0\n")
     with pytest.raises(ConfigError, match=r"interval: bad value 0"):
         load_config(DetectConfig, cfg)
