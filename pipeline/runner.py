@@ -185,7 +185,8 @@ class StageRunner:
     # -- consumers ----------------------------------------------------------------------------
     def _run_consumer(self, stage: Stage | None, inputs: Inputs) -> None:
         pending = {name for name, link in inputs.links.items() if link.upstream not in self._upstream_done}
-        stream_links: dict[str, set[str]] = {}
+        done_links = set(inputs.links) - pending
+        streams = _StreamEnds(self.graph, inputs.links)
         cls = self.spec.stage_class
         max_batch = max(1, int(getattr(stage, "max_batch", cls.max_batch) or 1))
         max_wait = float(getattr(stage, "max_wait_s", cls.max_wait_s) or 0.0)
@@ -208,26 +209,18 @@ class StageRunner:
                     "stage=%s link %s done; waiting for %s", self.name, link, sorted(pending - {link})
                 )
                 pending.discard(link)
-                for stream in [s for s, owners in stream_links.items() if link in owners]:
-                    owners = stream_links[stream]
-                    owners.discard(link)
-                    if not owners:
-                        detail = f"{link} finished without an end of stream"
-                        self._end_stream(
-                            stage, EndOfStream(stream_id=stream, reason="stopped", detail=detail)
-                        )
-                        del stream_links[stream]
+                done_links.add(link)
+                for eos in streams.link_done(link, done_links):
+                    self._end_stream(stage, eos)
                 continue
             if isinstance(first, EndOfStream):
-                owners = stream_links.get(first.stream_id, set())
-                owners.discard(link)
-                if not owners:
-                    stream_links.pop(first.stream_id, None)
-                    self._end_stream(stage, first)
+                eos = streams.end(link, first, done_links)
+                if eos is not None:
+                    self._end_stream(stage, eos)
                 continue
             messages = [message for _, message in batch]
             for owner, message in batch:
-                stream_links.setdefault(message.stream_id, set()).add(owner)
+                streams.seen(owner, message.stream_id)
                 self._metrics.messages_in.labels(stage=self.name, type=type_name(message)).inc()
             self.result.messages_in += len(messages)
             if stage is None or self._failure is not None:
@@ -305,7 +298,9 @@ class StageRunner:
                 continue
             if parts is None:
                 parts = encode(message)
-            sent = outlet.send(parts, isinstance(message, DATA_TYPES), self._abort) or sent
+            is_data = isinstance(message, DATA_TYPES)
+            give_up = self.graph.shutdown.idle_drain_s
+            sent = outlet.send(parts, is_data, self._abort, self._stop, give_up) or sent
         if sent and not isinstance(message, StageDone):
             self.result.messages_out += 1
             self._metrics.messages_out.labels(stage=self.name, type=name).inc()
@@ -320,3 +315,59 @@ class StageRunner:
         self._log.error("stage=%s %s: %s", self.name, what, line, exc_info=not self.result.config_error)
         if self._on_failure is not None:
             self._on_failure(self.name, exc)
+
+
+class _StreamEnds:
+    """Decides when a stream has ended on *every* input link that will carry its EndOfStream.
+
+    The runtime forwards EndOfStream on every link, so a stream's marker reaches a stage once per
+    input path from the source that produced it (twice in a diamond src -> a, b -> sink). A stream
+    first seen on link L is expected to end on every input link whose upstream sources overlap L's;
+    links from unrelated sources (a second camera's ingest) are not waited for. A link that finishes
+    (StageDone) counts as ended for all its streams.
+    """
+
+    def __init__(self, graph: GraphConfig, links: dict[str, Link]) -> None:
+        self._sources = {name: _sources_upstream(graph, link.upstream) for name, link in links.items()}
+        self._expected: dict[str, set[str]] = {}
+        self._ended: dict[str, set[str]] = {}
+        self._first_eos: dict[str, EndOfStream] = {}
+
+    def seen(self, link: str, stream: str) -> None:
+        if stream not in self._expected:
+            mine = self._sources[link]
+            self._expected[stream] = {name for name, srcs in self._sources.items() if srcs & mine} | {link}
+            self._ended[stream] = set()
+
+    def end(self, link: str, eos: EndOfStream, done_links: set[str]) -> EndOfStream | None:
+        self.seen(link, eos.stream_id)
+        self._ended[eos.stream_id].add(link)
+        self._first_eos.setdefault(eos.stream_id, eos)
+        return self._complete(eos.stream_id, done_links)
+
+    def link_done(self, link: str, done_links: set[str]) -> list[EndOfStream]:
+        finished = []
+        for stream in [s for s, expected in self._expected.items() if link in expected]:
+            eos = self._complete(stream, done_links)
+            if eos is not None:
+                finished.append(eos)
+        return finished
+
+    def _complete(self, stream: str, done_links: set[str]) -> EndOfStream | None:
+        if not self._expected[stream] <= self._ended[stream] | done_links:
+            return None
+        del self._expected[stream], self._ended[stream]
+        eos = self._first_eos.pop(stream, None)
+        return eos or EndOfStream(stream_id=stream, reason="stopped", detail="upstream finished without one")
+
+
+def _sources_upstream(graph: GraphConfig, name: str) -> frozenset[str]:
+    """The source stages whose messages can reach stage ``name`` (itself if it is a source)."""
+    spec = graph.stage(name)
+    inputs = spec.input_specs()
+    if not inputs:
+        return frozenset({name})
+    found: set[str] = set()
+    for item in inputs:
+        found |= _sources_upstream(graph, item.source)
+    return frozenset(found)

@@ -60,6 +60,7 @@ class _Child:
     start_at: float = 0.0
     done: bool = False
     result: StageResult | None = None
+    finished_work: bool = False  # its process wrote a status and waits to be released
 
 
 class ProcessRuntime:
@@ -166,6 +167,7 @@ class ProcessRuntime:
             start_new_session=True,
             env=env,
         )
+        child.finished_work = False
         assert child.process.stdin is not None
         child.process.stdin.write(json.dumps(job).encode())
         child.process.stdin.close()
@@ -179,10 +181,12 @@ class ProcessRuntime:
             if proc is None:
                 continue
             if proc.poll() is None:
-                if not child.done:
+                if not child.finished_work:
                     status = self._status(child)
-                    if status is not None and status.ok:
-                        child.done, child.result = True, status  # finished; waits to be released
+                    if status is not None:
+                        child.finished_work = True  # its work is over; the process waits to be released
+                        if status.ok:
+                            child.done, child.result = True, status
                 continue
             code = proc.returncode
             child.process = None
@@ -238,14 +242,14 @@ class ProcessRuntime:
         """Let a finished stage close its sockets once every stage it feeds has finished too."""
         by_name = {c.name: c for c in children}
         for child in children:
-            if not child.done or child.process is None:
+            if not child.finished_work or child.process is None:
                 continue
             release = self._run_dir / f"{child.name}.release"
             if release.exists():
                 continue
             downstream = [by_name[d.name] for d in self.graph.downstream_of(child.name)]
-            if all(d.done for d in downstream) or self._killed:
-                release.touch()
+            if not child.done or all(d.done for d in downstream) or self._killed:
+                release.touch()  # a failed stage is released at once: it will be restarted or given up
 
     def _status(self, child: _Child) -> StageResult | None:
         """The status file the stage process wrote on its way out (None if it died before that)."""

@@ -90,8 +90,20 @@ class Outlet:
     def wants(self, type_name: str) -> bool:
         return type_name in self._wants or type_name in ("end_of_stream", "stage_done")
 
-    def send(self, parts: list[Any], is_data: bool, abort: threading.Event) -> bool:
-        """Send one encoded message; False if it was dropped (drop_oldest, peer not reading) or aborted."""
+    def send(
+        self,
+        parts: list[Any],
+        is_data: bool,
+        abort: threading.Event,
+        stop: threading.Event | None = None,
+        give_up_s: float = 10.0,
+    ) -> bool:
+        """Send one encoded message; False if it was dropped (drop_oldest, peer not reading) or aborted.
+
+        A ``block`` send waits as long as the receiver is alive; once a stop was requested, a receiver
+        that takes nothing for ``give_up_s`` is considered gone and the message is dropped (counted),
+        so a dead downstream process cannot keep its upstream from shutting down.
+        """
         if is_data and self.link.policy == "drop_oldest":
             # The receiver drains this socket continuously into its bounded inbox (where the oldest
             # are dropped), so a full socket means it fell behind for a moment or is gone: wait one
@@ -105,13 +117,24 @@ class Outlet:
                         self._socket.poll(int(POLL_S * 1000), zmq.POLLOUT)
             self._metrics.dropped.labels(stage=self.link.upstream, link=self.link.name).inc()
             return False
+        blocked_since: float | None = None
         while not abort.is_set():
             if self._socket.poll(int(POLL_S * 1000), zmq.POLLOUT):
                 try:
                     self._socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
                     return True
                 except zmq.Again:
-                    continue
+                    pass
+            if stop is not None and stop.is_set():
+                blocked_since = blocked_since or time.monotonic()
+                if time.monotonic() - blocked_since > give_up_s:
+                    self._metrics.dropped.labels(stage=self.link.upstream, link=self.link.name).inc()
+                    logger.warning(
+                        "link=%s receiver took nothing for %.1fs after stop; dropping",
+                        self.link.name,
+                        give_up_s,
+                    )
+                    return False
         return False
 
     def close(self, abort: bool = False) -> None:
