@@ -74,7 +74,8 @@ def test_sqlite_schema_rows_and_time_query(tmp_path: Path) -> None:
     assert db.execute("SELECT COUNT(*) FROM observations WHERE stream_id='cam1'").fetchone()[0] == 9
     # "tracks of stream X between t1 and t2" (overlap), answered from the index
     query = (
-        "SELECT track_id FROM tracks WHERE stream_id=? AND first_seen <= ? AND last_seen >= ? ORDER BY track_id"
+        "SELECT track_id FROM tracks WHERE stream_id=? AND first_seen <= ? AND last_seen >= ? "
+        "ORDER BY track_id"
     )
     assert [r[0] for r in db.execute(query, ("cam1", 1000.15, 1000.0))] == [1]
     assert [r[0] for r in db.execute(query, ("cam1", 1000.5, 1000.25))] == [1, 2]
