@@ -1,0 +1,119 @@
+"""The amodal command: check, exit codes, one-line errors, the built-in replay graph, run + SIGINT."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.configfile import load_yaml
+from pipeline.defaults import default_replay_graph
+from tests.test_pipeline_support import PLUGIN, frames_and_eos, read_rows
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_builtin_replay_graph_is_configs_replay_yaml() -> None:
+    assert load_yaml(REPO / "configs/replay.yaml") == default_replay_graph()
+
+
+def test_check_prints_the_resolved_graph_with_credentials_masked(capsys, monkeypatch) -> None:
+    monkeypatch.setenv("CAM1_URL", "rtsp://admin:s3cret@10.0.0.5:554/stream1")
+    monkeypatch.setenv("CAM2_URL", "rtsp://10.0.0.6/stream1")
+    assert main(["check", str(REPO / "configs/edge.yaml"), "--set", "detect.conf=0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out and "rtsp://admin:***@10.0.0.5:554/stream1" in out
+    assert "mode: process   transport: ipc" in out
+    assert "<- ingest       policy=drop_oldest hwm=4" in out and "ipc://" in out
+    assert "conf = 0.5" in out and "metrics port 9102" in out
+    for stage in ("[ingest]", "[detect]", "[track]", "[events]", "[live]"):
+        assert stage in out
+
+
+def test_check_replay_yaml_json(capsys) -> None:
+    assert main(["check", str(REPO / "configs/replay.yaml"), "--json"]) == 0
+    import json
+
+    desc = json.loads(capsys.readouterr().out)
+    assert [s["name"] for s in desc["stages"]] == ["ingest", "detect", "track", "events", "jsonl", "video"]
+    assert desc["transport"] == "inproc" and desc["stages"][1]["inputs"][0]["policy"] == "block"
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["check", "missing.yaml"], "config file 'missing.yaml' does not exist"),
+        (
+            ["check", str(REPO / "configs/replay.yaml"), "--set", "detect.confidence=0.3"],
+            r"stages\[1\]\.detect\.config\.confidence: unknown key",
+        ),
+        (
+            ["check", str(REPO / "configs/replay.yaml"), "--set", "links.hwm=lots"],
+            r"links\.hwm: bad value 'lots'",
+        ),
+        (["check", str(REPO / "configs/edge.yaml")], r"environment variable \$\{CAM1_URL\} is not set"),
+        (["replay", "no-such-video.mp4"], "video file 'no-such-video.mp4' does not exist"),
+    ],
+)
+def test_config_errors_exit_2_with_one_line(capsys, monkeypatch, args, match) -> None:
+    monkeypatch.delenv("CAM1_URL", raising=False)
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("amodal: config error: ") and "\n" not in err
+    import re
+
+    assert re.search(match, err), err
+
+
+def test_missing_default_weights_offline_exit_2_and_say_how_to_fix(tmp_path: Path, capsys) -> None:
+    from stages.media.testclip import write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4", frames=5, width=64, height=48)
+    code = main(["replay", str(clip), "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith(
+        "amodal: config error: stage 'detect' failed to start: detector weights 'yolo11n.pt'"
+    )
+    assert "--set detect.weights=" in err[-1]
+
+
+def test_run_drains_on_sigint_and_exits_0(tmp_path: Path) -> None:
+    config = tmp_path / "graph.yaml"
+    config.write_text(
+        f"plugins: [{PLUGIN}]\n"
+        f"output_dir: {tmp_path}\n"
+        "stages:\n"
+        "  - {name: src, type: test_source, config: {streams: [a], frames: 0, fps: 100}}\n"
+        "  - {name: sink, type: test_collect, inputs: [src], config: {path: rows.jsonl}}\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", str(config)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        rows_path = tmp_path / "rows.jsonl"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (rows_path.exists() and len(read_rows(rows_path)) > 20):
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "done in" in out
+    rows = read_rows(tmp_path / "rows.jsonl")
+    frames, eos = frames_and_eos(rows)
+    assert len(frames) > 20 and eos == [("a", "stopped")] and rows[-1] == {"stopped": True}
