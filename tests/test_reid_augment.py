@@ -55,10 +55,14 @@ def test_corner_patch_size_and_corner():
         patch = sample_corner_patch(src, seed)
         ph, pw = patch.shape[1:]
         area = ph * pw / (100 * 50)
-        assert 0.005 < area < 0.3                        # eps in [0.02, 0.2], up to rounding and clipping
+        assert 0.005 < area < 0.3  # eps in [0.02, 0.2], up to rounding and clipping
         corners = {src[0, 0, 0].item(), src[0, 0, -1].item(), src[0, -1, 0].item(), src[0, -1, -1].item()}
-        assert corners & {patch[0, 0, 0].item(), patch[0, 0, -1].item(), patch[0, -1, 0].item(),
-                          patch[0, -1, -1].item()}
+        assert corners & {
+            patch[0, 0, 0].item(),
+            patch[0, 0, -1].item(),
+            patch[0, -1, 0].item(),
+            patch[0, -1, -1].item(),
+        }
 
 
 def test_occlude_numpy_pastes_only_inside_the_band_and_is_deterministic():

@@ -22,10 +22,21 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "LOCATIONS", "AREAS", "NUM_GRADES", "OcclusionLabel", "OcclusionResult", "occlusion_box",
+    "LOCATIONS",
+    "AREAS",
+    "NUM_GRADES",
+    "OcclusionLabel",
+    "OcclusionResult",
+    "occlusion_box",
     "occlusion_mask",
-    "sample_corner_patch", "occlude", "occlude_all_locations", "augment_batch", "AugmentedBatch",
-    "grade_index", "grade_from_index", "mask_batch",
+    "sample_corner_patch",
+    "occlude",
+    "occlude_all_locations",
+    "augment_batch",
+    "AugmentedBatch",
+    "grade_index",
+    "grade_from_index",
+    "mask_batch",
 ]
 
 Location = Literal["top", "bottom", "left", "right"]
@@ -36,8 +47,8 @@ AREAS: tuple[float, ...] = (0.25, 0.5)
 #: holistic + 4 locations x 2 areas
 NUM_GRADES = 1 + len(LOCATIONS) * len(AREAS)
 
-_EPS_RANGE = (0.02, 0.2)     # sec. 3.1: eps ~ U(0.02, 0.2)
-_RATIO_RANGE = (0.3, 3.3)    # sec. 3.1: r ~ U(0.3, 3.3)
+_EPS_RANGE = (0.02, 0.2)  # sec. 3.1: eps ~ U(0.02, 0.2)
+_RATIO_RANGE = (0.3, 3.3)  # sec. 3.1: r ~ U(0.3, 3.3)
 
 
 def grade_index(location: str | None, area: float) -> int:
@@ -132,15 +143,17 @@ def sample_corner_patch(source: torch.Tensor, rng: np.random.Generator | int | N
     pw = int(np.clip(round(np.sqrt(a / r)), 1, w))
     y = 0 if rng.random() < 0.5 else h - ph
     x = 0 if rng.random() < 0.5 else w - pw
-    return source[:, y:y + ph, x:x + pw]
+    return source[:, y : y + ph, x : x + pw]
 
 
-def _paste(target: torch.Tensor, patch: torch.Tensor, location: str,
-           area: float) -> tuple[torch.Tensor, np.ndarray]:
+def _paste(
+    target: torch.Tensor, patch: torch.Tensor, location: str, area: float
+) -> tuple[torch.Tensor, np.ndarray]:
     _, h, w = target.shape
     y0, y1, x0, x1 = occlusion_box(h, w, location, area)
-    resized = F.interpolate(patch[None].float(), size=(y1 - y0, x1 - x0), mode="bilinear",
-                            align_corners=False)[0]
+    resized = F.interpolate(
+        patch[None].float(), size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False
+    )[0]
     out = target.clone()
     if not out.is_floating_point():
         resized = resized.round().clamp(torch.iinfo(out.dtype).min, torch.iinfo(out.dtype).max)
@@ -164,8 +177,13 @@ def _from_chw(image: torch.Tensor, numpy: bool) -> np.ndarray | torch.Tensor:
     return image.permute(1, 2, 0).contiguous().numpy() if numpy else image
 
 
-def occlude(image: np.ndarray | torch.Tensor, source: np.ndarray | torch.Tensor, location: str, area: float,
-            rng: np.random.Generator | int | None = None) -> OcclusionResult:
+def occlude(
+    image: np.ndarray | torch.Tensor,
+    source: np.ndarray | torch.Tensor,
+    location: str,
+    area: float,
+    rng: np.random.Generator | int | None = None,
+) -> OcclusionResult:
     """One occluded copy of ``image`` with a corner patch of ``source`` at ``location`` covering ``area``."""
     grade_index(location, area)
     target, is_np = _to_chw(image)
@@ -174,9 +192,12 @@ def occlude(image: np.ndarray | torch.Tensor, source: np.ndarray | torch.Tensor,
     return OcclusionResult(_from_chw(out, is_np), OcclusionLabel(location, area), mask)  # type: ignore[arg-type]
 
 
-def occlude_all_locations(image: np.ndarray | torch.Tensor, source: np.ndarray | torch.Tensor,
-                          rng: np.random.Generator | int | None = None,
-                          area: float | None = None) -> list[OcclusionResult]:
+def occlude_all_locations(
+    image: np.ndarray | torch.Tensor,
+    source: np.ndarray | torch.Tensor,
+    rng: np.random.Generator | int | None = None,
+    area: float | None = None,
+) -> list[OcclusionResult]:
     """The four occluded copies of sec. 3.1 (top, bottom, left, right): one patch from ``source``,
     one area (drawn from {1/4, 1/2} when ``area`` is None) for all four."""
     rng = _rng(rng)
@@ -198,11 +219,11 @@ class AugmentedBatch:
     of image ``i`` with views ordered [holistic, top, bottom, left, right] (paper's P' = P + {\\})."""
 
     images: torch.Tensor
-    location: torch.Tensor      # (5B,) long: -1 holistic, 0..3 top/bottom/left/right
-    area: torch.Tensor          # (5B,) float: 0, 0.25 or 0.5
+    location: torch.Tensor  # (5B,) long: -1 holistic, 0..3 top/bottom/left/right
+    area: torch.Tensor  # (5B,) float: 0, 0.25 or 0.5
     score_target: torch.Tensor  # (5B, 4): s^p = 2 * a_aug (sec. 3.4)
-    grade: torch.Tensor         # (5B,) long: grade_index
-    half: torch.Tensor          # (B,) bool: image i was augmented with half-area occlusions (eq. 3's I)
+    grade: torch.Tensor  # (5B,) long: grade_index
+    half: torch.Tensor  # (B,) bool: image i was augmented with half-area occlusions (eq. 3's I)
 
 
 def augment_batch(images: torch.Tensor, rng: np.random.Generator | int | None = None) -> AugmentedBatch:
@@ -218,21 +239,27 @@ def augment_batch(images: torch.Tensor, rng: np.random.Generator | int | None = 
     areas = np.zeros(b, dtype=np.float32)
     for i in range(b):
         j = int(rng.integers(b - 1))
-        j = j + 1 if j >= i else j           # another image of the batch
+        j = j + 1 if j >= i else j  # another image of the batch
         area = AREAS[int(rng.integers(len(AREAS)))]
         areas[i] = area
         patch = sample_corner_patch(images[j], rng)
         for k, loc in enumerate(LOCATIONS):
             copies[k][i] = _paste(images[i], patch, loc, area)[0]
     views += [torch.stack(c) for c in copies]
-    location = torch.cat([torch.full((b,), -1, dtype=torch.long)]
-                         + [torch.full((b,), k, dtype=torch.long) for k in range(len(LOCATIONS))])
+    location = torch.cat(
+        [torch.full((b,), -1, dtype=torch.long)]
+        + [torch.full((b,), k, dtype=torch.long) for k in range(len(LOCATIONS))]
+    )
     area_t = torch.cat([torch.zeros(b)] + [torch.from_numpy(areas)] * len(LOCATIONS))
     target = torch.zeros(5 * b, len(LOCATIONS))
     occluded = location >= 0
     target[occluded, location[occluded]] = 2.0 * area_t[occluded]
-    grade = torch.tensor([grade_index(None if loc < 0 else LOCATIONS[loc], float(a))
-                          for loc, a in zip(location.tolist(), area_t.tolist(), strict=True)])
+    grade = torch.tensor(
+        [
+            grade_index(None if loc < 0 else LOCATIONS[loc], float(a))
+            for loc, a in zip(location.tolist(), area_t.tolist(), strict=True)
+        ]
+    )
     return AugmentedBatch(torch.cat(views), location, area_t, target, grade, torch.from_numpy(areas == 0.5))
 
 

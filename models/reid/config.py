@@ -1,0 +1,136 @@
+"""Typed recipe for OAMN training and evaluation (``configs/reid_*.yaml``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["OAMNModelConfig", "OAMNLossConfig", "ReIDDataConfig", "ReIDTrainConfig", "ReIDRecipe"]
+
+
+class OAMNModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str = Field("osnet_x0_25", description="backbone name from models.backbones.list_backbones()")
+    backbone_weights: str | None = Field(
+        None,
+        description="local backbone weight file (torchreid/torchvision layout) loaded strictly before "
+        "training; null = random init",
+    )
+    split_at: str = Field(
+        "conv3",
+        description="last backbone stage of the lower encoder E^I (paper sec. 4.1: "
+        "ResNet 'layer3'; OSNet equivalent 'conv3')",
+    )
+    input_size: tuple[int, int] = Field((256, 128), description="network input height, width in pixels")
+    grader_pool_hw: tuple[int, int] = Field(
+        (8, 4), description="grid the grader's masked feature is pooled to"
+    )
+    attention_ratio: int = Field(8, ge=1, description="RGA-S channel/spatial/down reduction ratio")
+
+    @model_validator(mode="after")
+    def _positive(self) -> OAMNModelConfig:
+        if min(self.input_size) < 16:
+            raise ValueError(f"input_size must be at least 16x16, got {self.input_size}")
+        return self
+
+
+class OAMNLossConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    alpha1: float = Field(1.0, ge=0, description="weight of L_mask1 in L_mask (eq. 4; sec. 4.1: 1.0)")
+    alpha2: float = Field(1.0, ge=0, description="weight of L_mask2 in L_mask (eq. 4; sec. 4.1: 1.0)")
+    lambda_mask: float = Field(
+        5.0, ge=0, description="lambda1, weight of L_mask in L1 (eq. 10; sec. 4.1: 5.0)"
+    )
+    lambda_triplet: float = Field(0.5, ge=0, description="lambda2, weight of L_tri-g (eq. 10; sec. 4.1: 0.5)")
+    lambda_ide: float = Field(1.0, ge=0, description="lambda3, weight of L_ide (eq. 10; sec. 4.1: 1.0)")
+    lambda_score: float = Field(
+        1.0, ge=0, description="lambda4, weight of L_score in L2 (eq. 10; sec. 4.1: 1.0)"
+    )
+    margin: float = Field(0.5, ge=0, description="triplet margin m_tri (eq. 5; sec. 4.1: 0.5)")
+    squared_distance: bool = Field(
+        False,
+        description="true = squared Euclidean distances as written in eq. 5; false (default) = plain "
+        "Euclidean, whose scale suits the 0.5 margin (squared distances of unnormalised "
+        "512-d features are in the hundreds and diverged in our runs)",
+    )
+    mask_reduction: Literal["mean", "sum"] = Field(
+        "mean",
+        description="'sum' = eq. 2/3's squared L2 norm over the whole feature map; 'mean' divides it by "
+        "the map's element count so that lambda1=5 does not swamp the other terms",
+    )
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of L_ide (paper: none)")
+
+
+class ReIDDataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    root: str = Field(
+        "../shared/datasets/PETA",
+        description="PETA root (<subset>/archive/) or a Market-style folder of <id>_c<cam>..._*.jpg images",
+    )
+    layout: Literal["peta", "market"] = Field("peta", description="dataset layout of root")
+    subsets: list[str] = Field(
+        ["3DPeS", "CAVIAR4REID", "GRID", "SARC3D", "TownCentre"],
+        description="PETA subsets to train on (ignored for layout 'market')",
+    )
+    min_images_per_id: int = Field(2, ge=1, description="drop identities with fewer images (triplets need 2)")
+    max_ids: int | None = Field(
+        None, ge=2, description="keep only the first N identities (smoke tests); null = all"
+    )
+
+
+class ReIDTrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    iterations: int = Field(1000, ge=1, description="optimiser steps")
+    p: int = Field(16, ge=2, description="identities per batch (P of the P x K sampler)")
+    k: int = Field(4, ge=2, description="images per identity (K of the P x K sampler)")
+    lr: float = Field(0.01, gt=0, description="SGD learning rate of the encoder, mask module and heads")
+    backbone_lr_mult: float = Field(
+        1.0, gt=0, description="learning-rate multiplier of the pretrained backbone"
+    )
+    grader_lr: float = Field(0.01, gt=0, description="SGD learning rate of the grader's own optimiser (L2)")
+    grader_only_iterations: int = Field(
+        0,
+        ge=0,
+        description="extra steps after `iterations` that train only the grader (eq. 7) on the frozen "
+        "encoder and mask module; cheap (no backward through the network)",
+    )
+    grader_only_optimizer: Literal["sgd", "adam"] = Field(
+        "adam",
+        description="fresh optimiser of the grader-only phase; Adam because the masked features g are "
+        "small (std ~0.04), which makes SGD on the grader's linear layer slow",
+    )
+    grader_only_lr: float = Field(
+        0.01, gt=0, description="learning rate of the grader-only phase (cosine decay)"
+    )
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(5e-4, ge=0, description="SGD weight decay")
+    freeze_stages: list[str] = Field(
+        [], description="leading backbone stages to freeze (CPU budget option; e.g. [stem, conv2])"
+    )
+    warmup_iterations: int = Field(50, ge=0, description="linear learning-rate warm-up steps")
+    device: str = Field("auto", description="'auto', 'cpu' or 'cuda'")
+    threads: int | None = Field(1, ge=1, description="torch CPU threads (null = torch default)")
+    seed: int = Field(0, description="seed for sampling, augmentation and init")
+    log_every: int = Field(10, ge=1, description="iterations between log lines")
+    checkpoint_every: int = Field(100, ge=1, description="iterations between resumable checkpoints")
+    flip: bool = Field(True, description="random horizontal flip")
+    pad_crop: int = Field(
+        8, ge=0, description="pixels of zero padding before a random crop back to input size"
+    )
+
+
+class ReIDRecipe(BaseModel):
+    """A complete, reproducible OAMN training recipe."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: OAMNModelConfig = Field(default_factory=OAMNModelConfig, description="network")
+    loss: OAMNLossConfig = Field(default_factory=OAMNLossConfig, description="loss weights (paper sec. 4.1)")
+    data: ReIDDataConfig = Field(default_factory=ReIDDataConfig, description="training data")
+    train: ReIDTrainConfig = Field(default_factory=ReIDTrainConfig, description="optimisation")
+    out_dir: str = Field("runs/reid", description="checkpoints and metrics JSON go here")

@@ -1,0 +1,127 @@
+"""The occlude-them-all gallery: unification rule, the paper's exception, capacity/eviction,
+save/load round trip, and crops through a real (small, untrained) OAMN encoder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.backbones import create_backbone
+from models.reid.gallery import OcclusionGallery
+from models.reid.oamn import OAMN, infer_feature_hw
+from models.reid.occlusion_augment import NUM_GRADES, grade_index
+from models.reid.unification import unified_similarity
+
+D = 8
+BOTTOM_HALF = grade_index("bottom", 0.5)
+TOP_HALF = grade_index("top", 0.5)
+
+
+def _unit(i: int) -> np.ndarray:
+    v = np.zeros(D, dtype=np.float32)
+    v[i] = 1
+    return v
+
+
+def _entry(holistic: int, **by_grade: int) -> np.ndarray:
+    """(9, D) embeddings: holistic vector everywhere except the given grades."""
+    e = np.tile(_unit(holistic), (NUM_GRADES, 1))
+    for name, idx in by_grade.items():
+        e[int(name[1:])] = _unit(idx)
+    return e
+
+
+def test_bottom_half_query_matches_bottom_half_embeddings():
+    gal = OcclusionGallery(D, capacity=10)
+    # A looks like the query only once both are bottom-half masked; B looks like its unmasked view
+    a = _entry(0, **{f"g{BOTTOM_HALF}": 3})
+    b = _entry(3)
+    gal.add(["A", "B"], np.stack([a, b]), grades=[0, 0])
+    query = _entry(3)[None]  # the query's own (occluded) view: vector 3
+    assert gal.match(query, grade=BOTTOM_HALF, top_k=1)[0][0].id == "A"
+    # graded holistic it is compared with holistic embeddings -> B
+    assert gal.match(query, grade=0, top_k=1)[0][0].id == "B"
+    plain = OcclusionGallery(D, capacity=10, unify=False)
+    plain.add(["A", "B"], np.stack([a, b]), grades=[0, 0])
+    assert plain.match(query, grade=BOTTOM_HALF, top_k=1)[0][0].id == "B"
+
+
+def test_occluded_gallery_entry_masks_the_query_the_same_way():
+    gal = OcclusionGallery(D, capacity=10)
+    # entry graded top-half: the query must be compared through its own top-half-masked embedding
+    gal.add(["C", "D"], np.stack([_entry(5), _entry(6)]), grades=[TOP_HALF, 0])
+    query = _entry(6, **{f"g{TOP_HALF}": 5})[None]  # unmasked like D, top-masked like C
+    res = gal.match(query, grade=0, top_k=2)[0]
+    assert [m.id for m in res] == ["C", "D"] and res[0].score == pytest.approx(1.0)
+    assert res[0].grade == TOP_HALF
+
+
+def test_unified_similarity_rule():
+    rng = np.random.default_rng(0)
+    q, g = rng.normal(size=(9, 4, 3)), rng.normal(size=(9, 5, 3))
+    qg, gg = np.array([0, 3, 3, 8]), np.array([0, 1, 3, 8, 2])
+    s = unified_similarity(q, qg, g, gg)
+    for i in range(4):
+        for j in range(5):
+            assert s[i, j] == pytest.approx(q[gg[j], i] @ g[qg[i], j], rel=1e-5)
+    with pytest.raises(ValueError, match=r"expected \(9, N, D\)"):
+        unified_similarity(q[:3], qg, g, gg)
+
+
+def test_capacity_and_least_recently_used_eviction():
+    gal = OcclusionGallery(D, capacity=3)
+    gal.add(["a", "b", "c"], np.stack([_entry(0), _entry(1), _entry(2)]), grades=[0, 0, 0])
+    gal.match(_entry(0)[None], grade=0)  # "a" refreshed
+    gal.add(["d"], _entry(3)[None], grades=[0])  # evicts "b", the least recently used
+    assert sorted(gal.ids) == ["a", "c", "d"] and len(gal) == 3 and gal.evictions == 1
+    gal.add(["e"], _entry(4)[None], grades=[0])  # now "c"
+    assert sorted(gal.ids) == ["a", "d", "e"]
+    assert gal.remove("a") == 1 and len(gal) == 2
+    gal.add(["f"], _entry(5)[None], grades=[0])  # reuses the free slot, no eviction
+    assert gal.evictions == 2 and sorted(gal.ids) == ["d", "e", "f"]
+
+
+def test_save_load_roundtrip(tmp_path):
+    gal = OcclusionGallery(D, capacity=5)
+    gal.add(["x", 7], np.stack([_entry(1), _entry(2, **{f"g{BOTTOM_HALF}": 4})]), grades=[0, TOP_HALF])
+    npz, meta = gal.save(tmp_path / "gallery")
+    assert npz.is_file() and meta.is_file()
+    back = OcclusionGallery.load(tmp_path / "gallery")
+    assert back.ids == ["x", 7] and len(back) == 2
+    q = _entry(4)[None]
+    assert [(m.id, m.score, m.grade) for m in back.match(q, grade=BOTTOM_HALF)[0]] == [
+        (m.id, m.score, m.grade) for m in gal.match(q, grade=BOTTOM_HALF)[0]
+    ]
+    with pytest.raises(FileNotFoundError, match="gallery files not found"):
+        OcclusionGallery.load(tmp_path / "nope")
+
+
+def test_bad_input_is_rejected():
+    gal = OcclusionGallery(D, capacity=2)
+    with pytest.raises(ValueError, match="grades are required"):
+        gal.add(["a"], _entry(0)[None])
+    with pytest.raises(ValueError, match="no encoder"):
+        gal.add(["a"], np.zeros((1, 3, 8, 4), np.float32))
+    with pytest.raises(ValueError, match="1 ids for 2 items"):
+        gal.add(["a"], np.stack([_entry(0), _entry(1)]), grades=[0, 0])
+    with pytest.raises(ValueError, match="grades must be in"):
+        gal.add(["a"], _entry(0)[None], grades=[9])
+    with pytest.raises(ValueError, match="expected crops"):
+        gal.match(np.zeros((2, D)), grade=0)
+
+
+def test_crops_through_a_real_encoder():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    bb = create_backbone("osnet_x0_25")
+    model = OAMN(bb, "conv3", infer_feature_hw(bb, "conv3", (64, 32)), grader_pool_hw=(2, 2)).eval()
+    gal = OcclusionGallery.for_model(model, capacity=4)
+    crops = torch.randn(3, 3, 64, 32)
+    emb, grades = gal.encode(crops)
+    assert emb.shape == (3, NUM_GRADES, model.embedding_dim) and grades.shape == (3,)
+    assert np.allclose(np.linalg.norm(emb, axis=2), 1, atol=1e-5)
+    assert not np.allclose(emb[:, 0], emb[:, BOTTOM_HALF])  # masking changes the embedding
+    gal.add(["p", "q", "r"], crops)
+    res = gal.match(crops[1:2], grade=0, top_k=3)[0]
+    assert res[0].id == "q" and res[0].score == pytest.approx(1.0, abs=1e-4)

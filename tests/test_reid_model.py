@@ -1,0 +1,153 @@
+"""OAMN network contract: forward/backward on every backbone and split point, the grader's stopped
+gradient, the eq. 8 decision, checkpoint round trip and ONNX export parity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.backbones import create_backbone, list_backbones
+from models.reid.config import OAMNModelConfig
+from models.reid.grader import GradeThresholds, OcclusionGrader, decide_grades
+from models.reid.oamn import OAMN, OAMNInference, infer_feature_hw, load_oamn, save_oamn_weights
+from models.reid.occlusion_augment import grade_index
+
+HW = (64, 32)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+
+def _model(name: str, split: str, classes: int = 3) -> OAMN:
+    bb = create_backbone(name)
+    return OAMN(bb, split, infer_feature_hw(bb, split, HW), num_classes=classes, grader_pool_hw=(2, 2))
+
+
+def _cases():
+    for name in list_backbones():
+        stages = create_backbone(name).stage_names[:-1]
+        for split in stages:
+            if name not in ("osnet_x0_25", "resnet18") and split != stages[-1]:
+                continue  # the big ones only at their default-like split, to keep the suite fast
+            yield name, split
+
+
+@pytest.mark.parametrize(("name", "split"), list(_cases()))
+def test_forward_backward_every_backbone_and_split(name, split):
+    model = _model(name, split).train()
+    x = torch.randn(4, 3, *HW)
+    out = model(x)
+    assert out.embedding.shape == out.feature.shape == (4, model.embedding_dim)
+    assert out.logits.shape == (4, 3) and out.scores.shape == (4, 4)
+    assert torch.allclose(out.scores.sum(1), torch.ones(4), atol=1e-5)
+    assert out.m.shape[1] == 1 and out.m.min() >= 0 and out.m.max() <= 1
+    l1 = out.logits.logsumexp(1).mean() + out.feature.square().mean() + out.f.mean()
+    l2 = (out.scores - 0.25).square().sum()
+    (l1 + l2).backward()
+    for pname, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        assert p.grad is not None, f"{name}@{split}: {pname} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name}@{split}: {pname} has a non-finite gradient"
+
+
+def test_grader_gradient_never_reaches_encoder_or_mask():
+    model = _model("osnet_x0_25", "conv3").train()
+    out = model(torch.randn(2, 3, *HW))
+    out.scores.square().sum().backward()
+    assert all(p.grad is not None for p in model.grader.parameters())
+    leaked = [n for n, p in model.named_parameters() if not n.startswith("grader.") and p.grad is not None]
+    assert leaked == []
+    grader = {id(p) for p in model.grader.parameters()}
+    assert not any(id(p) in grader for p in model.encoder_parameters())
+
+
+def test_freeze_stages_keeps_them_fixed():
+    model = _model("osnet_x0_25", "conv3")
+    model.freeze_stages(["stem", "conv2"])
+    model.train()
+    assert not model.backbone.conv1.bn.training and model.backbone.conv3.training
+    assert all(not p.requires_grad for p in model.backbone.conv2.parameters())
+    with pytest.raises(ValueError, match="can only freeze stages of E"):
+        model.freeze_stages(["conv4"])
+
+
+def test_split_at_last_stage_rejected():
+    bb = create_backbone("osnet_x0_25")
+    with pytest.raises(ValueError, match="leaves no higher encoder"):
+        OAMN(bb, "conv5", (4, 2))
+
+
+def test_attention_rejects_other_input_size():
+    model = _model("osnet_x0_25", "conv3").eval()
+    with pytest.raises(ValueError, match="input image size must match"):
+        model(torch.randn(1, 3, 128, 64))
+
+
+def test_decide_grades_thresholds_eq8():
+    s = np.array(
+        [
+            [0.25, 0.25, 0.25, 0.25],  # holistic
+            [0.1, 0.6, 0.2, 0.1],  # bottom, 1/4
+            [0.05, 0.05, 0.1, 0.8],  # right, 1/2
+            [0.5, 0.2, 0.2, 0.1],  # top exactly at 0.5 -> 1/4
+            [0.2, 0.0, 0.75, 0.05],
+        ]
+    )  # left exactly at 0.75 -> 1/2
+    assert decide_grades(s).tolist() == [
+        0,
+        grade_index("bottom", 0.25),
+        grade_index("right", 0.5),
+        grade_index("top", 0.25),
+        grade_index("left", 0.5),
+    ]
+    strict = GradeThresholds(quarter=0.7, half=0.9)
+    assert decide_grades(s, strict).tolist() == [
+        0,
+        0,
+        grade_index("right", 0.25),
+        0,
+        grade_index("left", 0.25),
+    ]
+    with pytest.raises(ValueError, match="quarter <= half"):
+        GradeThresholds(0.8, 0.6)
+    with pytest.raises(ValueError, match=r"scores must be \(B, 4\)"):
+        decide_grades(np.zeros((2, 3)))
+
+
+def test_grader_softmax_fits_targets():
+    """With a softmax, eq. 7's optimum is 1/4 everywhere for holistic, s^p = 0.625 for a quarter and 1
+    for a half, so eq. 8's thresholds separate the three: check the grader can learn them."""
+    torch.manual_seed(0)
+    grader = OcclusionGrader(4, (1, 1))
+    feats = torch.eye(4)[:3].view(3, 4, 1, 1) * 5
+    target = torch.tensor([[0, 0, 0, 0], [0.5, 0, 0, 0], [0, 1.0, 0, 0]])
+    opt = torch.optim.Adam(grader.parameters(), lr=0.1)
+    for _ in range(300):
+        opt.zero_grad()
+        (grader(feats) - target).square().sum(1).mean().backward()
+        opt.step()
+    assert decide_grades(grader(feats)).tolist() == [0, grade_index("top", 0.25), grade_index("bottom", 0.5)]
+
+
+def test_checkpoint_roundtrip_and_onnx_parity(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from models.backends import check_onnx_parity, export_onnx
+
+    cfg = OAMNModelConfig(backbone="osnet_x0_25", split_at="conv3", input_size=HW, grader_pool_hw=(2, 2))
+    model = OAMN.from_config(cfg, num_classes=5).eval()
+    path = save_oamn_weights(model, cfg.model_dump(mode="json"), tmp_path / "w.pt")
+    loaded, cfg2 = load_oamn(path)
+    assert loaded.classifier is None and cfg2 == cfg
+    x = torch.randn(3, 3, *HW)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x).embedding, model(x).embedding, atol=1e-6)
+    graph = OAMNInference(loaded)
+    onnx_path = export_onnx(graph, x, tmp_path / "m.onnx", output_names=["embedding", "grade"])
+    assert check_onnx_parity(graph, onnx_path, torch.randn(7, 3, *HW)) < 1e-4  # dynamic batch
+    with pytest.raises(FileNotFoundError, match="OAMN weights not found"):
+        load_oamn(tmp_path / "missing.pt")

@@ -1,0 +1,258 @@
+"""Train OAMN (Chen et al., ICCV 2021) from a YAML recipe.
+
+    python tools/train_reid.py --config configs/reid_oamn_osnet_x0_25_peta.yaml [--set train.iterations=50]
+
+Resumes from ``<out_dir>/last.pt`` when it exists (``--fresh`` ignores it); writes
+``<out_dir>/metrics.json`` and the inference weights ``<out_dir>/oamn.pt`` at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import math  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from models.data.reid_datasets import (  # noqa: E402
+    load_images,
+    normalize,
+    read_market_folder,
+    read_peta_reid,
+    relabel,
+)
+from models.reid.config import ReIDRecipe  # noqa: E402
+from models.reid.grader import decide_grades  # noqa: E402
+from models.reid.losses import OAMNLoss, score_loss  # noqa: E402
+from models.reid.oamn import OAMN, save_oamn_weights  # noqa: E402
+from models.reid.occlusion_augment import augment_batch  # noqa: E402
+from models.reid.sampler import PKSampler  # noqa: E402
+from models.training import (  # noqa: E402
+    Checkpointer,
+    pick_device,
+    progress,
+    seed_everything,
+    set_threads,
+    write_json,
+)
+from pipeline.configfile import load_config  # noqa: E402
+
+logger = logging.getLogger("train_reid")
+
+
+def _records(recipe: ReIDRecipe):
+    data = recipe.data
+    if data.layout == "market":
+        records = read_market_folder(data.root)
+    else:
+        records = read_peta_reid(data.root, data.subsets, data.min_images_per_id)
+    if data.max_ids is not None:
+        keep = set(sorted({r.pid for r in records})[: data.max_ids])
+        records = [r for r in records if r.pid in keep]
+    return records
+
+
+def _train_transform(images: torch.Tensor, flip: bool, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip and pad + random crop on a uint8 batch (before occlusion augmentation,
+    so the occlusion labels stay exact)."""
+    b, _, h, w = images.shape
+    out = images.clone()
+    if flip:
+        flips = torch.rand(b, generator=gen) < 0.5
+        out[flips] = out[flips].flip(-1)
+    if pad > 0:
+        padded = torch.nn.functional.pad(out, (pad, pad, pad, pad))
+        ys = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+        xs = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+        out = torch.stack(
+            [padded[i, :, y : y + h, x : x + w] for i, (y, x) in enumerate(zip(ys, xs, strict=True))]
+        )
+    return out
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 1% of the base rate."""
+    if step < warmup:
+        return (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) a recipe; returns the metrics also written to ``<out_dir>/metrics.json``."""
+    tc = recipe.train
+    seed_everything(tc.seed)
+    set_threads(tc.threads)
+    device = pick_device(tc.device)
+    records = _records(recipe)
+    labels_np, mapping = relabel(records)
+    t0 = time.time()
+    images = load_images(records, tuple(recipe.model.input_size))
+    logger.info("loaded %d training images of %d ids in %.1fs", len(records), len(mapping), time.time() - t0)
+    labels = torch.from_numpy(labels_np)
+
+    model = OAMN.from_config(recipe.model, num_classes=len(mapping)).to(device).train()
+    if tc.freeze_stages:
+        model.freeze_stages(tc.freeze_stages)
+    backbone_ids = {id(p) for p in model.backbone.parameters()}
+    enc_params = model.encoder_parameters()
+    groups = [
+        {"params": [p for p in enc_params if id(p) in backbone_ids], "lr_mult": tc.backbone_lr_mult},
+        {"params": [p for p in enc_params if id(p) not in backbone_ids], "lr_mult": 1.0},
+    ]
+    opt_main = torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    # eq. 10: L2 (grader score loss) is minimised only over the grader, on its own optimiser
+    opt_grader = torch.optim.SGD(model.grader.parameters(), lr=tc.grader_lr, momentum=tc.momentum)
+    criterion = OAMNLoss.from_config(recipe.loss)
+    sampler = PKSampler(labels_np, tc.p, tc.k, seed=tc.seed)
+    opt_grader_only = (
+        torch.optim.Adam(model.grader.parameters(), lr=tc.grader_only_lr)
+        if tc.grader_only_optimizer == "adam"
+        else torch.optim.SGD(model.grader.parameters(), lr=tc.grader_only_lr, momentum=tc.momentum)
+    )
+    aug_rng = np.random.default_rng(tc.seed + 1)
+    gen = torch.Generator().manual_seed(tc.seed + 2)
+
+    out_dir = Path(recipe.out_dir)
+    ckpt = Checkpointer(out_dir)
+    history: list[dict[str, float]] = []
+    start = 0
+    state = None if fresh else ckpt.load_last(map_location=device)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt_main.load_state_dict(state["opt_main"])
+        opt_grader.load_state_dict(state["opt_grader"])
+        if "opt_grader_only" in state:
+            opt_grader_only.load_state_dict(state["opt_grader_only"])
+        sampler.set_state(state["sampler"])
+        aug_rng.bit_generator.state = state["aug_rng"]
+        gen.set_state(state["gen"])
+        history = state["history"]
+        start = state["step"]
+        logger.info("resumed at step %d", start)
+
+    def snapshot(step: int) -> dict[str, Any]:
+        return {
+            "model": model.state_dict(),
+            "opt_main": opt_main.state_dict(),
+            "opt_grader": opt_grader.state_dict(),
+            "opt_grader_only": opt_grader_only.state_dict(),
+            "sampler": sampler.state(),
+            "aug_rng": aug_rng.bit_generator.state,
+            "gen": gen.get_state(),
+            "history": history,
+            "step": step,
+            "recipe": recipe.model_dump(mode="json"),
+            "num_classes": len(mapping),
+        }
+
+    t_start = time.time()
+    window: dict[str, list[float]] = {}
+    total = tc.iterations + tc.grader_only_iterations
+    for step in progress(range(start, total), total=total - start, desc="oamn", enabled=show_progress):
+        grader_only = step >= tc.iterations
+        idx = torch.tensor(sampler.next_batch())
+        batch = _train_transform(images[idx], tc.flip, tc.pad_crop, gen)
+        aug = augment_batch(normalize(batch), aug_rng)  # sec. 3.1: holistic + 4 occluded views
+        target = aug.score_target.to(device)
+        if grader_only:
+            # eq. 7 alone on the frozen network (eval mode: BatchNorm statistics stay as trained)
+            factor = _lr_factor(step - tc.iterations, tc.grader_only_iterations, 0)
+            lr_now = tc.grader_only_lr * factor
+            for group in opt_grader_only.param_groups:
+                group["lr"] = lr_now
+            model.eval()
+            with torch.no_grad():
+                g = model.masked_features(aug.images.to(device))
+            scores = model.grader(g)
+            l_score = score_loss(scores, target)
+            opt_grader_only.zero_grad(set_to_none=True)
+            (recipe.loss.lambda_score * l_score).backward()
+            opt_grader_only.step()
+            logs = {"score": l_score.item(), "l2": recipe.loss.lambda_score * l_score.item()}
+        else:
+            factor = _lr_factor(step, tc.iterations, tc.warmup_iterations)
+            lr_now = tc.lr * factor
+            for group in opt_main.param_groups:
+                group["lr"] = tc.lr * group["lr_mult"] * factor
+            for group in opt_grader.param_groups:
+                group["lr"] = tc.grader_lr * factor
+            y = labels[idx].repeat(5).to(device)
+            out = model(aug.images.to(device))
+            terms = criterion(out, y, (aug.location + 1).to(device), aug.half.to(device), target)
+            opt_main.zero_grad(set_to_none=True)
+            opt_grader.zero_grad(set_to_none=True)
+            (terms.l1 + terms.l2).backward()  # g is detached before T: L2 reaches only the grader
+            opt_main.step()
+            opt_grader.step()
+            scores, logs = out.scores, terms.logs
+        pred = decide_grades(scores)
+        logs["grade_acc"] = float((torch.from_numpy(pred) == aug.grade).float().mean())
+        for k, v in logs.items():
+            window.setdefault(k, []).append(v)
+        if (step + 1) % tc.log_every == 0 or step + 1 in (tc.iterations, total):
+            row = {k: float(np.mean(v)) for k, v in window.items()}
+            row.update(step=step + 1, lr=lr_now, sec_per_iter=(time.time() - t_start) / (step + 1 - start))
+            history.append(row)
+            window = {}
+            row["phase"] = "grader" if grader_only else "joint"
+            logger.info(
+                "step %d/%d %s",
+                step + 1,
+                total,
+                " ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("step", "phase")),
+            )
+        if (step + 1) % tc.checkpoint_every == 0 or step + 1 in (tc.iterations, total):
+            ckpt.save(snapshot(step + 1))
+
+    model.eval()
+    weights = save_oamn_weights(
+        model,
+        recipe.model.model_dump(mode="json"),
+        out_dir / "oamn.pt",
+        extra={
+            "train_ids": len(mapping),
+            "train_images": len(records),
+            "iterations": total,
+            "data": recipe.data.model_dump(mode="json"),
+        },
+    )
+    metrics = {
+        "recipe": recipe.model_dump(mode="json"),
+        "train_images": len(records),
+        "train_ids": len(mapping),
+        "history": history,
+        "final": history[-1] if history else {},
+        "weights": str(weights),
+        "wall_s_this_run": time.time() - t_start,
+    }
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", required=True, help="YAML recipe (configs/reid_*.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="a.b.c=value override")
+    parser.add_argument("--fresh", action="store_true", help="ignore an existing last.pt")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    recipe = load_config(ReIDRecipe, args.config, overrides=args.overrides)
+    metrics = train(recipe, fresh=args.fresh, show_progress=not args.no_progress)
+    logger.info("done: %s", metrics["final"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
