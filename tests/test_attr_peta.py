@@ -23,12 +23,28 @@ def test_counts_and_parsing(shared_dir):
     # VIPeR label line "806 upperBodyBlack ... footwearSneakers carryingNothing accessoryNothing"
     rec = next(r for r in test if r.person_id == "VIPeR/806")
     on = {n for n, v in zip(test.names, rec.labels, strict=True) if v == 1}
-    assert on == {"lowerBodyCasual", "lowerBodyTrousers", "personalLess30", "personalMale", "upperBodyCasual",
-                  "upperBodyLogo", "upperBodyShortSleeve", "upperBodyTshirt", "footwearSneaker",
-                  "carryingNothing", "accessoryNothing"}
+    assert on == {
+        "lowerBodyCasual",
+        "lowerBodyTrousers",
+        "personalLess30",
+        "personalMale",
+        "upperBodyCasual",
+        "upperBodyLogo",
+        "upperBodyShortSleeve",
+        "upperBodyTshirt",
+        "footwearSneaker",
+        "carryingNothing",
+        "accessoryNothing",
+    }
     train = read_peta_attributes(root, PETA_TRAIN_SUBSETS)
-    assert train.subset_counts == {"3DPeS": 1012, "CAVIAR4REID": 1220, "GRID": 1275, "MIT": 888,
-                                   "SARC3D": 200, "TownCentre": 6967}
+    assert train.subset_counts == {
+        "3DPeS": 1012,
+        "CAVIAR4REID": 1220,
+        "GRID": 1275,
+        "MIT": 888,
+        "SARC3D": 200,
+        "TownCentre": 6967,
+    }
     assert train.aliased["footwearSneakers"] > 0 and sum(train.unmapped.values()) == 0
     y = train.label_matrix()
     assert y.shape == (11562, 35) and set(np.unique(y)) == {0.0, 1.0}

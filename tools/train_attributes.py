@@ -28,7 +28,12 @@ from models.attributes.groups import attribute_task  # noqa: E402
 from models.attributes.losses import AttributeLoss, positive_ratio  # noqa: E402
 from models.attributes.metrics import attribute_metrics, format_metrics  # noqa: E402
 from models.attributes.model import AttributeModelBundle, build_attribute_model  # noqa: E402
-from models.attributes.recipe import AttributeRecipe, load_records, split_holdout  # noqa: E402
+from models.attributes.recipe import (  # noqa: E402
+    AttributeRecipe,
+    cap_images_per_id,
+    load_records,
+    split_holdout,
+)
 from models.data.attribute_dataset import AttributeImageDataset  # noqa: E402
 from models.data.transforms import AttributeTransform  # noqa: E402
 from models.training import Checkpointer, pick_device, progress, seed_everything, set_threads, write_json  # noqa: E402
@@ -67,9 +72,13 @@ def train(recipe: AttributeRecipe, json_out: Path | None = None) -> dict:
     out_dir = Path(rt.out_dir)
     records = load_records(dc.format, dc.root, dc.train_subsets, dc.attributes, split="train")
     names = list(records.names)
+    total_images = len(records)
+    records = cap_images_per_id(records, dc.max_images_per_id)
     train_recs, held_recs = split_holdout(records, dc.holdout_fraction, rt.seed)
     logger.info(
-        "%d training images, %d held out (%d attributes); unmapped label tokens: %d",
+        "%d of %d images used: %d training, %d held out (%d attributes); unmapped label tokens: %d",
+        len(records),
+        total_images,
         len(train_recs),
         len(held_recs),
         len(names),
@@ -197,6 +206,7 @@ def train(recipe: AttributeRecipe, json_out: Path | None = None) -> dict:
         "checkpoint": str(ckpt.best_path),
         "train_images": len(train_recs),
         "held_out_images": len(held_recs),
+        "images_before_cap": total_images,
         "unmapped_label_tokens": sum(records.unmapped.values()),
     }
     write_json(json_out or out_dir / "metrics.json", payload)

@@ -26,6 +26,7 @@ from models.data.peta_attributes import PETA_TRAIN_SUBSETS, AttributeRecords, re
 from .model import AttributeModelConfig
 
 __all__ = [
+    "cap_images_per_id",
     "DataConfig",
     "LossConfig",
     "OptimConfig",
@@ -51,6 +52,12 @@ class DataConfig(BaseModel):
     attributes: str | list[str] = Field("peta35", description="'peta35', 'all' or an explicit attribute list")
     holdout_fraction: float = Field(
         0.1, ge=0.0, lt=0.9, description="fraction of training person ids held out for model selection"
+    )
+    max_images_per_id: int | None = Field(
+        None,
+        ge=1,
+        description="keep at most this many images per person id (evenly spaced); thins video-frame "
+        "subsets such as TownCentre (~30 near-identical frames per person)",
     )
     input_size: tuple[int, int] = Field((128, 64), description="(height, width) every crop is resized to")
     flip_p: float = Field(0.5, ge=0.0, le=1.0, description="horizontal flip probability (training)")
@@ -153,4 +160,22 @@ def split_holdout(
     return (
         AttributeRecords(records=train, names=records.names),
         AttributeRecords(records=held, names=records.names),
+    )
+
+
+def cap_images_per_id(records: AttributeRecords, cap: int | None) -> AttributeRecords:
+    """At most ``cap`` images per person id, evenly spaced in file order (deterministic)."""
+    if cap is None:
+        return records
+    by_id: dict[str, list] = {}
+    for r in records:
+        by_id.setdefault(r.person_id, []).append(r)
+    kept = []
+    for recs in by_id.values():
+        if len(recs) <= cap:
+            kept += recs
+        else:
+            kept += [recs[int(k * len(recs) / cap)] for k in range(cap)]
+    return AttributeRecords(
+        records=kept, names=records.names, unmapped=records.unmapped, aliased=records.aliased
     )
