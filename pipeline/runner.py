@@ -231,7 +231,9 @@ class StageRunner:
         start = time.perf_counter()
         try:
             outputs = list(
-                stage.process_batch(messages) if len(messages) > 1 else (stage.process(messages[0]) or ())
+                stage.process_batch(messages)
+                if len(messages) > 1 or stage.max_batch > 1
+                else (stage.process(messages[0]) or ())
             )
         except Exception as exc:  # noqa: BLE001 - bad input never kills a stage
             self._stage_error(exc)
