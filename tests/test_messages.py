@@ -40,7 +40,7 @@ def _frame(**kw) -> Frame:
     return Frame(**defaults)
 
 
-# -- validation ---------------------------------------------------------------------------------------
+# -- validation -------------------------------------------------------------------------------------
 def test_detections_shape_error_names_field_and_shapes() -> None:
     with pytest.raises(ValueError, match=r"xyxy must have shape \(N, 4\), got \(3, 5\)"):
         Detections(np.zeros((3, 5), np.float32), np.zeros(3, np.float32), np.zeros(3, np.int32))
@@ -104,7 +104,7 @@ def test_messages_are_frozen() -> None:
         frame.seq = 3  # type: ignore[misc]
 
 
-# -- round trip -----------------------------------------------------------------------------------------
+# -- round trip -------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "message",
     [
@@ -156,7 +156,7 @@ def test_round_trip_over_zmq_is_zero_copy() -> None:
         ctx.term()
 
 
-# -- malformed --------------------------------------------------------------------------------------------
+# -- malformed --------------------------------------------------------------------------------------
 def _header(message) -> dict:
     return json.loads(bytes(encode(message)[0]))
 
@@ -215,7 +215,7 @@ def test_encode_rejects_foreign_objects() -> None:
         encode({"stream_id": "a"})
 
 
-# -- credential masking -------------------------------------------------------------------------------------
+# -- credential masking -----------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("url", "masked"),
     [
