@@ -162,3 +162,19 @@ def test_eval_program_on_market_layout(shared_dir, tmp_path):
                 str(out),
             ]
         )
+
+
+def test_shipped_recipe_loads_and_rejects_bad_keys():
+    from pipeline.configfile import ConfigError, load_config
+
+    path = Path(__file__).resolve().parents[1] / "configs/reid_oamn_osnet_x0_25_peta.yaml"
+    recipe = load_config(ReIDRecipe, path)
+    assert (
+        recipe.model.backbone == "osnet_x0_25"
+        and recipe.loss.lambda_mask == 5.0
+        and recipe.loss.margin == 0.5
+    )
+    with pytest.raises(ConfigError, match="train.p"):
+        load_config(ReIDRecipe, path, overrides=["train.p=1"])
+    with pytest.raises(ConfigError, match="loss.lambda_typo"):
+        load_config(ReIDRecipe, path, overrides=["loss.lambda_typo=1"])

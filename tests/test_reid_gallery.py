@@ -125,3 +125,34 @@ def test_crops_through_a_real_encoder():
     gal.add(["p", "q", "r"], crops)
     res = gal.match(crops[1:2], grade=0, top_k=3)[0]
     assert res[0].id == "q" and res[0].score == pytest.approx(1.0, abs=1e-4)
+
+
+class _CountingEncoder:
+    """Wraps a real TorchEncoder and counts the images it is asked to embed."""
+
+    def __init__(self, inner):
+        self.inner, self.seen = inner, 0
+
+    def __call__(self, images):
+        self.seen += len(images)
+        return self.inner(images)
+
+
+def test_query_against_holistic_gallery_costs_one_pass():
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    from models.reid.encoder import TorchEncoder
+
+    bb = create_backbone("osnet_x0_25")
+    model = OAMN(bb, "conv3", infer_feature_hw(bb, "conv3", (64, 32)), grader_pool_hw=(2, 2)).eval()
+    enc = _CountingEncoder(TorchEncoder(model))
+    gal = OcclusionGallery(model.embedding_dim, capacity=4, encoder=enc)
+    gal.add(["a", "b"], torch.randn(2, 3, 64, 32), grades=[0, 0])
+    assert enc.seen == 2 * NUM_GRADES  # entries: all 9 versions in one call
+    enc.seen = 0
+    gal.match(torch.randn(3, 3, 64, 32), top_k=1)
+    assert enc.seen == 3  # holistic gallery: queries need only their own pass
+    gal.add(["c"], torch.randn(1, 3, 64, 32), grades=[TOP_HALF])
+    enc.seen = 0
+    gal.match(torch.randn(3, 3, 64, 32), top_k=1)
+    assert enc.seen == 3 * 2  # + the top-half-masked version (the exception)

@@ -47,13 +47,6 @@ class Match:
     grade: int
 
 
-def _all_masks(images: torch.Tensor, fill: float) -> torch.Tensor:
-    """(N, C, H, W) -> (9 * N, C, H, W): grade-major stack of every image masked with every grade."""
-    n = images.shape[0]
-    grades = torch.arange(NUM_GRADES).repeat_interleave(n)
-    return mask_batch(images.repeat(NUM_GRADES, 1, 1, 1), grades, fill)
-
-
 class OcclusionGallery:
     """Bounded gallery with occlusion unification. ``encoder`` turns crops into (embedding, scores);
     without one, entries and queries must be given as (N, 9, D) embeddings with their grades."""
@@ -100,9 +93,16 @@ class OcclusionGallery:
         return [self._ids[i] for i in np.flatnonzero(self._valid)]
 
     # -- encoding -------------------------------------------------------------------------------
-    def encode(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Crops (N, 3, H, W) -> (N, 9, D) embeddings (unmasked + 8 masked, one batched pass) and
-        grades (N,) from the unmasked pass's grader scores."""
+    def encode(
+        self, images: np.ndarray | torch.Tensor, grades_needed: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Crops (N, 3, H, W) -> (N, 9, D) embeddings (unmasked + masked versions, one batched
+        pass) and grades (N,) from the unmasked pass's grader scores.
+
+        ``grades_needed`` limits the masked versions computed (the others stay zero): a query only
+        needs the versions of the grades present in the gallery, so against a holistic gallery it
+        costs a single forward pass.
+        """
         if self.encoder is None:
             raise ValueError(
                 "this gallery has no encoder; pass (N, 9, D) embeddings and grades instead of crops"
@@ -112,14 +112,19 @@ class OcclusionGallery:
             raise ValueError(
                 f"crops must be (N, 3, H, W) normalised float arrays, got shape {tuple(x.shape)}"
             )
-        emb, scores = self.encoder(_all_masks(x, self.fill))
+        wanted = sorted({0, *(range(NUM_GRADES) if grades_needed is None else map(int, grades_needed))})
         n = x.shape[0]
-        emb = emb.reshape(NUM_GRADES, n, -1).transpose(1, 0, 2)
-        if emb.shape[2] != self.dim:
-            raise ValueError(f"encoder gives {emb.shape[2]}-d embeddings, gallery holds {self.dim}-d")
-        return np.ascontiguousarray(emb), decide_grades(scores[:n], self.thresholds)
+        masks = torch.tensor(wanted).repeat_interleave(n)
+        flat, scores = self.encoder(mask_batch(x.repeat(len(wanted), 1, 1, 1), masks, self.fill))
+        if flat.shape[1] != self.dim:
+            raise ValueError(f"encoder gives {flat.shape[1]}-d embeddings, gallery holds {self.dim}-d")
+        emb = np.zeros((n, NUM_GRADES, self.dim), dtype=np.float32)
+        emb[:, wanted] = flat.reshape(len(wanted), n, self.dim).transpose(1, 0, 2)
+        return emb, decide_grades(scores[:n], self.thresholds)
 
-    def _as_embeddings(self, data, grades, what: str) -> tuple[np.ndarray, np.ndarray]:
+    def _as_embeddings(
+        self, data, grades, what: str, grades_needed: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         arr = np.asarray(data)
         if arr.ndim == 3 and arr.shape[1:] == (NUM_GRADES, self.dim):
             if grades is None:
@@ -128,7 +133,7 @@ class OcclusionGallery:
             emb = emb / np.maximum(np.linalg.norm(emb, axis=2, keepdims=True), 1e-12)
             g = np.asarray(grades, dtype=np.int64).reshape(-1)
         elif arr.ndim == 4:
-            emb, predicted = self.encode(arr)
+            emb, predicted = self.encode(arr, grades_needed)
             g = predicted if grades is None else np.asarray(grades, dtype=np.int64).reshape(-1)
         else:
             raise ValueError(
@@ -185,8 +190,9 @@ class OcclusionGallery:
         """(similarities (Q, N_valid), query grades (Q,), valid slots (N_valid,))."""
         if grade is not None and np.ndim(grade) == 0:
             grade = [int(grade)]
-        q_emb, q_grades = self._as_embeddings(query, grade, "match")
         slots = np.flatnonzero(self._valid)
+        needed = np.unique(self._grades[slots]) if self.unify else [0]
+        q_emb, q_grades = self._as_embeddings(query, grade, "match", needed)
         hi = int(slots[-1]) + 1 if len(slots) else 0
         # free slots are refilled lowest first, so the used prefix [:hi] is a view, never a copy
         if self.unify:
