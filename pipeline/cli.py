@@ -315,7 +315,15 @@ def _replay(args: argparse.Namespace) -> int:
 def _run_with_signals(runtime: Any, progress: _Progress | None, total: int | None) -> RunReport:
     """Run ``runtime`` in a thread; the main thread shows progress and turns signals into stop/abort."""
     result: list[RunReport] = []
-    thread = threading.Thread(target=lambda: result.append(runtime.run()), name="runtime", daemon=True)
+
+    def target() -> None:
+        try:
+            result.append(runtime.run())
+        except Exception as exc:  # noqa: BLE001 - e.g. an endpoint already in use: one line, exit 1
+            logger.debug("runtime failed", exc_info=True)
+            result.append(RunReport(1, f"{type(exc).__name__}: {exc}", 0.0))
+
+    thread = threading.Thread(target=target, name="runtime", daemon=True)
     presses = [0]
 
     def on_signal(signum: int, frame: Any) -> None:

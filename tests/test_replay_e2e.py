@@ -148,6 +148,28 @@ def test_sigint_during_replay_leaves_consistent_outputs(
     assert f"frames: {got['db_frames']}" in captured.out
 
 
+def test_run_in_process_mode_with_the_real_stages(tmp_path: Path, untrained_weights: Path, capsys) -> None:
+    """The replay graph as one supervised process per stage over ipc://: same outputs, exit 0."""
+    import yaml
+
+    from pipeline.defaults import default_replay_graph
+    from stages.media.testclip import write_clip
+
+    clip = write_clip(tmp_path / "cam.mp4", frames=20, width=160, height=96)
+    graph = default_replay_graph()
+    graph.update(mode="process", output_dir=str(tmp_path / "out"))
+    graph["stages"][0]["config"]["streams"] = [{"id": "cam", "source": str(clip)}]
+    config = tmp_path / "graph.yaml"
+    config.write_text(yaml.safe_dump(graph))
+    code = main(
+        ["run", str(config), "--set", f"detect.weights={untrained_weights}", "--set", "detect.imgsz=64"]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "restarts" not in captured.out
+    _assert_agree(_outputs(tmp_path / "out", "cam"), frames=20, reason="finished")
+
+
 @pytest.mark.shared_assets
 def test_replay_crosswalk_finds_and_tracks_people(shared_dir: Path, tmp_path: Path, capsys) -> None:
     """The real footage with the shared OpenVINO YOLOv8n: first 100 frames (about 15 s on 2 loaded cores)."""
