@@ -89,6 +89,14 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a graph config until its sources end or Ctrl-C")
     run.add_argument("config", help="graph YAML (e.g. configs/edge.yaml)")
+    run.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="STAGE",
+        help="run only these stages on this host (repeatable; links to the others need explicit "
+        "tcp:// endpoints); they run as threads of this process",
+    )
     common(run)
 
     check = sub.add_parser("check", help="validate a graph config and print the resolved graph")
@@ -401,12 +409,12 @@ def _finish(report: RunReport) -> int:
 def _run(args: argparse.Namespace) -> int:
     graph = load_graph(args.config, args.overrides)
     setup_logging(args.log_level or graph.logging.level, graph.logging.format)
-    if graph.mode == "process":
+    if graph.mode == "process" and not args.only:
         from pipeline.supervisor import ProcessRuntime
 
         runtime: Any = ProcessRuntime(graph)
     else:
-        runtime = EmbeddedRuntime(graph)
+        runtime = EmbeddedRuntime(graph, only=args.only or None)
     logger.info("running %s in %s mode (%d stages)", mask_url(args.config), graph.mode, len(graph.stages))
     started = time.monotonic()
     report = _run_with_signals(runtime, None, None)

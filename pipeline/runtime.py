@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import zmq
 from prometheus_client import CollectorRegistry
 
+from pipeline.configfile import ConfigError
 from pipeline.graph import GraphConfig
 from pipeline.links import resolve_links
 from pipeline.metrics import MetricsServer, RuntimeMetrics
@@ -54,6 +55,26 @@ class RunReport:
         return cls(code, error, seconds, {r.name: r for r in results}, dict(restarts or {}))
 
 
+def check_subset(graph: GraphConfig, only: list[str] | None) -> set[str]:
+    """Validate ``--only`` (the stages this host runs); every link crossing hosts needs a tcp endpoint."""
+    names = [s.name for s in graph.stages]
+    if not only:
+        return set(names)
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise ConfigError(f"--only: no stage named {unknown[0]!r}; have {names}")
+    chosen = set(only)
+    for spec in graph.stages:
+        for item in spec.input_specs():
+            if (spec.name in chosen) != (item.source in chosen) and item.endpoint is None:
+                raise ConfigError(
+                    f"--only: the link {item.source} -> {spec.name} crosses to another host; give that input "
+                    "an explicit endpoint (inputs: [{source: ..., endpoint: tcp://host:port}], "
+                    "transport.kind: tcp)"
+                )
+    return chosen
+
+
 class EmbeddedRuntime:
     """Run a graph with every stage as a thread; one instance per run."""
 
@@ -63,8 +84,10 @@ class EmbeddedRuntime:
         registry: CollectorRegistry | None = None,
         observer: Observer | None = None,
         run_id: str | None = None,
+        only: list[str] | None = None,
     ) -> None:
         self.graph = graph
+        self.only = check_subset(graph, only)
         self.metrics = RuntimeMetrics(registry)
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self._observer = observer
@@ -106,6 +129,9 @@ class EmbeddedRuntime:
             links = resolve_links(self.graph, self.run_id, ipc_dir)
             resolved: list[Link] = []
             for link in links:
+                if link.downstream not in self.only:
+                    resolved.append(link)  # another host binds it; we may only connect to it
+                    continue
                 sock = bind_input(context, link)
                 endpoint = (
                     sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -137,6 +163,7 @@ class EmbeddedRuntime:
                     defer_close=True,
                 )
                 for spec in self.graph.stages
+                if spec.name in self.only
             ]
             threads = [threading.Thread(target=r.run, name=f"stage-{r.name}", daemon=True) for r in runners]
             for thread in threads:

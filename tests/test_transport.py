@@ -126,3 +126,27 @@ def test_garbage_on_a_link_is_rejected_counted_and_survived(tmp_path: Path) -> N
     got, eos = frames_and_eos(rows)
     assert len(got) > 20 and [s for _, s in got] == list(range(len(got)))  # the stage kept going
     assert eos == [("a", "stopped")]
+
+
+def test_stages_split_over_two_hosts_with_tcp_endpoints(tmp_path: Path) -> None:
+    """Two runtimes ('hosts') each run part of one graph; the crossing link has an explicit tcp endpoint."""
+    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    data = chain_graph(tmp_path, transport={"kind": "tcp"})
+    data["stages"][1]["inputs"] = [{"source": "src", "endpoint": endpoint}]
+    graph = load_graph(data=data)
+    with pytest.raises(Exception, match="the link relay -> sink crosses to another host"):
+        EmbeddedRuntime(graph, only=["src", "relay"])
+    edge = EmbeddedRuntime(graph, only=["src"])
+    server = EmbeddedRuntime(graph, only=["relay", "sink"])
+    reports: dict = {}
+    threads = [
+        threading.Thread(target=lambda r=r, k=k: reports.setdefault(k, r.run()))
+        for k, r in (("server", server), ("edge", edge))
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert reports["edge"].exit_code == 0 and reports["server"].exit_code == 0
+    assert set(reports["edge"].stages) == {"src"} and set(reports["server"].stages) == {"relay", "sink"}
+    _expect_complete(read_rows(tmp_path / "rows.jsonl"))
