@@ -170,6 +170,9 @@ class EmbeddedRuntime:
                 thread.start()
             clean = self._wait(threads)
             if clean:  # every reader has finished: now the senders may close without losing a message
+                if any(link.downstream not in self.only and link.upstream in self.only for link in resolved):
+                    # readers on other hosts cannot be asked; give them linger_s to take the tail
+                    time.sleep(self.graph.shutdown.linger_s)
                 for runner in runners:
                     runner.close_outlets()
             report = RunReport.from_results([r.result for r in runners], time.monotonic() - started)
