@@ -129,7 +129,7 @@ class StageRunner:
                     self._run_source(stage)
             elif inputs is not None:
                 self._run_consumer(stage if started else None, inputs)
-            if started and stage is not None and self._failure is None:
+            if started and stage is not None:  # also after a failure: close files, commit what is there
                 self._call(stage.on_stop, "on_stop")
         except Exception as exc:  # noqa: BLE001
             self._fail(exc, "crashed")
