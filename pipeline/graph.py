@@ -230,6 +230,24 @@ class GraphConfig(_Strict):
                 if link.endpoint is not None and not link.endpoint.startswith("tcp://"):
                     raise ValueError(f"stages[{i}] ({spec.name}).inputs: endpoint must be tcp://host:port")
         self._check_acyclic()
+        self._check_types()
+
+    def _check_types(self) -> None:
+        """A link on which nothing the upstream emits is accepted downstream is a wiring mistake."""
+        by_name = {s.name: s for s in self.stages}
+        for spec in self.stages:
+            accepts = set(spec.stage_class.accepts)
+            for item in spec.input_specs():
+                emits = by_name[item.source].stage_class.emits
+                if emits is None or not accepts:
+                    continue
+                if not accepts & set(emits):
+                    have = ", ".join(t.__name__ for t in emits) or "nothing"
+                    want = ", ".join(t.__name__ for t in accepts)
+                    raise ValueError(
+                        f"{spec.name}.inputs: {item.source} ({by_name[item.source].type}) emits {have}, but "
+                        f"{spec.name} ({spec.type}) accepts {want}; nothing would flow on that link"
+                    )
 
     def _check_acyclic(self) -> None:
         upstream = {s.name: [i.source for i in s.input_specs()] for s in self.stages}

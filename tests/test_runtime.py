@@ -260,6 +260,19 @@ def test_cycles_are_rejected(tmp_path: Path) -> None:
         load_graph(_write(tmp_path, text))
 
 
+def test_a_link_that_could_carry_nothing_is_rejected() -> None:
+    from pipeline.defaults import default_replay_graph
+
+    data = default_replay_graph()
+    data["stages"][3]["inputs"] = ["detect"]  # sqlite_sink wants PersonCrops; detect emits Frames
+    with pytest.raises(
+        ConfigError,
+        match=r"events\.inputs: detect \(detect\) emits Frame, but events "
+        r"\(sqlite_sink\) accepts PersonCrops",
+    ):
+        load_graph(data=data)
+
+
 def test_missing_config_file() -> None:
     with pytest.raises(ConfigError, match="config file 'nowhere.yaml' does not exist"):
         load_graph("nowhere.yaml")
