@@ -74,11 +74,12 @@ def draw_annotations(frame: Frame, fps: float | None, line: int = 2, draw_lost: 
             cv2.rectangle(image, (x1, y1), (x2, y2), color, line)
             label = f"#{tid}"
             (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
-            cv2.rectangle(image, (x1, max(0, y1 - th - 4)), (x1 + tw + 4, y1), color, -1)
+            top = y1 - th - 4 if y1 >= th + 4 else y1  # above the box, or inside it at the frame's top edge
+            cv2.rectangle(image, (x1, top), (x1 + tw + 4, top + th + 4), color, -1)
             cv2.putText(
                 image,
                 label,
-                (x1 + 2, max(th, y1 - 3)),
+                (x1 + 2, top + th + 1),
                 cv2.FONT_HERSHEY_SIMPLEX,
                 0.5,
                 (0, 0, 0),
