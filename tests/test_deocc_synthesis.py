@@ -8,6 +8,7 @@ import pytest
 
 from models.deocclusion.synthesis import (
     OcclusionSynthesizer,
+    UltralyticsPersonMasker,
     ellipse_person_mask,
     grabcut_person_mask,
 )
@@ -118,6 +119,11 @@ def test_grabcut_fallback_finds_the_person(pair):
     assert iou > 0.6
     prior = ellipse_person_mask(H, W)
     assert 0.3 < prior.mean() < 0.7 and prior[H // 2, W // 2]
+
+
+def test_segmenter_must_be_a_local_file(tmp_path):
+    with pytest.raises(ValueError, match="nothing is downloaded"):
+        UltralyticsPersonMasker(tmp_path / "yolov8n-seg.pt")
 
 
 def test_bad_inputs_are_clear_errors(pair):

@@ -126,8 +126,12 @@ class UltralyticsPersonMasker:
             [(boxes[:, 0] + boxes[:, 2]) / 2 - w / 2, (boxes[:, 1] + boxes[:, 3]) / 2 - h / 2], 1
         )
         best = int(np.argmin(np.linalg.norm(centres, axis=1)))
-        mask = result.masks.data[best].cpu().numpy().astype(np.float32)
-        return cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR) > 0.5
+        # masks.xy are polygons in the crop's own pixel coordinates (masks.data is letterboxed)
+        polygon = np.asarray(result.masks.xy[best], np.float32)
+        mask = np.zeros((h, w), np.uint8)
+        if len(polygon) >= 3:
+            cv2.fillPoly(mask, [np.round(polygon).astype(np.int32)], 1)
+        return mask.astype(bool) if mask.any() else grabcut_person_mask(image)
 
 
 def person_masks(images: np.ndarray, masker: UltralyticsPersonMasker | None = None) -> np.ndarray:
