@@ -113,6 +113,47 @@ def test_train_eval_export_roundtrip(peta, tmp_path):
     assert 0 < bottom["ssim_occluded"] < 1 and 0 < bottom["psnr_generated"] < 60
     assert (tmp_path / "grid.png").is_file()
 
+    # Tables 3-6 layout with D's attribute network (random weights here: checks the wiring, not accuracy)
+    from models.attributes.model import (
+        AttributeModelBundle,
+        AttributeModelConfig,
+        build_attribute_model,
+        save_attribute_model,
+    )
+    from models.data.peta_attributes import PETA_35_ATTRIBUTES
+
+    attr_cfg = AttributeModelConfig()
+    attr_net = build_attribute_model(attr_cfg, list(PETA_35_ATTRIBUTES))
+    bundle = AttributeModelBundle(
+        model=attr_cfg, attribute_names=list(PETA_35_ATTRIBUTES), input_size=(64, 32)
+    )
+    save_attribute_model(tmp_path / "attr.pt", attr_net, bundle)
+    rc = _tool("eval_deocclusion").main(
+        [
+            "--weights",
+            str(out / "generator.pt"),
+            "--data",
+            str(peta),
+            "--json",
+            str(report),
+            "--subsets",
+            "VIPeR",
+            "--modes",
+            "silhouette",
+            "--occluder-pool",
+            "6",
+            "--attribute-model",
+            str(tmp_path / "attr.pt"),
+        ]
+    )
+    assert rc == 0
+    table = json.loads(report.read_text())["modes"]["silhouette"]["attributes"]
+    assert set(table) == {"occluded", "generated", "clean"}
+    assert all(
+        0.0 <= row["mA"] <= 1.0 and set(row) == {"mA", "accuracy", "precision", "recall", "f1"}
+        for row in table.values()
+    )
+
     bench = tmp_path / "bench.json"
     rc = _tool("export_deocclusion").main(
         [
