@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from models.attributes.model import load_attribute_model  # noqa: E402
+from models.attributes.model import load_attribute_model, save_attribute_model  # noqa: E402
 from models.attributes.predictor import AttributeExportWrapper, feature_stride  # noqa: E402
 from models.backends import check_onnx_parity, create_backend, export_onnx  # noqa: E402
 from models.training import set_threads, write_json  # noqa: E402
@@ -49,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--weights", required=True, type=Path, help="attribute checkpoint (.pt)")
     parser.add_argument("--onnx", required=True, type=Path, help="ONNX file to write")
+    parser.add_argument(
+        "--ship",
+        type=Path,
+        default=None,
+        help="also write a weights-only checkpoint here (no optimiser state), for models/weights/",
+    )
     parser.add_argument("--json", type=Path, default=None, help="write parity (and timings) here")
     parser.add_argument("--with-mask", action="store_true", help="export a second input 'masks' (MAN-PAR)")
     parser.add_argument("--atol", type=float, default=1e-4, help="parity tolerance on logits/probabilities")
@@ -61,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_threads(args.threads)
     model, bundle = load_attribute_model(args.weights)
+    if args.ship is not None:
+        save_attribute_model(args.ship, model, bundle)
+        print(f"wrote {args.ship} ({args.ship.stat().st_size / 1e6:.2f} MB)")
     h, w = bundle.input_size
     pool = feature_stride(model, (h, w)) if args.with_mask else None
     wrapper = AttributeExportWrapper(model, with_mask=args.with_mask, mask_pool=pool).eval()
