@@ -5,6 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+import torch
 from pydantic import ValidationError
 
 from models.attributes.aggregation import (
@@ -14,6 +15,15 @@ from models.attributes.aggregation import (
     laplacian_sharpness,
     quality_weight,
 )
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """One torch thread: on a loaded 2-core machine two threads spin against each other (100x slower)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
 
 
 def test_quality_weight_terms():
@@ -75,3 +85,27 @@ def test_bad_input():
         agg.update(1, [0.1, 1.5])
     with pytest.raises(ValidationError, match="t_off"):
         AggregationConfig(t_on=0.4, t_off=0.6)
+
+
+@pytest.mark.shared_assets
+def test_shipped_weights_describe_a_track(shared_dir):
+    """The shipped checkpoint through the predictor (the describe stage's path) and the aggregator."""
+    from pathlib import Path
+
+    from models.attributes.predictor import AttributePredictor
+    from models.data.transforms import load_rgb
+
+    weights = Path(__file__).resolve().parents[1] / "models" / "weights" / "attributes_part_osnet_x0_25.pt"
+    assert weights.stat().st_size < 10 * 2**20
+    predictor = AttributePredictor.from_weights(weights)
+    viper = shared_dir / "datasets" / "PETA" / "VIPeR" / "archive"
+    crops = [load_rgb(str(viper / name)) for name in ("000_45_1.bmp", "000_45_2.bmp")]
+    probs = predictor(crops)
+    assert probs.shape == (2, 35) and np.all((probs >= 0) & (probs <= 1))
+    agg = TrackAttributeAggregator(predictor.names)
+    for crop, p in zip(crops, probs, strict=True):
+        state = agg.update(
+            "viper-000", p, CropQuality(height=crop.shape[0], sharpness=laplacian_sharpness(crop))
+        )
+    assert set(state.decisions) == set(predictor.names)
+    assert all(v in (True, False) for v in state.decisions.values())
