@@ -194,6 +194,7 @@ def test_recipe_errors_name_the_key(tmp_path):
     for name in (
         "deocclusion_cpu.yaml",
         "deocclusion_cpu_scratch.yaml",
+        "deocclusion_cpu_bilinear.yaml",
         "deocclusion_paper.yaml",
         "deocclusion_baseline_mse.yaml",
     ):
