@@ -92,3 +92,54 @@ def test_holdout_split_by_person(shared_dir):
     train, held = split_holdout(recs, 0.2, seed=0)
     assert {r.person_id for r in train}.isdisjoint({r.person_id for r in held})
     assert len(train) + len(held) == len(recs) and 0 < len(held) < len(train)
+
+
+def _cell(items: list[str]) -> np.ndarray:
+    out = np.empty((len(items), 1), dtype=object)
+    out[:, 0] = items
+    return out
+
+
+def test_pa100k_and_rap_readers_on_synthetic_mat_files(tmp_path):
+    """The documented .mat layouts written with scipy (NOT the real annotation files, which are not here)."""
+    import scipy.io as sio
+
+    from models.data.attribute_files import read_pa100k, read_rap
+
+    sio.savemat(
+        tmp_path / "annotation.mat",
+        {
+            "attributes": _cell(["Female", "Hat", "Backpack"]),
+            "train_images_name": _cell(["000001.jpg", "000002.jpg"]),
+            "val_images_name": _cell(["000003.jpg"]),
+            "test_images_name": _cell(["000004.jpg"]),
+            "train_label": np.array([[1, 0, 1], [0, 1, 0]], np.uint8),
+            "val_label": np.array([[1, 1, 1]], np.uint8),
+            "test_label": np.array([[0, 0, 1]], np.uint8),
+        },
+    )
+    pa = read_pa100k(tmp_path, "trainval")
+    assert pa.names == ("Female", "Hat", "Backpack") and len(pa) == 3 and pa[2].labels.tolist() == [1, 1, 1]
+    assert read_pa100k(tmp_path, "test")[0].path.name == "000004.jpg"
+
+    partitions = np.empty((1, 1), dtype=object)
+    partitions[0, 0] = {"train_index": np.array([[1, 2]]), "test_index": np.array([[3]])}
+    labels = np.zeros((3, 53), np.int64)
+    labels[2, :3] = [1, 2, 0]  # 2 = RAP's "uncertain"
+    sio.savemat(
+        tmp_path / "RAP_annotation.mat",
+        {
+            "RAP_annotation": {
+                "imagesname": _cell(["a.png", "b.png", "c.png"]),
+                "attribute": _cell([f"att{i}" for i in range(53)]),
+                "label": labels,
+                "partion": partitions,
+            }
+        },
+    )
+    rap = read_rap(tmp_path, partition=0, split="test")
+    assert len(rap.names) == 51 and len(rap) == 1 and rap[0].path.name == "c.png"
+    assert rap[0].labels[:3].tolist() == [1.0, -1.0, 0.0]
+    assert [r.path.name for r in read_rap(tmp_path, 0, "train")] == ["a.png", "b.png"]
+    with pytest.raises(ValueError, match="RAP split must be"):
+        read_rap(tmp_path, 0, "val")

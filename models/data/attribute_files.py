@@ -17,7 +17,8 @@ JSON::
 
 RAP (v1/v2 ``RAP_annotation.mat``) and PA-100K (``annotation.mat``) are read with scipy from the
 field names their documentation gives. They are written from those documented layouts only and
-have not been run against the real files (the datasets are not available here).
+have not been run against the real files (the datasets are not available here); tests check them on
+synthetic .mat files written in those layouts with scipy.
 """
 
 from __future__ import annotations
