@@ -44,12 +44,32 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted (a caller may swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201 - logging's own attribute
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001 - StreamHandler.__init__ assigns it
+        pass
+
+
 def setup_logging(level: str = "INFO", fmt: str = "kv") -> None:
-    """Configure the root logger once for this process (the CLI and each stage process call it)."""
-    handler = logging.StreamHandler(sys.stderr)
+    """Configure the root logger for this process (the CLI and each stage process call it).
+
+    Idempotent: it replaces only the handler it installed before, so calling ``main()`` twice in one
+    process (tests, embedding) neither duplicates lines nor removes handlers that others installed.
+    """
+    handler = _StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
     root = logging.getLogger()
     for existing in list(root.handlers):
-        root.removeHandler(existing)
+        if isinstance(existing, _StderrHandler):
+            root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(level)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
-import threading
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -14,6 +14,8 @@ import av
 import pytest
 
 from pipeline.cli import main
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,47 +107,42 @@ def test_replay_generated_clip_with_untrained_yolo(tmp_path: Path, untrained_wei
     _assert_agree(_outputs(out, "walk"), frames=24, reason="finished")
 
 
-def test_sigint_during_replay_leaves_consistent_outputs(
-    tmp_path: Path, untrained_weights: Path, capsys
-) -> None:
-    """Ctrl-C in the middle of a (realtime-paced) replay: exit 0, and every sink holds the same frames."""
+def test_sigint_during_replay_leaves_consistent_outputs(tmp_path: Path, untrained_weights: Path) -> None:
+    """Ctrl-C in the middle of a (realtime-paced) replay: exit 0, and every sink holds the same frames.
+
+    The replay runs as its own process, as a user's would: the signal goes to the amodal command,
+    not to the test runner (whose other tests have loaded native libraries that handle signals).
+    """
     from stages.media.testclip import write_clip
 
     clip = write_clip(tmp_path / "long.mp4", frames=250, width=160, height=96, fps=25)
     out = tmp_path / "out"
-
-    def interrupt() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not (out / "long.mp4").exists():
+    command = [
+        sys.executable, "-m", "pipeline.cli", "replay", str(clip), "--out", str(out), "--no-progress",
+        "--set", f"detect.weights={untrained_weights}", "--set", "detect.imgsz=64",
+        "--set", "ingest.realtime=true",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (out / "long.mp4").exists() and proc.poll() is None:
             time.sleep(0.05)
         time.sleep(1.0)  # realtime pacing: about 25 more frames
-        os.kill(os.getpid(), signal.SIGINT)
-
-    thread = threading.Thread(target=interrupt, daemon=True)
-    thread.start()
-    code = main(
-        [
-            "replay",
-            str(clip),
-            "--out",
-            str(out),
-            "--no-progress",
-            "--set",
-            f"detect.weights={untrained_weights}",
-            "--set",
-            "detect.imgsz=64",
-            "--set",
-            "ingest.realtime=true",
-        ]
-    )
-    thread.join(timeout=5)
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    assert "stopping: draining the pipeline" in captured.err
+        assert proc.poll() is None, "the replay ended before it could be interrupted"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert "stopping: draining the pipeline" in stderr
     got = _outputs(out, "long")
     assert 0 < got["db_frames"] < 250
     _assert_agree(got, frames=got["db_frames"], reason="stopped")
-    assert f"frames: {got['db_frames']}" in captured.out
+    assert f"frames: {got['db_frames']}" in stdout
 
 
 def test_run_in_process_mode_with_the_real_stages(tmp_path: Path, untrained_weights: Path, capsys) -> None:
