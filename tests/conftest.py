@@ -25,3 +25,15 @@ def shared_dir() -> Path:
             pytest.fail(f"shared assets not found at {SHARED_DIR}")
         pytest.skip(f"shared assets not found at {SHARED_DIR} (set AMODAL_SHARED)")
     return SHARED_DIR
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One torch intra-op thread for the whole suite. The tests use tiny networks, and on a 2-core
+    machine two intra-op threads spin against the pipeline's own threads (up to 100x slower)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

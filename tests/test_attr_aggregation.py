@@ -5,7 +5,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-import torch
 from pydantic import ValidationError
 
 from models.attributes.aggregation import (
@@ -15,15 +14,6 @@ from models.attributes.aggregation import (
     laplacian_sharpness,
     quality_weight,
 )
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One torch thread: on a loaded 2-core machine two threads spin against each other (100x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def test_quality_weight_terms():

@@ -18,14 +18,6 @@ NAMES = list(PETA_35_ATTRIBUTES)
 UNUSED = ("backbone.fc.", "backbone.global_avgpool")  # the backbone's ReID head, not used for attributes
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One torch thread: on a loaded 2-core machine two threads spin against each other (100x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 @pytest.mark.parametrize("arch", ["part", "mask"])
 @pytest.mark.parametrize("backbone", list_backbones())

@@ -9,8 +9,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
@@ -20,15 +18,6 @@ import export_attributes  # noqa: E402
 import train_attributes  # noqa: E402
 
 from models.attributes.recipe import AttributeRecipe  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One torch thread: on a loaded 2-core machine two threads spin against each other (100x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _make_dataset(root: Path, n: int = 16) -> Path:

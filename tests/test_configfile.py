@@ -34,7 +34,8 @@ def test_unknown_key_names_full_path(tmp_path):
 
 def test_wrong_value_names_key_value_and_expectation(tmp_path):
     path = write(tmp_path, "url: x\ningest:\n  mode: carrier-pigeon\n")
-    with pytest.raises(ConfigError, match=r"ingest\.mode: bad value 'carrier-pigeon': Input should be 'tcp' or 'udp'"):
+    expected = r"ingest\.mode: bad value 'carrier-pigeon': Input should be 'tcp' or 'udp'"
+    with pytest.raises(ConfigError, match=expected):
         load_config(Outer, path)
 
 

@@ -11,14 +11,6 @@ from models.deocclusion import UNetGenerator, load_generator, save_generator
 from models.deocclusion.recipe import ModelConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _trained_like(g: UNetGenerator) -> UNetGenerator:
     """Non-trivial BN statistics, as after training (fresh BN is the identity and hides export bugs)."""
     g.train()

@@ -22,15 +22,6 @@ from models.deocclusion.losses import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The machine is shared: oversubscribed intra-op threads make these tiny nets 100x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _all_params_have_grad(module: nn.Module) -> list[str]:
     return [
         n

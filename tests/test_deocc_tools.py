@@ -10,7 +10,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,13 +21,6 @@ def _tool(name: str):
     spec.loader.exec_module(module)
     return module
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _make_subset(root: Path, subset: str, persons: int, per_person: int, seed: int) -> None:
