@@ -44,7 +44,11 @@ class VideoSinkConfig(BaseModel):
     codec: str = Field("libx264", description="FFmpeg encoder (libx264, mpeg4, h264_nvenc, ...).")
     fallback_codec: str = Field("mpeg4", description="Encoder used when `codec` is not available.")
     crf: int = Field(23, ge=0, le=51, description="x264 quality (lower = better, bigger).")
-    preset: str = Field("veryfast", description="x264 speed preset (ultrafast ... veryslow).")
+    preset: str = Field(
+        "ultrafast",
+        description="x264 speed preset (ultrafast ... veryslow). ultrafast by default: the annotated video"
+        " is a review copy, and on a small edge box the CPU belongs to detection and tracking.",
+    )
     fps: float = Field(25.0, gt=0, description="Nominal frame rate written in the container header.")
     draw_lost: bool = Field(False, description="Also draw LOST (predicted, unmatched) tracks, dashed grey.")
     show_fps: bool = Field(True, description="Overlay the rate at which this sink receives frames.")
