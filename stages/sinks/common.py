@@ -9,15 +9,21 @@ from typing import Any
 from pipeline.messages import PersonCrops, TrackState
 from pipeline.stage import StageContext
 
-__all__ = ["resolve_path", "safe_name", "state_name", "tracks_record"]
+__all__ = ["output_path", "safe_name", "state_name", "tracks_record"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-def resolve_path(context: StageContext, path: str | Path) -> Path:
-    """A relative sink path lives under the graph's ``output_dir`` (``amodal replay --out``)."""
+def output_path(context: StageContext, path: str | Path, directory: bool = False) -> Path:
+    """Resolve a sink's output path and create the folder it needs.
+
+    A relative path lives under the graph's ``output_dir`` (``amodal replay --out``); for a
+    ``directory`` the folder itself is created, for a file its parent.
+    """
     path = Path(path)
-    return path if path.is_absolute() else context.output_dir / path
+    path = path if path.is_absolute() else context.output_dir / path
+    (path if directory else path.parent).mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def safe_name(stream_id: str) -> str:

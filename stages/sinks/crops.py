@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.messages import EndOfStream, PersonCrops, TrackState
 from pipeline.registry import register_stage
 from pipeline.stage import Stage
-from stages.sinks.common import resolve_path, safe_name
+from stages.sinks.common import output_path, safe_name
 
 __all__ = ["CropSink", "CropSinkConfig"]
 
@@ -44,8 +44,7 @@ class CropSink(Stage):
     emits: ClassVar[tuple[type, ...] | None] = ()
 
     def on_start(self) -> None:
-        self.directory = resolve_path(self.context, self.config.directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory = output_path(self.context, self.config.directory, directory=True)
         self._last: dict[tuple[str, int], tuple[float, int]] = {}  # (stream, track) -> (time, count)
         self.saved = 0
 

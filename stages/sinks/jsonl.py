@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.messages import EndOfStream, PersonCrops
 from pipeline.registry import register_stage
 from pipeline.stage import Stage
-from stages.sinks.common import resolve_path, tracks_record
+from stages.sinks.common import output_path, tracks_record
 
 __all__ = ["JsonlSink", "JsonlSinkConfig"]
 
@@ -48,8 +48,7 @@ class JsonlSink(Stage):
     emits: ClassVar[tuple[type, ...] | None] = ()
 
     def on_start(self) -> None:
-        path = resolve_path(self.context, self.config.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = output_path(self.context, self.config.path)
         self.path = path
         self._file = path.open("a", encoding="utf-8")
 

@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.messages import EndOfStream, PersonCrops
 from pipeline.registry import register_stage
 from pipeline.stage import Stage
-from stages.sinks.common import resolve_path, state_name
+from stages.sinks.common import output_path, state_name
 
 __all__ = ["SqliteSink", "SqliteSinkConfig", "SCHEMA"]
 
@@ -100,8 +100,7 @@ class SqliteSink(Stage):
     emits: ClassVar[tuple[type, ...] | None] = ()
 
     def on_start(self) -> None:
-        path = resolve_path(self.context, self.config.path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path = output_path(self.context, self.config.path)
         self.path = path
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.messages import EndOfStream, Frame, TrackState
 from pipeline.registry import register_stage
 from pipeline.stage import Stage
-from stages.sinks.common import resolve_path, safe_name
+from stages.sinks.common import output_path, safe_name
 
 __all__ = ["VideoSink", "VideoSinkConfig", "draw_annotations"]
 
@@ -124,8 +124,7 @@ class VideoSink(Stage):
     emits: ClassVar[tuple[type, ...] | None] = ()
 
     def on_start(self) -> None:
-        self.directory = resolve_path(self.context, self.config.directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.directory = output_path(self.context, self.config.directory, directory=True)
         self._outputs: dict[str, _Output] = {}
         self.written: dict[str, Path] = {}
 
