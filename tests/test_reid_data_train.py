@@ -178,3 +178,68 @@ def test_shipped_recipe_loads_and_rejects_bad_keys():
         load_config(ReIDRecipe, path, overrides=["train.p=1"])
     with pytest.raises(ConfigError, match="loss.lambda_typo"):
         load_config(ReIDRecipe, path, overrides=["loss.lambda_typo=1"])
+
+
+def test_holdout_split_is_seeded_disjoint_and_spread_over_subsets():
+    from models.data.reid_datasets import ReIDRecord
+    from models.reid.evaluation import holdout_split
+
+    records = [
+        ReIDRecord(f"/x/{s}/{i}_{j}.png", f"{s}/{i}", -1, s)
+        for s, n in (("Big", 40), ("Small", 4))
+        for i in range(n)
+        for j in range(2)
+    ]
+    train, held = holdout_split(records, 6, seed=3)
+    held_ids = {r.pid for r in held}
+    assert len(held_ids) == 6 and not held_ids & {r.pid for r in train}
+    assert len(train) + len(held) == len(records)
+    assert sum(p.startswith("Small/") for p in held_ids) == 3  # taken in turn from each subset
+    assert holdout_split(records, 6, seed=3)[1] == held
+    assert holdout_split(records, 0, seed=3) == (records, [])
+    with pytest.raises(ValueError, match="holdout_ids=43"):
+        holdout_split(records, 43, seed=3)
+
+
+def test_validate_ranks_identities_by_their_embedding():
+    from models.reid.evaluation import validate
+
+    # four identities, three images each, each identity one flat colour: a colour embedding must
+    # retrieve every holistic query's identity first
+    colours = torch.tensor([[200, 30, 30], [30, 200, 30], [30, 30, 200], [200, 200, 30]], dtype=torch.uint8)
+    images = colours.repeat_interleave(3, 0)[:, :, None, None].expand(12, 3, 32, 16).contiguous()
+    pids = [f"S/{i // 3}" for i in range(12)]
+
+    def colour_model(x):
+        e = x.mean((2, 3))
+        return torch.nn.functional.normalize(e - e.mean(1, keepdim=True), dim=1), torch.full((len(x), 4), 0.25)
+
+    metrics, scores_h, scores_o, grades = validate(colour_model, images, pids, seed=0)
+    assert metrics["holistic_rank1"] == 100.0 and metrics["holistic_mAP"] == 100.0
+    assert 0 <= metrics["occluded_mAP"] <= 100 and metrics["score"] <= 100
+    assert scores_h.shape == scores_o.shape == (12, 4) and ((grades >= 1) & (grades <= 8)).all()
+
+
+def test_training_with_holdout_validates_and_ships_calibrated_thresholds(shared_dir, tmp_path):
+    if not (shared_dir / "datasets/PETA/SARC3D").is_dir():
+        pytest.skip("PETA not present")
+    from models.reid.oamn import load_oamn
+    from tools.train_reid import train
+
+    recipe = _tiny_recipe(shared_dir, tmp_path / "run", 4)
+    recipe.data.max_ids = 10
+    recipe.data.holdout_ids = 3
+    recipe.model.mask_init = "open"
+    recipe.train.optimizer = "adam"
+    recipe.train.lr = 1e-3
+    recipe.train.validate_every = 2
+    recipe.train.grader_only_iterations = 0
+    metrics = train(recipe, show_progress=False)
+    assert [v["step"] for v in metrics["validations"]] == [0, 2, 4]
+    assert metrics["best_step"] in (0, 2, 4)
+    _, cfg = load_oamn(tmp_path / "run/oamn.pt")
+    assert list(cfg.grade_thresholds) == metrics["grade_thresholds"]
+    assert 0.5 <= cfg.grade_thresholds[0] <= cfg.grade_thresholds[1] <= 1.0
+    ckpt = torch.load(tmp_path / "run/oamn.pt", weights_only=True)
+    assert len(ckpt["extra"]["held_out_ids"]) == 3
+    assert ckpt["extra"]["train_ids"] == 7  # the held-out identities never reach the classifier

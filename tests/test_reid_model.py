@@ -151,3 +151,39 @@ def test_checkpoint_roundtrip_and_onnx_parity(tmp_path):
     assert check_onnx_parity(graph, onnx_path, torch.randn(7, 3, *HW)) < 1e-4  # dynamic batch
     with pytest.raises(FileNotFoundError, match="OAMN weights not found"):
         load_oamn(tmp_path / "missing.pt")
+
+
+def test_open_mask_init_starts_near_one_and_still_learns():
+    bb = create_backbone("osnet_x0_25")
+    model = OAMN(bb, "conv3", infer_feature_hw(bb, "conv3", HW), num_classes=3, mask_init="open").train()
+    out = model(torch.randn(4, 3, *HW))
+    expected = 1 / (1 + np.exp(-3.0))
+    assert torch.allclose(out.m, torch.full_like(out.m, expected), atol=1e-6)
+    # the zeroed BatchNorm scale still gets a gradient, so the mask can move away from 0.95
+    out.logits.sum().backward()
+    last_bn = model.mask_module.weight[-1][1]
+    assert last_bn.weight.grad is not None and last_bn.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="mask_init must be"):
+        OAMN(bb, "conv3", infer_feature_hw(bb, "conv3", HW), mask_init="closed")
+
+
+def test_calibrated_thresholds_cap_false_occluded_holistic_crops():
+    from models.reid.grader import calibrate_thresholds
+
+    rng = np.random.default_rng(0)
+    # holistic crops: top score spread over 0.3..0.7 (a softmax cannot fit the all-zero target)
+    top = rng.uniform(0.3, 0.7, 200)
+    holistic = np.stack([top, (1 - top) / 3, (1 - top) / 3, (1 - top) / 3], 1)
+    # occluded copies: bottom 1/4 at s^p ~ 0.8, bottom 1/2 at s^p ~ 0.95
+    quarter_s = np.tile([0.1 / 3, 0.8, 0.1 / 3, 0.1 / 3], (50, 1))
+    half_s = np.tile([0.05 / 3, 0.95, 0.05 / 3, 0.05 / 3], (50, 1))
+    occluded = np.concatenate([quarter_s, half_s])
+    truth = np.array([grade_index("bottom", 0.25)] * 50 + [grade_index("bottom", 0.5)] * 50)
+    t = calibrate_thresholds(holistic, occluded, truth, max_false_occluded=0.05)
+    assert (decide_grades(holistic, t) > 0).mean() <= 0.05 + 1e-9
+    assert 0.65 < t.quarter < 0.7  # the 95th percentile of U(0.3, 0.7)
+    assert 0.8 < t.half <= 0.95  # splits the two areas: every occluded copy graded exactly
+    assert (decide_grades(occluded, t) == truth).all()
+    # a grader that already separates holistic crops keeps the paper's 0.5 (never lowered)
+    flat = np.full((10, 4), 0.25)
+    assert calibrate_thresholds(flat, occluded, truth).quarter == 0.5

@@ -34,6 +34,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from models.backbones import create_backbone  # noqa: E402
 from models.data.reid_datasets import evaluation_split, load_images, normalize  # noqa: E402
+from models.reid.evaluation import encode, synthesize_occlusions  # noqa: E402
 from models.reid.grader import GradeThresholds, decide_grades  # noqa: E402
 from models.reid.metrics import cmc_map, confusion_matrix  # noqa: E402
 from models.reid.oamn import load_oamn  # noqa: E402
@@ -43,7 +44,6 @@ from models.reid.occlusion_augment import (  # noqa: E402
     NUM_GRADES,
     grade_from_index,
     mask_batch,
-    occlude,
 )
 from models.reid.unification import plain_similarity, unified_similarity  # noqa: E402
 from models.training import write_json  # noqa: E402
@@ -72,43 +72,16 @@ class _OAMNModel(torch.nn.Module):
         return F.normalize(out.embedding, dim=1), out.scores
 
 
-@torch.no_grad()
-def _encode(model: torch.nn.Module, images: torch.Tensor, batch: int) -> tuple[np.ndarray, np.ndarray | None]:
-    embs, scores = [], []
-    for s in range(0, len(images), batch):
-        e, sc = model(images[s : s + batch])
-        embs.append(e)
-        if sc is not None:
-            scores.append(sc)
-    return torch.cat(embs).numpy(), (torch.cat(scores).numpy() if scores else None)
-
-
 def _encode_all_grades(model, images: torch.Tensor, batch: int) -> tuple[np.ndarray, np.ndarray | None]:
     """(9, N, D) embeddings of the images unmasked (row 0) and masked with each grade; scores of row 0."""
     rows, scores = [], None
     for g in range(NUM_GRADES):
         x = images if g == 0 else mask_batch(images, [g] * len(images))
-        e, sc = _encode(model, x, batch)
+        e, sc = encode(model, x, batch)
         rows.append(e)
         if g == 0:
             scores = sc
     return np.stack(rows), scores
-
-
-def synthesize_occlusions(images_uint8: torch.Tensor, seed: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Occlude every query with a corner patch of another query (sec. 3.1), type uniform over the 8
-    (location, area) pairs; deterministic given ``seed``. Returns the images and their true grades."""
-    rng = np.random.default_rng(seed)
-    out = images_uint8.clone()
-    grades = np.zeros(len(images_uint8), dtype=np.int64)
-    for i in range(len(images_uint8)):
-        g = int(rng.integers(1, NUM_GRADES))
-        j = int(rng.integers(len(images_uint8) - 1))
-        j = j + 1 if j >= i else j
-        loc, area = grade_from_index(g)
-        out[i] = occlude(images_uint8[i], images_uint8[j], loc, area, rng).image
-        grades[i] = g
-    return out, grades
 
 
 def _location_area(grades: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -236,9 +209,9 @@ def main(argv: list[str] | None = None) -> int:
         "--thresholds",
         nargs=2,
         type=float,
-        default=(0.5, 0.75),
         metavar=("QUARTER", "HALF"),
-        help="grader decision thresholds of eq. 8",
+        help="grader decision thresholds of eq. 8 (default: the checkpoint's, calibrated at training "
+        "time on held-out training ids; the paper's 0.5 0.75 for older checkpoints)",
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
@@ -251,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         model: torch.nn.Module = _BackboneModel(create_backbone(args.backbone, weights=args.weights)).eval()
         hw = tuple(args.input_size)
         desc = {"model": "backbone", "backbone": args.backbone}
+        thresholds = GradeThresholds(*(args.thresholds or (0.5, 0.75)))
     else:
         oamn, cfg = load_oamn(args.weights)
         model = _OAMNModel(oamn).eval()
@@ -258,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.input_size and tuple(args.input_size) != hw:
             parser.error(f"{args.weights} was trained at {hw}; --input-size cannot change it")
         desc = {"model": "oamn", "backbone": cfg.backbone}
+        thresholds = GradeThresholds(*(args.thresholds or cfg.grade_thresholds))
     results = evaluate(
         model,
         hw,
@@ -267,9 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         args.gallery_cam,
         args.seed,
         args.batch_size,
-        GradeThresholds(*args.thresholds),
+        thresholds,
     )
-    results.update(desc, weights=str(args.weights))
+    results.update(desc, weights=str(args.weights), grade_thresholds=[thresholds.quarter, thresholds.half])
     write_json(args.json, results)
     logger.info("wrote %s", args.json)
     return 0

@@ -30,9 +30,10 @@ from models.data.reid_datasets import (  # noqa: E402
     relabel,
 )
 from models.reid.config import ReIDRecipe  # noqa: E402
-from models.reid.grader import decide_grades  # noqa: E402
+from models.reid.evaluation import holdout_split, validate  # noqa: E402
+from models.reid.grader import GradeThresholds, calibrate_thresholds, decide_grades  # noqa: E402
 from models.reid.losses import OAMNLoss, score_loss  # noqa: E402
-from models.reid.oamn import OAMN, save_oamn_weights  # noqa: E402
+from models.reid.oamn import OAMN, OAMNInference, save_oamn_weights  # noqa: E402
 from models.reid.occlusion_augment import augment_batch  # noqa: E402
 from models.reid.sampler import PKSampler  # noqa: E402
 from models.training import (  # noqa: E402
@@ -78,6 +79,12 @@ def _train_transform(images: torch.Tensor, flip: bool, pad: int, gen: torch.Gene
     return out
 
 
+def _optimizer(name: str, params, lr: float, momentum: float, weight_decay: float = 0.0):
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
 def _lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warm-up, then cosine decay to 1% of the base rate."""
     if step < warmup:
@@ -92,25 +99,35 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
     seed_everything(tc.seed)
     set_threads(tc.threads)
     device = pick_device(tc.device)
-    records = _records(recipe)
+    records, held_out = holdout_split(_records(recipe), recipe.data.holdout_ids, tc.seed)
     labels_np, mapping = relabel(records)
     t0 = time.time()
     images = load_images(records, tuple(recipe.model.input_size))
-    logger.info("loaded %d training images of %d ids in %.1fs", len(records), len(mapping), time.time() - t0)
+    held_images = load_images(held_out, tuple(recipe.model.input_size))
+    logger.info(
+        "loaded %d training images of %d ids (+%d held-out images of %d ids) in %.1fs",
+        len(records),
+        len(mapping),
+        len(held_out),
+        recipe.data.holdout_ids,
+        time.time() - t0,
+    )
     labels = torch.from_numpy(labels_np)
 
     model = OAMN.from_config(recipe.model, num_classes=len(mapping)).to(device).train()
     if tc.freeze_stages:
         model.freeze_stages(tc.freeze_stages)
+    memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
     backbone_ids = {id(p) for p in model.backbone.parameters()}
     enc_params = model.encoder_parameters()
     groups = [
         {"params": [p for p in enc_params if id(p) in backbone_ids], "lr_mult": tc.backbone_lr_mult},
         {"params": [p for p in enc_params if id(p) not in backbone_ids], "lr_mult": 1.0},
     ]
-    opt_main = torch.optim.SGD(groups, lr=tc.lr, momentum=tc.momentum, weight_decay=tc.weight_decay)
+    opt_main = _optimizer(tc.optimizer, groups, tc.lr, tc.momentum, tc.weight_decay)
     # eq. 10: L2 (grader score loss) is minimised only over the grader, on its own optimiser
-    opt_grader = torch.optim.SGD(model.grader.parameters(), lr=tc.grader_lr, momentum=tc.momentum)
+    opt_grader = _optimizer(tc.optimizer, model.grader.parameters(), tc.grader_lr, tc.momentum)
     criterion = OAMNLoss.from_config(recipe.loss)
     sampler = PKSampler(labels_np, tc.p, tc.k, seed=tc.seed)
     opt_grader_only = (
@@ -124,6 +141,8 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
     out_dir = Path(recipe.out_dir)
     ckpt = Checkpointer(out_dir)
     history: list[dict[str, float]] = []
+    validations: list[dict[str, float]] = []
+    best: dict[str, Any] = {"score": -1.0, "step": 0, "model": None}
     start = 0
     state = None if fresh else ckpt.load_last(map_location=device)
     if state is not None:
@@ -136,6 +155,8 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
         aug_rng.bit_generator.state = state["aug_rng"]
         gen.set_state(state["gen"])
         history = state["history"]
+        validations = state.get("validations", [])
+        best = state.get("best", best)
         start = state["step"]
         logger.info("resumed at step %d", start)
 
@@ -149,11 +170,37 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
             "aug_rng": aug_rng.bit_generator.state,
             "gen": gen.get_state(),
             "history": history,
+            "validations": validations,
+            "best": best,
             "step": step,
             "recipe": recipe.model_dump(mode="json"),
             "num_classes": len(mapping),
         }
 
+    inference = OAMNInference(model)
+
+    def run_validation(step: int) -> None:
+        model.eval()
+        metrics = validate(inference, held_images.to(device), [r.pid for r in held_out], seed=tc.seed)[0]
+        model.train()
+        metrics["step"] = step
+        validations.append(metrics)
+        improved = metrics["score"] > best["score"]
+        if improved:
+            best.update(
+                score=metrics["score"], step=step, model={k: v.clone() for k, v in model.state_dict().items()}
+            )
+        logger.info(
+            "validation at step %d (%d held-out ids): %s%s",
+            step,
+            recipe.data.holdout_ids,
+            " ".join(f"{k}={v:.2f}" for k, v in metrics.items() if k != "step"),
+            " (best)" if improved else "",
+        )
+
+    validating = bool(held_out) and tc.validate_every > 0
+    if validating and start == 0:
+        run_validation(0)  # the starting point: fine-tuning has to beat it to be shipped
     t_start = time.time()
     window: dict[str, list[float]] = {}
     total = tc.iterations + tc.grader_only_iterations
@@ -162,6 +209,7 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
         idx = torch.tensor(sampler.next_batch())
         batch = _train_transform(images[idx], tc.flip, tc.pad_crop, gen)
         aug = augment_batch(normalize(batch), aug_rng)  # sec. 3.1: holistic + 4 occluded views
+        aug_images = aug.images.to(device).contiguous(memory_format=memory_format)
         target = aug.score_target.to(device)
         if grader_only:
             # eq. 7 alone on the frozen network (eval mode: BatchNorm statistics stay as trained)
@@ -171,7 +219,7 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
                 group["lr"] = lr_now
             model.eval()
             with torch.no_grad():
-                g = model.masked_features(aug.images.to(device))
+                g = model.masked_features(aug_images)
             scores = model.grader(g)
             l_score = score_loss(scores, target)
             opt_grader_only.zero_grad(set_to_none=True)
@@ -186,7 +234,7 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
             for group in opt_grader.param_groups:
                 group["lr"] = tc.grader_lr * factor
             y = labels[idx].repeat(5).to(device)
-            out = model(aug.images.to(device))
+            out = model(aug_images)
             terms = criterion(out, y, (aug.location + 1).to(device), aug.half.to(device), target)
             opt_main.zero_grad(set_to_none=True)
             opt_grader.zero_grad(set_to_none=True)
@@ -210,18 +258,39 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
                 total,
                 " ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("step", "phase")),
             )
+        if validating and ((step + 1) % tc.validate_every == 0 or step + 1 == tc.iterations):
+            if step < tc.iterations:  # the grader-only phase does not change the embedding
+                run_validation(step + 1)
         if (step + 1) % tc.checkpoint_every == 0 or step + 1 in (tc.iterations, total):
             ckpt.save(snapshot(step + 1))
 
+    model_config = recipe.model.model_dump(mode="json")
+    if validating and best["model"] is not None and best["step"] != tc.iterations:
+        # keep the final grader (trained on the frozen network in the grader-only phase, if any)
+        grader = {k: v for k, v in model.state_dict().items() if k.startswith("grader.")}
+        model.load_state_dict({**best["model"], **grader})
+        logger.info(
+            "shipping the network of step %d (best validation score %.2f)", best["step"], best["score"]
+        )
     model.eval()
+    thresholds = GradeThresholds(*recipe.model.grade_thresholds)
+    if held_out:
+        _, scores_h, scores_o, grades_o = validate(
+            inference, held_images.to(device), [r.pid for r in held_out], seed=tc.seed
+        )
+        thresholds = calibrate_thresholds(scores_h, scores_o, grades_o)
+        model_config["grade_thresholds"] = [thresholds.quarter, thresholds.half]
+        logger.info("grader thresholds calibrated on the held-out ids: %s", thresholds)
     weights = save_oamn_weights(
-        model,
-        recipe.model.model_dump(mode="json"),
+        model.to(memory_format=torch.contiguous_format),
+        model_config,
         out_dir / "oamn.pt",
         extra={
             "train_ids": len(mapping),
             "train_images": len(records),
+            "held_out_ids": sorted({r.pid for r in held_out}),
             "iterations": total,
+            "shipped_step": best["step"] if validating and best["model"] is not None else tc.iterations,
             "data": recipe.data.model_dump(mode="json"),
         },
     )
@@ -230,6 +299,9 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
         "train_images": len(records),
         "train_ids": len(mapping),
         "history": history,
+        "validations": validations,
+        "best_step": best["step"],
+        "grade_thresholds": [thresholds.quarter, thresholds.half],
         "final": history[-1] if history else {},
         "weights": str(weights),
         "wall_s_this_run": time.time() - t_start,

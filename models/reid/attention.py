@@ -52,6 +52,16 @@ class SpatialRelationAttention(nn.Module):
             _conv_bn(joint, max(1, joint // down_ratio)), _conv_bn(max(1, joint // down_ratio), 1, relu=False)
         )
 
+    def open_(self, bias: float = 3.0) -> SpatialRelationAttention:
+        """Start with m = sigmoid(bias) at every position (0.95 for 3): the last BatchNorm's scale is
+        zeroed, the same trick as zero-initialised residual branches (Goyal et al. 2017), so that a
+        pretrained higher encoder first sees (almost) the features it was trained on. The scale
+        still gets a gradient, so the mask learns from there."""
+        last_bn = self.weight[-1][1]
+        nn.init.zeros_(last_bn.weight)
+        nn.init.constant_(last_bn.bias, bias)
+        return self
+
     def forward(self, f: torch.Tensor) -> torch.Tensor:
         b, _, h, w = f.shape
         if (h, w) != self.feature_hw:

@@ -21,7 +21,7 @@ from torch import nn
 
 from .occlusion_augment import AREAS, LOCATIONS, grade_index
 
-__all__ = ["OcclusionGrader", "GradeThresholds", "decide_grades"]
+__all__ = ["OcclusionGrader", "GradeThresholds", "decide_grades", "calibrate_thresholds"]
 
 
 class OcclusionGrader(nn.Module):
@@ -67,3 +67,29 @@ def decide_grades(scores: np.ndarray | torch.Tensor, thresholds: GradeThresholds
         elif sp >= thresholds.quarter:
             out[i] = grade_index(LOCATIONS[p], AREAS[0])
     return out
+
+
+def calibrate_thresholds(
+    holistic_scores: np.ndarray,
+    occluded_scores: np.ndarray,
+    occluded_grades: np.ndarray,
+    max_false_occluded: float = 0.05,
+) -> GradeThresholds:
+    """Eq. 8 thresholds fitted on held-out crops (never the test set).
+
+    The softmax cannot output the all-zero target of a holistic crop, so on real data holistic
+    crops often reach s^p >= 0.5 and get graded occluded; unification then masks crops that were
+    whole and loses rank-1. ``quarter`` is therefore raised (never lowered below the paper's 0.5)
+    until at most ``max_false_occluded`` of the holistic crops are graded occluded; ``half`` is then
+    the value in [quarter, 1] that grades the occluded crops' area best (ties: nearest the paper's 0.75).
+    """
+    top_h = np.asarray(holistic_scores).max(1)
+    quarter = float(max(0.5, np.quantile(top_h, 1.0 - max_false_occluded)))
+    quarter = min(quarter, 1.0)
+    truth = np.asarray(occluded_grades)
+    best, best_acc = max(quarter, 0.75), -1.0
+    for half in sorted(np.linspace(quarter, 1.0, 41), key=lambda h: abs(h - 0.75)):
+        acc = float((decide_grades(occluded_scores, GradeThresholds(quarter, float(half))) == truth).mean())
+        if acc > best_acc:
+            best, best_acc = float(half), acc
+    return GradeThresholds(quarter, best)

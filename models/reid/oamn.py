@@ -62,6 +62,7 @@ class OAMN(nn.Module):
         num_classes: int = 0,
         grader_pool_hw: tuple[int, int] = (8, 4),
         attention_ratio: int = 8,
+        mask_init: str = "random",
     ):
         super().__init__()
         backbone._check_stage(split_at)
@@ -77,6 +78,10 @@ class OAMN(nn.Module):
         self.mask_module = SpatialRelationAttention(
             channels, feature_hw, attention_ratio, attention_ratio, attention_ratio
         )
+        if mask_init == "open":
+            self.mask_module.open_()
+        elif mask_init != "random":
+            raise ValueError(f"mask_init must be 'random' or 'open', got {mask_init!r}")
         self.grader = OcclusionGrader(channels, grader_pool_hw)
         dim = backbone.feature_dim
         self.embedding_dim = dim
@@ -143,7 +148,15 @@ class OAMN(nn.Module):
         weights = cfg.backbone_weights if load_backbone_weights else None
         backbone = create_backbone(cfg.backbone, weights=weights)
         hw = infer_feature_hw(backbone, cfg.split_at, tuple(cfg.input_size))
-        return cls(backbone, cfg.split_at, hw, num_classes, tuple(cfg.grader_pool_hw), cfg.attention_ratio)
+        return cls(
+            backbone,
+            cfg.split_at,
+            hw,
+            num_classes,
+            tuple(cfg.grader_pool_hw),
+            cfg.attention_ratio,
+            cfg.mask_init,
+        )
 
 
 class OAMNInference(nn.Module):
