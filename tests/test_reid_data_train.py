@@ -212,7 +212,9 @@ def test_validate_ranks_identities_by_their_embedding():
 
     def colour_model(x):
         e = x.mean((2, 3))
-        return torch.nn.functional.normalize(e - e.mean(1, keepdim=True), dim=1), torch.full((len(x), 4), 0.25)
+        return torch.nn.functional.normalize(e - e.mean(1, keepdim=True), dim=1), torch.full(
+            (len(x), 4), 0.25
+        )
 
     metrics, scores_h, scores_o, grades = validate(colour_model, images, pids, seed=0)
     assert metrics["holistic_rank1"] == 100.0 and metrics["holistic_mAP"] == 100.0

@@ -9,6 +9,7 @@ import torch
 
 from models.backbones import create_backbone
 from models.reid.gallery import OcclusionGallery
+from models.reid.grader import GradeThresholds
 from models.reid.oamn import OAMN, infer_feature_hw
 from models.reid.occlusion_augment import NUM_GRADES, grade_index
 from models.reid.unification import unified_similarity
@@ -156,3 +157,20 @@ def test_query_against_holistic_gallery_costs_one_pass():
     enc.seen = 0
     gal.match(torch.randn(3, 3, 64, 32), top_k=1)
     assert enc.seen == 3 * 2  # + the top-half-masked version (the exception)
+
+
+def test_from_weights_grades_with_the_checkpoints_thresholds(tmp_path):
+    from models.reid.config import OAMNModelConfig
+    from models.reid.oamn import save_oamn_weights
+
+    torch.manual_seed(0)
+    cfg = OAMNModelConfig(input_size=(64, 32), grader_pool_hw=(2, 2), grade_thresholds=(0.6, 0.9))
+    model = OAMN.from_config(cfg, load_backbone_weights=False).eval()
+    path = save_oamn_weights(model, cfg.model_dump(mode="json"), tmp_path / "oamn.pt")
+    gal = OcclusionGallery.from_weights(path, capacity=3)
+    assert (gal.thresholds.quarter, gal.thresholds.half) == (0.6, 0.9)
+    gal.add(["a"], torch.randn(1, 3, 64, 32))
+    assert len(gal) == 1 and gal.match(torch.randn(1, 3, 64, 32), top_k=1)[0][0].id == "a"
+    assert (
+        OcclusionGallery.from_weights(path, thresholds=GradeThresholds(0.5, 0.75)).thresholds.quarter == 0.5
+    )

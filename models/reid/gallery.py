@@ -10,7 +10,7 @@ Capacity is bounded; when full, ``add`` evicts the **least recently used** entry
 is set when it is added and refreshed whenever it is a query's best match. Save/load uses
 ``<path>.npz`` (arrays, no pickle) and ``<path>.json`` (ids, settings).
 
-    gallery = OcclusionGallery.for_model(model, capacity=5000)
+    gallery = OcclusionGallery.from_weights("models/weights/oamn_osnet_x0_25_peta.pt", capacity=5000)
     gallery.add(["alice", "bob"], crops)              # crops: (N, 3, H, W) normalised network input
     matches = gallery.match(query_crops, top_k=5)     # grades from the grader unless given
 """
@@ -84,6 +84,18 @@ class OcclusionGallery:
     ) -> OcclusionGallery:
         """A gallery whose encoder is an ``OAMN`` run eagerly (``models.reid.oamn``)."""
         return cls(model.embedding_dim, capacity, TorchEncoder(model, batch_size, device), **kwargs)
+
+    @classmethod
+    def from_weights(
+        cls, path: str | Path, capacity: int = 10000, batch_size: int = 64, device: str = "cpu", **kwargs
+    ) -> OcclusionGallery:
+        """A gallery for an OAMN checkpoint (``load_oamn``), grading with the checkpoint's eq. 8
+        thresholds (calibrated at training time) unless ``thresholds`` is given."""
+        from .oamn import load_oamn
+
+        model, cfg = load_oamn(path, map_location=device)
+        kwargs.setdefault("thresholds", GradeThresholds(*cfg.grade_thresholds))
+        return cls.for_model(model, capacity, batch_size, device, **kwargs)
 
     def __len__(self) -> int:
         return int(self._valid.sum())
