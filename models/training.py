@@ -96,7 +96,9 @@ class Checkpointer:
         return torch.load(self.last_path, map_location=map_location, weights_only=False)
 
 
-def progress(iterable: Iterable[T], total: int | None = None, desc: str = "", enabled: bool = True) -> Iterator[T]:
+def progress(
+    iterable: Iterable[T], total: int | None = None, desc: str = "", enabled: bool = True
+) -> Iterator[T]:
     """A tqdm progress bar (rate and ETA) that can be switched off for logs and tests."""
     if not enabled:
         yield from iterable

@@ -9,7 +9,7 @@ import torch
 
 from models.backbones import create_backbone
 from models.reid.gallery import OcclusionGallery
-from models.reid.grader import GradeThresholds
+from models.reid.grader import GradeThresholds, decide_grades
 from models.reid.oamn import OAMN, infer_feature_hw
 from models.reid.occlusion_augment import NUM_GRADES, grade_index
 from models.reid.unification import unified_similarity
@@ -139,7 +139,7 @@ class _CountingEncoder:
         return self.inner(images)
 
 
-def test_query_against_holistic_gallery_costs_one_pass():
+def test_image_space_query_against_holistic_gallery_costs_one_pass():
     torch.manual_seed(0)
     torch.set_num_threads(1)
     from models.reid.encoder import TorchEncoder
@@ -147,7 +147,9 @@ def test_query_against_holistic_gallery_costs_one_pass():
     bb = create_backbone("osnet_x0_25")
     model = OAMN(bb, "conv3", infer_feature_hw(bb, "conv3", (64, 32)), grader_pool_hw=(2, 2)).eval()
     enc = _CountingEncoder(TorchEncoder(model))
-    gal = OcclusionGallery(model.embedding_dim, capacity=4, encoder=enc)
+    with pytest.raises(ValueError, match="cannot mask in feature space"):
+        OcclusionGallery(model.embedding_dim, capacity=4, encoder=enc).add(["a"], torch.randn(1, 3, 64, 32))
+    gal = OcclusionGallery(model.embedding_dim, capacity=4, encoder=enc, mask_space="image")
     gal.add(["a", "b"], torch.randn(2, 3, 64, 32), grades=[0, 0])
     assert enc.seen == 2 * NUM_GRADES  # entries: all 9 versions in one call
     enc.seen = 0
@@ -174,3 +176,27 @@ def test_from_weights_grades_with_the_checkpoints_thresholds(tmp_path):
     assert (
         OcclusionGallery.from_weights(path, thresholds=GradeThresholds(0.5, 0.75)).thresholds.quarter == 0.5
     )
+
+
+def test_feature_space_masking_zeroes_the_grades_band_of_g(tmp_path):
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    bb = create_backbone("osnet_x0_25")
+    model = OAMN(bb, "conv3", infer_feature_hw(bb, "conv3", (64, 32)), grader_pool_hw=(2, 2)).eval()
+    gal = OcclusionGallery.for_model(model, capacity=4)
+    assert gal.mask_space == "feature"
+    crops = torch.randn(2, 3, 64, 32)
+    emb, grades = gal.encode(crops)
+    with torch.no_grad():
+        out = model(crops)
+        g = model.masked_features(crops).clone()  # (2, C, 4, 2): the bottom half is rows 2..3
+        assert g.shape[2:] == (4, 2)
+        g[:, :, 2:] = 0
+        z = model.backbone.conv5(model.backbone.conv4(g))
+        by_hand = torch.nn.functional.normalize(model.bnneck(model.backbone.forward_head(z)), dim=1)
+    assert np.allclose(emb[:, 0], torch.nn.functional.normalize(out.embedding, dim=1), atol=1e-5)
+    assert np.allclose(emb[:, BOTTOM_HALF], by_hand, atol=1e-5)
+    assert (grades == decide_grades(out.scores, gal.thresholds)).all()
+    gal.add(["p", "q"], crops)
+    gal.save(tmp_path / "g")
+    assert OcclusionGallery.load(tmp_path / "g").mask_space == "feature"

@@ -149,6 +149,22 @@ def test_checkpoint_roundtrip_and_onnx_parity(tmp_path):
     graph = OAMNInference(loaded)
     onnx_path = export_onnx(graph, x, tmp_path / "m.onnx", output_names=["embedding", "grade"])
     assert check_onnx_parity(graph, onnx_path, torch.randn(7, 3, *HW)) < 1e-4  # dynamic batch
+    # the gallery's graph: + (B, 9, D) feature-space masked embeddings, same through ONNX Runtime
+    from models.backends import create_backend
+    from models.reid.encoder import BackendEncoder, TorchEncoder
+
+    masked = OAMNInference(loaded, masked=True)
+    names = ["embedding", "grade", "masked"]
+    masked_path = export_onnx(masked, x, tmp_path / "masked.onnx", output_names=names)
+    assert check_onnx_parity(masked, masked_path, torch.randn(4, 3, *HW)) < 1e-4
+    ort = BackendEncoder(create_backend(["onnxruntime"], onnx_path=masked_path, output_names=names))
+    emb_ort, scores_ort = ort.encode_all_grades(x.numpy())
+    emb_torch, scores_torch = TorchEncoder(loaded).encode_all_grades(x)
+    assert emb_ort.shape == (3, 9, loaded.embedding_dim)
+    assert np.abs(emb_ort - emb_torch).max() < 1e-4 and np.abs(scores_ort - scores_torch).max() < 1e-4
+    plain = BackendEncoder(create_backend(["onnxruntime"], onnx_path=onnx_path, output_names=names[:2]))
+    with pytest.raises(ValueError, match="no 'masked' output"):
+        plain.encode_all_grades(x.numpy())
     with pytest.raises(FileNotFoundError, match="OAMN weights not found"):
         load_oamn(tmp_path / "missing.pt")
 

@@ -33,8 +33,14 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from models.backbones import create_backbone  # noqa: E402
-from models.data.reid_datasets import evaluation_split, load_images, normalize  # noqa: E402
-from models.reid.evaluation import encode, synthesize_occlusions  # noqa: E402
+from models.data.reid_datasets import (  # noqa: E402
+    ReIDRecord,
+    evaluation_split,
+    load_images,
+    normalize,
+    read_peta_reid,
+)
+from models.reid.evaluation import encode, held_out_split, synthesize_occlusions  # noqa: E402
 from models.reid.grader import GradeThresholds, decide_grades  # noqa: E402
 from models.reid.metrics import cmc_map, confusion_matrix  # noqa: E402
 from models.reid.oamn import load_oamn  # noqa: E402
@@ -72,8 +78,20 @@ class _OAMNModel(torch.nn.Module):
         return F.normalize(out.embedding, dim=1), out.scores
 
 
-def _encode_all_grades(model, images: torch.Tensor, batch: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """(9, N, D) embeddings of the images unmasked (row 0) and masked with each grade; scores of row 0."""
+def _encode_all_grades(
+    model, images: torch.Tensor, batch: int, mask_space: str = "image"
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(9, N, D) embeddings of the images unmasked (row 0) and masked with each grade; scores of row 0.
+    ``mask_space`` 'image' paints each grade's band of the crop with the mean colour; 'feature'
+    zeroes the band of the masked feature g (``OAMN.masked_embeddings``, OAMN models only)."""
+    if mask_space == "feature":
+        embs, scores = [], []
+        with torch.no_grad():
+            for s in range(0, len(images), batch):
+                e, sc = model.model.masked_embeddings(images[s : s + batch], list(range(NUM_GRADES)))
+                embs.append(F.normalize(e, dim=2))
+                scores.append(sc)
+        return torch.cat(embs, 1).numpy(), torch.cat(scores).numpy()
     rows, scores = [], None
     for g in range(NUM_GRADES):
         x = images if g == 0 else mask_batch(images, [g] * len(images))
@@ -109,15 +127,13 @@ def grader_report(true: np.ndarray, pred: np.ndarray) -> dict:
 def evaluate(
     model: torch.nn.Module,
     input_hw: tuple[int, int],
-    data: str,
-    subset: str = "VIPeR",
-    query_cam: int = 1,
-    gallery_cam: int = 2,
+    query: list[ReIDRecord],
+    gallery: list[ReIDRecord],
     seed: int = 0,
     batch: int = 64,
     thresholds: GradeThresholds | None = None,
+    mask_space: str = "image",
 ) -> dict:
-    query, gallery = evaluation_split(data, subset, query_cam, gallery_cam)
     q_ids = np.array([r.pid for r in query])
     g_ids = np.array([r.pid for r in gallery])
     q_cams = np.array([r.camid for r in query])
@@ -126,7 +142,7 @@ def evaluate(
     g_img = normalize(load_images(gallery, input_hw))
     occ_raw, occ_true = synthesize_occlusions(q_raw, seed)
     t0 = time.time()
-    g_emb, g_scores = _encode_all_grades(model, g_img, batch)
+    g_emb, g_scores = _encode_all_grades(model, g_img, batch, mask_space)
     views = {
         "holistic": (normalize(q_raw), np.zeros(len(query), dtype=np.int64)),
         "occluded": (normalize(occ_raw), occ_true),
@@ -136,15 +152,15 @@ def evaluate(
     results: dict = {
         "num_query": len(query),
         "num_gallery": len(gallery),
-        "data": str(data),
         "input_size": list(input_hw),
         "occlusion_seed": seed,
+        "mask_space": mask_space,
     }
     if has_grader:
         results["gallery_graded_occluded_fraction"] = float((g_pred > 0).mean())
     grader_true, grader_pred = [], []
     for name, (images, true_grades) in views.items():
-        q_emb, q_scores = _encode_all_grades(model, images, batch)
+        q_emb, q_scores = _encode_all_grades(model, images, batch, mask_space)
         rows = {"none": cmc_map(plain_similarity(q_emb[0], g_emb[0]), q_ids, g_ids, q_cams, g_cams)}
         zeros = np.zeros(len(gallery), dtype=np.int64)
         rows["unified_oracle"] = cmc_map(
@@ -182,6 +198,15 @@ def evaluate(
     return results
 
 
+def _held_out_records(weights: str, data: str) -> tuple[list[ReIDRecord], list[ReIDRecord]]:
+    extra = torch.load(weights, map_location="cpu", weights_only=True).get("extra", {})
+    held = set(extra.get("held_out_ids") or [])
+    if not held:
+        raise SystemExit(f"{weights} lists no held-out identities (trained without data.holdout_ids)")
+    records = [r for r in read_peta_reid(data, extra["data"]["subsets"]) if r.pid in held]
+    return held_out_split(records)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -202,6 +227,13 @@ def main(argv: list[str] | None = None) -> int:
         help="input size for --backbone (an OAMN checkpoint carries its own)",
     )
     parser.add_argument("--subset", default="VIPeR", help="PETA subset to evaluate on")
+    parser.add_argument(
+        "--held-out",
+        action="store_true",
+        help="evaluate on the training identities the checkpoint held out (data.holdout_ids) instead "
+        "of --subset: the split that chose its training step and thresholds; each identity's first "
+        "image is the query",
+    )
     parser.add_argument("--query-cam", type=int, default=1)
     parser.add_argument("--gallery-cam", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic query occlusions")
@@ -213,6 +245,12 @@ def main(argv: list[str] | None = None) -> int:
         help="grader decision thresholds of eq. 8 (default: the checkpoint's, calibrated at training "
         "time on held-out training ids; the paper's 0.5 0.75 for older checkpoints)",
     )
+    parser.add_argument(
+        "--mask-space",
+        choices=("image", "feature"),
+        help="where unification masks: the masked feature g (default for OAMN checkpoints, as the "
+        "gallery does) or the crop's pixels (default, and the only option, for a plain backbone)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -223,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--backbone needs --input-size H W")
         model: torch.nn.Module = _BackboneModel(create_backbone(args.backbone, weights=args.weights)).eval()
         hw = tuple(args.input_size)
+        if args.mask_space == "feature":
+            parser.error("--mask-space feature needs an OAMN checkpoint")
+        mask_space = "image"
         desc = {"model": "backbone", "backbone": args.backbone}
         thresholds = GradeThresholds(*(args.thresholds or (0.5, 0.75)))
     else:
@@ -233,18 +274,31 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{args.weights} was trained at {hw}; --input-size cannot change it")
         desc = {"model": "oamn", "backbone": cfg.backbone}
         thresholds = GradeThresholds(*(args.thresholds or cfg.grade_thresholds))
+        mask_space = args.mask_space or "feature"
+    if args.held_out:
+        if args.backbone:
+            parser.error("--held-out needs an OAMN checkpoint (it lists the identities held out)")
+        query, gallery = _held_out_records(args.weights, args.data)
+        desc["split"] = "held-out training identities"
+    else:
+        query, gallery = evaluation_split(args.data, args.subset, args.query_cam, args.gallery_cam)
+        desc["split"] = f"{args.subset} camera {args.query_cam} -> {args.gallery_cam}"
     results = evaluate(
         model,
         hw,
-        args.data,
-        args.subset,
-        args.query_cam,
-        args.gallery_cam,
+        query,
+        gallery,
         args.seed,
         args.batch_size,
         thresholds,
+        mask_space,
     )
-    results.update(desc, weights=str(args.weights), grade_thresholds=[thresholds.quarter, thresholds.half])
+    results.update(
+        desc,
+        data=str(args.data),
+        weights=str(args.weights),
+        grade_thresholds=[thresholds.quarter, thresholds.half],
+    )
     write_json(args.json, results)
     logger.info("wrote %s", args.json)
     return 0

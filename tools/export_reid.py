@@ -1,5 +1,7 @@
-"""Export an OAMN checkpoint's inference graph (images -> L2-normalised embedding + grader scores)
-to ONNX with a dynamic batch axis, check parity against torch, and time inference per crop.
+"""Export an OAMN checkpoint's inference graph (images -> L2-normalised embedding + grader scores
++ the (B, 9, D) feature-space masked embeddings the gallery stores) to ONNX with a dynamic batch
+axis, check parity against torch, and time inference per crop. ``--no-masked`` leaves out the
+masked output (a slimmer graph for callers that never add to a feature-space gallery).
 
     python tools/export_reid.py --weights models/weights/oamn_osnet_x0_25_peta.pt \\
         --onnx runs/export/oamn_osnet_x0_25_peta.onnx --json runs/export/oamn_export.json \\
@@ -27,7 +29,7 @@ from models.reid.oamn import OAMNInference, load_oamn  # noqa: E402
 from models.training import write_json  # noqa: E402
 
 logger = logging.getLogger("export_reid")
-OUTPUTS = ["embedding", "grade"]
+OUTPUTS = ["embedding", "grade", "masked"]
 
 
 def time_backend(backend, batch: int, hw: tuple[int, int], repeats: int, warmup: int = 3) -> dict[str, float]:
@@ -60,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
         default=["torch", "onnxruntime", "tensorrt"],
         help="backends to time (each that can run here)",
     )
+    parser.add_argument(
+        "--masked",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="include the (B, 9, D) feature-space masked embeddings (output 'masked')",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -67,18 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     model, cfg = load_oamn(args.weights)
-    graph = OAMNInference(model).eval()
+    graph = OAMNInference(model, masked=args.masked).eval()
+    outputs = OUTPUTS if args.masked else OUTPUTS[:2]
     hw = tuple(cfg.input_size)
     example = torch.randn(2, 3, *hw)
     path = export_onnx(
-        graph, example, args.onnx, input_names=["images"], output_names=OUTPUTS, dynamic_batch=True
+        graph, example, args.onnx, input_names=["images"], output_names=outputs, dynamic_batch=True
     )
     parity = {str(b): check_onnx_parity(graph, path, torch.randn(b, 3, *hw), atol=args.atol) for b in (1, 5)}
     report: dict = {
         "weights": args.weights,
         "onnx": str(path),
         "input_size": list(hw),
-        "outputs": OUTPUTS,
+        "outputs": outputs,
         "parity_max_abs": parity,
         "atol": args.atol,
         "threads": args.threads,
@@ -92,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 module=graph,
                 device=args.device,
                 input_names=["images"],
-                output_names=OUTPUTS,
+                output_names=outputs,
                 threads=args.threads,
             )
         except (RuntimeError, ValueError) as exc:

@@ -2,7 +2,9 @@
 any ``models.backends`` backend running its ONNX export; plus crop preprocessing.
 
 An encoder is any callable ``images (N, 3, H, W) float32 normalised -> (embeddings (N, D),
-scores (N, 4))`` returning NumPy arrays; embeddings are L2-normalised.
+scores (N, 4))`` returning NumPy arrays; embeddings are L2-normalised. Encoders that can also mask
+in feature space have ``encode_all_grades(images) -> ((N, 9, D) embeddings, (N, 4) scores)``
+(row 0 unmasked, then each occlusion grade; ``OAMN.masked_embeddings``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from models.backbones import IMAGENET_MEAN, IMAGENET_STD
+
+from .occlusion_augment import NUM_GRADES
 
 __all__ = ["Encoder", "TorchEncoder", "BackendEncoder", "prepare_crops"]
 
@@ -58,14 +62,37 @@ class TorchEncoder:
             return np.zeros((0, self.model.embedding_dim), np.float32), np.zeros((0, 4), np.float32)
         return torch.cat(embs).numpy(), torch.cat(scores).numpy()
 
+    @torch.no_grad()
+    def encode_all_grades(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        x = torch.as_tensor(images, dtype=torch.float32)
+        embs, scores = [], []
+        for start in range(0, len(x), self.batch_size):
+            e, sc = self.model.masked_embeddings(
+                x[start : start + self.batch_size].to(self.device), list(range(NUM_GRADES))
+            )
+            embs.append(F.normalize(e, dim=2).transpose(0, 1).cpu())
+            scores.append(sc.cpu())
+        if not embs:
+            dim = self.model.embedding_dim
+            return np.zeros((0, NUM_GRADES, dim), np.float32), np.zeros((0, 4), np.float32)
+        return torch.cat(embs).numpy(), torch.cat(scores).numpy()
+
 
 class BackendEncoder:
     """A ``models.backends`` backend running the exported graph (outputs ``embedding``, ``grade``)."""
 
-    def __init__(self, backend, batch_size: int = 32, embedding: str = "embedding", grade: str = "grade"):
+    def __init__(
+        self,
+        backend,
+        batch_size: int = 32,
+        embedding: str = "embedding",
+        grade: str = "grade",
+        masked: str = "masked",
+    ):
         self.backend = backend
         self.batch_size = batch_size
         self.names = (embedding, grade)
+        self.masked_name = masked
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         x = np.ascontiguousarray(np.asarray(images, dtype=np.float32))
@@ -76,4 +103,22 @@ class BackendEncoder:
             scores.append(out[self.names[1]])
         emb = np.concatenate(embs).astype(np.float32)
         emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        return emb, np.concatenate(scores).astype(np.float32)
+
+    def encode_all_grades(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Needs a graph exported with the masked output (``tools/export_reid.py``, the default)."""
+        x = np.ascontiguousarray(np.asarray(images, dtype=np.float32))
+        embs, scores = [], []
+        for start in range(0, len(x), self.batch_size):
+            out = self.backend(x[start : start + self.batch_size])
+            if self.masked_name not in out:
+                raise ValueError(
+                    f"the backend's graph has no {self.masked_name!r} output (outputs: {sorted(out)}); "
+                    "export it with tools/export_reid.py (masked output on by default) or use a "
+                    "gallery with mask_space='image'"
+                )
+            embs.append(out[self.masked_name])
+            scores.append(out[self.names[1]])
+        emb = np.concatenate(embs).astype(np.float32)
+        emb /= np.maximum(np.linalg.norm(emb, axis=2, keepdims=True), 1e-12)
         return emb, np.concatenate(scores).astype(np.float32)

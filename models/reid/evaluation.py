@@ -6,6 +6,7 @@ the held-out validation that picks the shipped checkpoint and calibrates the gra
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -15,7 +16,14 @@ from models.data.reid_datasets import ReIDRecord, normalize
 from .metrics import cmc_map
 from .occlusion_augment import NUM_GRADES, grade_from_index, occlude
 
-__all__ = ["encode", "synthesize_occlusions", "holdout_split", "validate"]
+__all__ = [
+    "encode",
+    "synthesize_occlusions",
+    "holdout_split",
+    "first_image_queries",
+    "held_out_split",
+    "validate",
+]
 
 #: images (N, 3, H, W) normalised -> (L2-normalised embeddings (N, D), grader scores (N, 4) or None)
 Model = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
@@ -72,6 +80,25 @@ def holdout_split(
     return [r for r in records if r.pid not in held], [r for r in records if r.pid in held]
 
 
+def first_image_queries(pids: Sequence[str]) -> np.ndarray:
+    """Boolean mask of the held-out split: each identity's first image is a query (when the identity
+    has another image to find), every other image is in the gallery."""
+    pids = np.asarray(pids)
+    _, first = np.unique(pids, return_index=True)
+    is_first = np.zeros(len(pids), dtype=bool)
+    is_first[first] = True
+    return is_first & np.isin(pids, pids[~is_first])
+
+
+def held_out_split(records: Sequence[ReIDRecord]) -> tuple[list[ReIDRecord], list[ReIDRecord]]:
+    """``first_image_queries`` as (query, gallery) records, cameras set to 0 / 1 so that no
+    same-identity gallery image is excluded (held-out subsets mostly lack camera labels)."""
+    is_query = first_image_queries([r.pid for r in records])
+    query = [replace(r, camid=0) for r, q in zip(records, is_query, strict=True) if q]
+    gallery = [replace(r, camid=1) for r, q in zip(records, is_query, strict=True) if not q]
+    return query, gallery
+
+
 def validate(
     model: Model, images_uint8: torch.Tensor, pids: Sequence[str], seed: int = 0, batch: int = 64
 ) -> tuple[dict[str, float], np.ndarray | None, np.ndarray | None, np.ndarray]:
@@ -83,14 +110,8 @@ def validate(
     copies' true grades); the scores feed ``calibrate_thresholds``.
     """
     pids = np.asarray(pids)
-    first = np.zeros(len(pids), dtype=bool)
-    seen: set[str] = set()
-    for i, pid in enumerate(pids):
-        if pid not in seen:
-            first[i] = True
-            seen.add(pid)
-    has_match = np.isin(pids, pids[~first])
-    q_idx, g_idx = np.flatnonzero(first & has_match), np.flatnonzero(~first)
+    is_query = first_image_queries(pids)
+    q_idx, g_idx = np.flatnonzero(is_query), np.flatnonzero(~is_query)
     occluded, true_grades = synthesize_occlusions(images_uint8, seed)
     emb_h, scores_h = encode(model, normalize(images_uint8), batch)
     emb_o, scores_o = encode(model, normalize(occluded), batch)
@@ -98,6 +119,6 @@ def validate(
     metrics: dict[str, float] = {}
     for name, emb in (("holistic", emb_h), ("occluded", emb_o)):
         r = cmc_map(emb[q_idx] @ emb_h[g_idx].T, pids[q_idx], pids[g_idx], zeros, ones)
-        metrics[f"{name}_rank1"], metrics[f"{name}_mAP"] = r["rank1"], r["mAP"]
+        metrics[f"{name}_rank1"], metrics[f"{name}_mAP"] = float(r["rank1"]), float(r["mAP"])
     metrics["score"] = (metrics["holistic_mAP"] + metrics["occluded_mAP"]) / 2
     return metrics, scores_h, scores_o, true_grades
