@@ -51,7 +51,7 @@ def cmc_map(
     n = len(q_ids) - skipped
     if n == 0:
         raise ValueError("no query has a true match in the gallery")
-    out = {f"rank{r}": 100.0 * hits[r - 1] / n for r in ranks}
+    out = {f"rank{r}": float(100.0 * hits[r - 1] / n) for r in ranks}
     out["mAP"] = 100.0 * float(np.mean(aps))
     out["num_queries"] = n
     out["skipped_queries"] = skipped
