@@ -245,3 +245,18 @@ def test_training_with_holdout_validates_and_ships_calibrated_thresholds(shared_
     ckpt = torch.load(tmp_path / "run/oamn.pt", weights_only=True)
     assert len(ckpt["extra"]["held_out_ids"]) == 3
     assert ckpt["extra"]["train_ids"] == 7  # the held-out identities never reach the classifier
+    # the evaluation program reproduces the selection split from the checkpoint alone
+    from tools.eval_reid import main
+
+    out = tmp_path / "held_out.json"
+    assert (
+        main(
+            ["--weights", str(tmp_path / "run/oamn.pt"), "--data", recipe.data.root, "--held-out"]
+            + ["--json", str(out)]
+        )
+        == 0
+    )
+    res = json.loads(out.read_text())
+    assert res["num_query"] == 3 and res["mask_space"] == "feature"
+    assert res["grade_thresholds"] == metrics["grade_thresholds"]
+    assert set(res["occluded"]) >= {"none", "unified_oracle", "unified_grader"}
