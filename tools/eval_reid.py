@@ -40,6 +40,7 @@ from models.data.reid_datasets import (  # noqa: E402
     normalize,
     read_peta_reid,
 )
+from models.reid.encoder import TorchEncoder  # noqa: E402
 from models.reid.evaluation import encode, held_out_split, synthesize_occlusions  # noqa: E402
 from models.reid.grader import GradeThresholds, decide_grades  # noqa: E402
 from models.reid.metrics import cmc_map, confusion_matrix  # noqa: E402
@@ -85,13 +86,8 @@ def _encode_all_grades(
     ``mask_space`` 'image' paints each grade's band of the crop with the mean colour; 'feature'
     zeroes the band of the masked feature g (``OAMN.masked_embeddings``, OAMN models only)."""
     if mask_space == "feature":
-        embs, scores = [], []
-        with torch.no_grad():
-            for s in range(0, len(images), batch):
-                e, sc = model.model.masked_embeddings(images[s : s + batch], list(range(NUM_GRADES)))
-                embs.append(F.normalize(e, dim=2))
-                scores.append(sc)
-        return torch.cat(embs, 1).numpy(), torch.cat(scores).numpy()
+        emb, scores = TorchEncoder(model.model, batch).encode_all_grades(images)
+        return emb.transpose(1, 0, 2), scores
     rows, scores = [], None
     for g in range(NUM_GRADES):
         x = images if g == 0 else mask_batch(images, [g] * len(images))
