@@ -236,8 +236,10 @@ def test_training_with_holdout_validates_and_ships_calibrated_thresholds(shared_
     recipe.train.lr = 1e-3
     recipe.train.validate_every = 2
     recipe.train.grader_only_iterations = 0
+    recipe.loss.lambda_unify = 0.5
     metrics = train(recipe, show_progress=False)
     assert [v["step"] for v in metrics["validations"]] == [0, 2, 4]
+    assert metrics["history"][-1]["unify"] >= 0  # the unification triplet ran (logged only when on)
     assert metrics["best_step"] in (0, 2, 4)
     _, cfg = load_oamn(tmp_path / "run/oamn.pt")
     assert list(cfg.grade_thresholds) == metrics["grade_thresholds"]

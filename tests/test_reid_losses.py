@@ -10,6 +10,7 @@ import torch
 
 from models.reid.losses import (
     batch_hard_triplet_loss,
+    cross_triplet_loss,
     grouped_triplet_loss,
     identity_loss,
     mask_loss1,
@@ -83,6 +84,21 @@ def test_grouped_triplet_mines_inside_groups_only():
     assert grouped_triplet_loss(x, y, groups, 0.5, False).item() != pytest.approx(
         batch_hard_triplet_loss(x, y, 0.5, False).item()
     )
+
+
+def test_cross_triplet_mines_positives_and_negatives_in_the_other_set():
+    # anchors (occluded views) at 0 and 10 on a line; candidates (masked holistic views) elsewhere
+    anchors = torch.tensor([[0.0], [10.0]])
+    candidates = torch.tensor([[1.0], [3.0], [9.0], [4.0]])
+    a_lab, c_lab = torch.tensor([0, 1]), torch.tensor([0, 0, 1, 1])
+    # anchor 0: farthest positive 3, nearest negative 4 -> relu(3 - 4 + 0.5) = 0
+    # anchor 1: farthest positive 6 (at 4), nearest negative 7 (at 3) -> relu(6 - 7 + 0.5) = 0
+    assert cross_triplet_loss(anchors, a_lab, candidates, c_lab, 0.5, squared=False) == pytest.approx(0.0)
+    # margin 2: (3 - 4 + 2 + 6 - 7 + 2) / 2 = 1
+    assert cross_triplet_loss(anchors, a_lab, candidates, c_lab, 2.0, squared=False) == pytest.approx(1.0)
+    # an anchor with no positive among the candidates is left out
+    lone = torch.tensor([0, 5])
+    assert cross_triplet_loss(anchors, lone, candidates, c_lab, 2.0, squared=False) == pytest.approx(1.0)
 
 
 def test_identity_and_score_losses():

@@ -235,7 +235,13 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
                 group["lr"] = tc.grader_lr * factor
             y = labels[idx].repeat(5).to(device)
             out = model(aug_images)
-            terms = criterion(out, y, (aug.location + 1).to(device), aug.half.to(device), target)
+            masked = None
+            if recipe.loss.lambda_unify > 0:  # holistic g masked like each occluded view (rows n..5n)
+                n = len(idx)
+                masked = model.higher(
+                    model.mask_feature(out.g[:n].repeat(4, 1, 1, 1), aug.grade[n:].tolist())
+                )
+            terms = criterion(out, y, (aug.location + 1).to(device), aug.half.to(device), target, masked)
             opt_main.zero_grad(set_to_none=True)
             opt_grader.zero_grad(set_to_none=True)
             (terms.l1 + terms.l2).backward()  # g is detached before T: L2 reaches only the grader

@@ -78,6 +78,13 @@ class OAMNLossConfig(BaseModel):
         "the map's element count so that lambda1=5 does not swamp the other terms",
     )
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of L_ide (paper: none)")
+    lambda_unify: float = Field(
+        0.0,
+        ge=0,
+        description="not in the paper: weight of a triplet that trains the comparison unification "
+        "makes at test time, each occluded view (anchor) against the holistic views with the same "
+        "band of g zeroed (feature-space masking); 0 = off (the paper's objective)",
+    )
 
 
 class ReIDDataConfig(BaseModel):

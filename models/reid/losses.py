@@ -17,6 +17,7 @@ __all__ = [
     "mask_loss2",
     "grouped_triplet_loss",
     "batch_hard_triplet_loss",
+    "cross_triplet_loss",
     "identity_loss",
     "score_loss",
     "OAMNLoss",
@@ -87,6 +88,26 @@ def batch_hard_triplet_loss(
     return loss[valid].mean()
 
 
+def cross_triplet_loss(
+    anchors: torch.Tensor,
+    anchor_labels: torch.Tensor,
+    candidates: torch.Tensor,
+    candidate_labels: torch.Tensor,
+    margin: float,
+    squared: bool = True,
+) -> torch.Tensor:
+    """Batch-hard triplet (eq. 5's form) whose positives and negatives come from another set: for
+    each anchor, the farthest same-identity candidate and the nearest other-identity candidate."""
+    d = torch.cdist(anchors, candidates).square() if squared else torch.cdist(anchors, candidates)
+    same = anchor_labels[:, None] == candidate_labels[None, :]
+    valid = same.any(1) & (~same).any(1)
+    if not bool(valid.any()):
+        return anchors.new_zeros(())
+    hardest_pos = (d * same).max(1).values
+    hardest_neg = d.masked_fill(same, float("inf")).min(1).values
+    return F.relu(hardest_pos - hardest_neg + margin)[valid].mean()
+
+
 def grouped_triplet_loss(
     h: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, margin: float, squared: bool = True
 ) -> torch.Tensor:
@@ -133,21 +154,31 @@ class OAMNLoss:
         squared_distance: bool = False,
         mask_reduction: Reduction = "mean",
         label_smoothing: float = 0.0,
+        lambda_unify: float = 0.0,
     ):
         self.alpha1, self.alpha2 = alpha1, alpha2
         self.lambdas = (lambda_mask, lambda_triplet, lambda_ide, lambda_score)
         self.margin, self.squared = margin, squared_distance
         self.reduction: Reduction = mask_reduction
         self.label_smoothing = label_smoothing
+        self.lambda_unify = lambda_unify
 
     @classmethod
     def from_config(cls, cfg) -> OAMNLoss:
         return cls(**cfg.model_dump())
 
     def __call__(
-        self, out, labels: torch.Tensor, groups: torch.Tensor, half: torch.Tensor, score_target: torch.Tensor
+        self,
+        out,
+        labels: torch.Tensor,
+        groups: torch.Tensor,
+        half: torch.Tensor,
+        score_target: torch.Tensor,
+        masked_holistic: torch.Tensor | None = None,
     ) -> LossTerms:
-        """``out`` is an ``OAMNOutput`` over the 5n stacked views; ``labels`` and ``groups`` (5n,)."""
+        """``out`` is an ``OAMNOutput`` over the 5n stacked views; ``labels`` and ``groups`` (5n,).
+        ``masked_holistic`` (4n, D): pre-BN features of the holistic views with g masked like
+        occluded views 1..4 (rows in the same order), for ``lambda_unify``."""
         if out.logits is None:
             raise ValueError("OAMN needs an identity classifier (num_classes > 0) to train")
         lm1 = mask_loss1(out.f, out.m, self.reduction)
@@ -158,6 +189,14 @@ class OAMNLoss:
         l_score = score_loss(out.scores, score_target)
         lam_mask, lam_tri, lam_ide, lam_score = self.lambdas
         l1 = lam_mask * l_mask + lam_tri * l_tri + lam_ide * l_ide
+        unify_logs = {}
+        if self.lambda_unify > 0 and masked_holistic is not None:
+            n = labels.shape[0] // 5
+            l_unify = cross_triplet_loss(
+                out.feature[n:], labels[n:], masked_holistic, labels[n:], self.margin, self.squared
+            )
+            l1 = l1 + self.lambda_unify * l_unify
+            unify_logs["unify"] = l_unify.item()
         l2 = lam_score * l_score
         logs = {
             "mask1": lm1.item(),
@@ -167,5 +206,6 @@ class OAMNLoss:
             "score": l_score.item(),
             "l1": l1.item(),
             "l2": l2.item(),
+            **unify_logs,
         }
         return LossTerms(l1, l2, logs)

@@ -106,33 +106,42 @@ class OAMN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> OAMNOutput:
         f, m, g = self._lower(x)
-        z = g
-        for stage in self.backbone.stages()[self._split_index :]:  # E^II
-            z = stage(z)
-        h = self.backbone.forward_head(z)
+        h = self.higher(g)  # E^II
         emb = self.bnneck(h)
         logits = self.classifier(emb) if self.classifier is not None else None
         scores = self.grader(g)  # T on detached g (eq. 7: no gradient back)
         return OAMNOutput(emb, h, logits, scores, f, m, g)
 
-    def masked_embeddings(self, x: torch.Tensor, grades: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Occlusion unification in feature space: E^I and M run once, then for each grade in
-        ``grades`` the grade's band of g is zeroed (what a perfect mask module does to an occluder,
-        eq. 1) and E^II + BNNeck give that version's embedding. Returns ((len(grades), B, D)
-        embeddings, (B, 4) grader scores of the unmasked g)."""
-        _, _, g = self._lower(x)
+    def higher(self, g: torch.Tensor) -> torch.Tensor:
+        """E^II + the backbone's head on a (masked) feature g: the pre-BN feature h."""
+        z = g
+        for stage in self.backbone.stages()[self._split_index :]:
+            z = stage(z)
+        return self.backbone.forward_head(z)
+
+    def mask_feature(self, g: torch.Tensor, grades: int | list[int]) -> torch.Tensor:
+        """Copy of g with the band of an occlusion grade zeroed (one grade for every row, or one per
+        row): what a perfect mask module does to an occluder there (eq. 1). One grade for all rows
+        is a single slice, so an exported graph keeps a dynamic batch."""
         h, w = self.mask_module.feature_hw  # fixed for the model: static in an exported graph
-        out = []
-        for grade in grades:
-            z = g
+        out = g.clone()
+        rows = [(slice(None), grades)] if isinstance(grades, int) else enumerate(grades)
+        for i, grade in rows:
             location, area = grade_from_index(int(grade))
             if location is not None:
                 y0, y1, x0, x1 = occlusion_box(h, w, location, area)
-                z = g.clone()
-                z[:, :, y0:y1, x0:x1] = 0
-            for stage in self.backbone.stages()[self._split_index :]:
-                z = stage(z)
-            out.append(self.bnneck(self.backbone.forward_head(z)))
+                out[i, :, y0:y1, x0:x1] = 0
+        return out
+
+    def masked_embeddings(self, x: torch.Tensor, grades: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Occlusion unification in feature space: E^I and M run once, then for each grade in
+        ``grades`` the grade's band of g is zeroed and E^II + BNNeck give that version's embedding.
+        Returns ((len(grades), B, D) embeddings, (B, 4) grader scores of the unmasked g)."""
+        _, _, g = self._lower(x)
+        out = []
+        for grade in grades:
+            z = g if int(grade) == 0 else self.mask_feature(g, int(grade))
+            out.append(self.bnneck(self.higher(z)))
         return torch.stack(out), self.grader(g)
 
     def freeze_stages(self, names: list[str]) -> None:
