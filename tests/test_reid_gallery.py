@@ -197,6 +197,10 @@ def test_feature_space_masking_zeroes_the_grades_band_of_g(tmp_path):
     assert np.allclose(emb[:, 0], torch.nn.functional.normalize(out.embedding, dim=1), atol=1e-5)
     assert np.allclose(emb[:, BOTTOM_HALF], by_hand, atol=1e-5)
     assert (grades == decide_grades(out.scores, gal.thresholds)).all()
+    # a query against a gallery of holistic and bottom-half entries needs only those two versions
+    only, _ = gal.encoder.encode_all_grades(crops, grades=[BOTTOM_HALF])
+    assert np.allclose(only[:, [0, BOTTOM_HALF]], emb[:, [0, BOTTOM_HALF]], atol=1e-5)
+    assert not only[:, [g for g in range(NUM_GRADES) if g not in (0, BOTTOM_HALF)]].any()
     gal.add(["p", "q"], crops)
     gal.save(tmp_path / "g")
     assert OcclusionGallery.load(tmp_path / "g").mask_space == "feature"

@@ -63,19 +63,20 @@ class TorchEncoder:
         return torch.cat(embs).numpy(), torch.cat(scores).numpy()
 
     @torch.no_grad()
-    def encode_all_grades(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def encode_all_grades(
+        self, images: np.ndarray | torch.Tensor, grades: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``grades`` limits the masked versions computed (row 0 always; the others stay zero): a
+        query against a gallery of few grades then costs little more than one pass."""
         x = torch.as_tensor(images, dtype=torch.float32)
-        embs, scores = [], []
+        wanted = sorted({0, *(range(NUM_GRADES) if grades is None else map(int, grades))})
+        out = np.zeros((len(x), NUM_GRADES, self.model.embedding_dim), np.float32)
+        scores = np.zeros((len(x), 4), np.float32)
         for start in range(0, len(x), self.batch_size):
-            e, sc = self.model.masked_embeddings(
-                x[start : start + self.batch_size].to(self.device), list(range(NUM_GRADES))
-            )
-            embs.append(F.normalize(e, dim=2).transpose(0, 1).cpu())
-            scores.append(sc.cpu())
-        if not embs:
-            dim = self.model.embedding_dim
-            return np.zeros((0, NUM_GRADES, dim), np.float32), np.zeros((0, 4), np.float32)
-        return torch.cat(embs).numpy(), torch.cat(scores).numpy()
+            e, sc = self.model.masked_embeddings(x[start : start + self.batch_size].to(self.device), wanted)
+            out[start : start + len(sc), wanted] = F.normalize(e, dim=2).transpose(0, 1).cpu().numpy()
+            scores[start : start + len(sc)] = sc.cpu().numpy()
+        return out, scores
 
 
 class BackendEncoder:
@@ -105,8 +106,11 @@ class BackendEncoder:
         emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         return emb, np.concatenate(scores).astype(np.float32)
 
-    def encode_all_grades(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Needs a graph exported with the masked output (``tools/export_reid.py``, the default)."""
+    def encode_all_grades(
+        self, images: np.ndarray | torch.Tensor, grades: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Needs a graph exported with the masked output (``tools/export_reid.py``, the default);
+        the graph computes every grade, so ``grades`` is accepted and ignored."""
         x = np.ascontiguousarray(np.asarray(images, dtype=np.float32))
         embs, scores = [], []
         for start in range(0, len(x), self.batch_size):

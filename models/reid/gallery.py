@@ -115,11 +115,11 @@ class OcclusionGallery:
         pass) and grades (N,) from the unmasked pass's grader scores.
 
         ``mask_space='feature'`` (default): each grade's band of the masked feature g is zeroed,
-        one E^I pass and nine cheap E^II passes per crop (``OAMN.masked_embeddings``); on held-out
+        one E^I pass and up to nine E^II passes per crop (``OAMN.masked_embeddings``); on held-out
         PETA identities this unified better than painting pixels (see README_reid.md).
-        ``mask_space='image'``: the band of the crop is painted with ``fill`` and re-encoded;
-        ``grades_needed`` then limits the masked versions computed (the others stay zero), so a
-        query against a holistic gallery costs a single forward pass.
+        ``mask_space='image'``: the band of the crop is painted with ``fill`` and re-encoded.
+        ``grades_needed`` limits the masked versions computed (the others stay zero), so a query
+        against a holistic gallery costs one pass (an exported graph computes all nine anyway).
         """
         if self.encoder is None:
             raise ValueError(
@@ -137,7 +137,7 @@ class OcclusionGallery:
                     f"{type(self.encoder).__name__} cannot mask in feature space; "
                     "use an OAMN encoder (TorchEncoder, BackendEncoder) or mask_space='image'"
                 )
-            emb, scores = self.encoder.encode_all_grades(x.numpy())
+            emb, scores = self.encoder.encode_all_grades(x.numpy(), grades_needed)
             if emb.shape[2] != self.dim:
                 raise ValueError(f"encoder gives {emb.shape[2]}-d embeddings, gallery holds {self.dim}-d")
             return emb.astype(np.float32), decide_grades(scores, self.thresholds)
