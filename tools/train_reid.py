@@ -103,7 +103,8 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
     labels_np, mapping = relabel(records)
     t0 = time.time()
     images = load_images(records, tuple(recipe.model.input_size))
-    held_images = load_images(held_out, tuple(recipe.model.input_size))
+    held_images = load_images(held_out, tuple(recipe.model.input_size)).to(device)
+    held_pids = [r.pid for r in held_out]
     logger.info(
         "loaded %d training images of %d ids (+%d held-out images of %d ids) in %.1fs",
         len(records),
@@ -181,7 +182,7 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
 
     def run_validation(step: int) -> None:
         model.eval()
-        metrics = validate(inference, held_images.to(device), [r.pid for r in held_out], seed=tc.seed)[0]
+        metrics = validate(inference, held_images, held_pids, seed=tc.seed)[0]
         model.train()
         metrics["step"] = step
         validations.append(metrics)
@@ -281,9 +282,7 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
     model.eval()
     thresholds = GradeThresholds(*recipe.model.grade_thresholds)
     if held_out:
-        _, scores_h, scores_o, grades_o = validate(
-            inference, held_images.to(device), [r.pid for r in held_out], seed=tc.seed
-        )
+        _, scores_h, scores_o, grades_o = validate(inference, held_images, held_pids, seed=tc.seed)
         thresholds = calibrate_thresholds(scores_h, scores_o, grades_o)
         model_config["grade_thresholds"] = [thresholds.quarter, thresholds.half]
         logger.info("grader thresholds calibrated on the held-out ids: %s", thresholds)
