@@ -119,5 +119,17 @@ def test_mask_batch_fills_region():
     out = mask_batch(x, [grade_index("top", 0.5), 0], fill=0.0)
     assert out[0, :, :4].abs().sum() == 0 and out[0, :, 4:].eq(1).all()
     assert torch.equal(out[1], x[1])
-    with pytest.raises(ValueError, match="got 1 grades for 2 images"):
+    with pytest.raises(ValueError, match="got 1 grades and 1 extra grades for 2 images"):
         mask_batch(x, [0])
+
+
+def test_mask_batch_masks_the_union_with_a_second_grade():
+    x = torch.ones(3, 3, 8, 4)
+    top, bottom_q, left = grade_index("top", 0.5), grade_index("bottom", 0.25), grade_index("left", 0.5)
+    out = mask_batch(x, [top, left, top], also=[bottom_q, top, grade_index("bottom", 0.5)])
+    # top half + bottom quarter: rows 0-3 and 6-7 painted, rows 4-5 kept
+    assert out[0, :, [0, 1, 2, 3, 6, 7]].eq(0).all() and out[0, :, 4:6].eq(1).all()
+    # left half + top half: everything but the bottom-right quarter
+    assert out[1, :, 4:, 2:].eq(1).all() and out[1].eq(0).sum() == 3 * (32 - 8)
+    # opposite halves would paint the whole crop: it is left as it is
+    assert torch.equal(out[2], x[2])

@@ -9,7 +9,7 @@ import torch
 
 from models.backbones import create_backbone
 from models.reid.gallery import OcclusionGallery
-from models.reid.grader import GradeThresholds, decide_grades
+from models.reid.grader import GradeThresholds
 from models.reid.oamn import OAMN, infer_feature_hw
 from models.reid.occlusion_augment import NUM_GRADES, grade_index
 from models.reid.unification import unified_similarity
@@ -17,6 +17,7 @@ from models.reid.unification import unified_similarity
 D = 8
 BOTTOM_HALF = grade_index("bottom", 0.5)
 TOP_HALF = grade_index("top", 0.5)
+LEFT_QUARTER = grade_index("left", 0.25)
 
 
 def _unit(i: int) -> np.ndarray:
@@ -39,7 +40,7 @@ def test_bottom_half_query_matches_bottom_half_embeddings():
     a = _entry(0, **{f"g{BOTTOM_HALF}": 3})
     b = _entry(3)
     gal.add(["A", "B"], np.stack([a, b]), grades=[0, 0])
-    query = _entry(3)[None]  # the query's own (occluded) view: vector 3
+    query = _entry(3)[None]  # version 0, the query with its own region masked: vector 3
     assert gal.match(query, grade=BOTTOM_HALF, top_k=1)[0][0].id == "A"
     # graded holistic it is compared with holistic embeddings -> B
     assert gal.match(query, grade=0, top_k=1)[0][0].id == "B"
@@ -119,8 +120,8 @@ def test_crops_through_a_real_encoder():
     model = OAMN(bb, "conv3", infer_feature_hw(bb, "conv3", (64, 32)), grader_pool_hw=(2, 2)).eval()
     gal = OcclusionGallery.for_model(model, capacity=4)
     crops = torch.randn(3, 3, 64, 32)
-    emb, grades = gal.encode(crops)
-    assert emb.shape == (3, NUM_GRADES, model.embedding_dim) and grades.shape == (3,)
+    emb, grades = gal.encode(crops, grades=[0, 0, 0])
+    assert emb.shape == (3, NUM_GRADES, model.embedding_dim) and grades.tolist() == [0, 0, 0]
     assert np.allclose(np.linalg.norm(emb, axis=2), 1, atol=1e-5)
     assert not np.allclose(emb[:, 0], emb[:, BOTTOM_HALF])  # masking changes the embedding
     gal.add(["p", "q", "r"], crops)
@@ -139,26 +140,76 @@ class _CountingEncoder:
         return self.inner(images)
 
 
-def test_image_space_query_against_holistic_gallery_costs_one_pass():
+def _small_model():
     torch.manual_seed(0)
     torch.set_num_threads(1)
+    bb = create_backbone("osnet_x0_25")
+    return OAMN(bb, "conv3", infer_feature_hw(bb, "conv3", (64, 32)), grader_pool_hw=(2, 2)).eval()
+
+
+def test_queries_encode_only_the_versions_the_gallery_needs():
     from models.reid.encoder import TorchEncoder
 
-    bb = create_backbone("osnet_x0_25")
-    model = OAMN(bb, "conv3", infer_feature_hw(bb, "conv3", (64, 32)), grader_pool_hw=(2, 2)).eval()
+    model = _small_model()
     enc = _CountingEncoder(TorchEncoder(model))
-    with pytest.raises(ValueError, match="cannot mask in feature space"):
-        OcclusionGallery(model.embedding_dim, capacity=4, encoder=enc).add(["a"], torch.randn(1, 3, 64, 32))
-    gal = OcclusionGallery(model.embedding_dim, capacity=4, encoder=enc, mask_space="image")
+    gal = OcclusionGallery(model.embedding_dim, capacity=4, encoder=enc)
     gal.add(["a", "b"], torch.randn(2, 3, 64, 32), grades=[0, 0])
-    assert enc.seen == 2 * NUM_GRADES  # entries: all 9 versions in one call
+    assert enc.seen == 2 * NUM_GRADES  # entries: the plain pass + 8 masked versions
     enc.seen = 0
-    gal.match(torch.randn(3, 3, 64, 32), top_k=1)
-    assert enc.seen == 3  # holistic gallery: queries need only their own pass
+    gal.match(torch.randn(3, 3, 64, 32), grade=0, top_k=1)
+    assert enc.seen == 3  # holistic queries against a holistic gallery: one pass each
+    enc.seen = 0
+    gal.match(torch.randn(3, 3, 64, 32), grade=BOTTOM_HALF, top_k=1)
+    assert enc.seen == 3 * 2  # + each query with its own (bottom) region masked
     gal.add(["c"], torch.randn(1, 3, 64, 32), grades=[TOP_HALF])
     enc.seen = 0
-    gal.match(torch.randn(3, 3, 64, 32), top_k=1)
-    assert enc.seen == 3 * 2  # + the top-half-masked version (the exception)
+    gal.match(torch.randn(3, 3, 64, 32), grade=0, top_k=1)
+    assert enc.seen == 3 * 2  # + the top-half-masked version (the paper's exception)
+    enc.seen = 0
+    gal.match(torch.randn(3, 3, 64, 32), grade=BOTTOM_HALF, top_k=1)
+    # + bottom masked; top + bottom halves cover the crop, so that version is the plain pass
+    assert enc.seen == 3 * 2
+
+
+def test_versions_mask_the_entrys_own_region_too(tmp_path):
+    from models.reid.encoder import TorchEncoder
+    from models.reid.occlusion_augment import mask_batch
+
+    model = _small_model()
+    enc = TorchEncoder(model)
+    gal = OcclusionGallery(model.embedding_dim, capacity=4, encoder=enc, fill=0.5)
+    crops = torch.randn(2, 3, 64, 32)
+    emb, grades = gal.encode(crops, grades=[TOP_HALF, 0])
+    plain, _ = enc(crops)
+    by_hand, _ = enc(
+        mask_batch(crops[[0, 0, 1]], [TOP_HALF, TOP_HALF, 0], 0.5, also=[LEFT_QUARTER, 0, LEFT_QUARTER])
+    )
+    assert grades.tolist() == [TOP_HALF, 0]
+    assert np.allclose(emb[0, LEFT_QUARTER], by_hand[0], atol=1e-5)  # left quarter + own top half
+    assert np.allclose(emb[0, 0], by_hand[1], atol=1e-5)  # version 0: own region only
+    assert np.allclose(emb[0, TOP_HALF], by_hand[1], atol=1e-5)
+    assert np.allclose(emb[0, BOTTOM_HALF], plain[0], atol=1e-5)  # opposite halves: unmasked
+    assert np.allclose(emb[1, 0], plain[1], atol=1e-5)  # a holistic entry's version 0 is its crop
+    assert np.allclose(emb[1, LEFT_QUARTER], by_hand[2], atol=1e-5)
+    # a query is its entry with the top half occluded differently: unified, both sides lose the top
+    # half, so it matches the entry exactly; without unification it does not
+    gal.add(["p", "q"], crops, grades=[0, 0])
+    occluded = crops[:1].clone()
+    occluded[:, :, :32] = torch.randn(1, 3, 32, 32)
+    best = gal.match(occluded, grade=TOP_HALF, top_k=1)[0][0]
+    assert best.id == "p" and best.score == pytest.approx(1.0, abs=1e-5)
+    plain_gal = OcclusionGallery(model.embedding_dim, capacity=4, encoder=enc, unify=False)
+    plain_gal.add(["p", "q"], crops, grades=[0, 0])
+    assert plain_gal.match(occluded, grade=TOP_HALF, top_k=1)[0][0].score < 1 - 1e-4
+
+
+def test_galleries_saved_with_the_old_rule_are_refused(tmp_path):
+    gal = OcclusionGallery(D, capacity=2)
+    gal.add(["a"], _entry(0)[None], grades=[0])
+    _, meta = gal.save(tmp_path / "g")
+    meta.write_text(meta.read_text().replace("amodal.oamn_gallery/2", "amodal.oamn_gallery/1"))
+    with pytest.raises(ValueError, match="older unification rule"):
+        OcclusionGallery.load(tmp_path / "g")
 
 
 def test_from_weights_grades_with_the_checkpoints_thresholds(tmp_path):
@@ -176,31 +227,3 @@ def test_from_weights_grades_with_the_checkpoints_thresholds(tmp_path):
     assert (
         OcclusionGallery.from_weights(path, thresholds=GradeThresholds(0.5, 0.75)).thresholds.quarter == 0.5
     )
-
-
-def test_feature_space_masking_zeroes_the_grades_band_of_g(tmp_path):
-    torch.manual_seed(0)
-    torch.set_num_threads(1)
-    bb = create_backbone("osnet_x0_25")
-    model = OAMN(bb, "conv3", infer_feature_hw(bb, "conv3", (64, 32)), grader_pool_hw=(2, 2)).eval()
-    gal = OcclusionGallery.for_model(model, capacity=4)
-    assert gal.mask_space == "feature"
-    crops = torch.randn(2, 3, 64, 32)
-    emb, grades = gal.encode(crops)
-    with torch.no_grad():
-        out = model(crops)
-        g = model.masked_features(crops).clone()  # (2, C, 4, 2): the bottom half is rows 2..3
-        assert g.shape[2:] == (4, 2)
-        g[:, :, 2:] = 0
-        z = model.backbone.conv5(model.backbone.conv4(g))
-        by_hand = torch.nn.functional.normalize(model.bnneck(model.backbone.forward_head(z)), dim=1)
-    assert np.allclose(emb[:, 0], torch.nn.functional.normalize(out.embedding, dim=1), atol=1e-5)
-    assert np.allclose(emb[:, BOTTOM_HALF], by_hand, atol=1e-5)
-    assert (grades == decide_grades(out.scores, gal.thresholds)).all()
-    # a query against a gallery of holistic and bottom-half entries needs only those two versions
-    only, _ = gal.encoder.encode_all_grades(crops, grades=[BOTTOM_HALF])
-    assert np.allclose(only[:, [0, BOTTOM_HALF]], emb[:, [0, BOTTOM_HALF]], atol=1e-5)
-    assert not only[:, [g for g in range(NUM_GRADES) if g not in (0, BOTTOM_HALF)]].any()
-    gal.add(["p", "q"], crops)
-    gal.save(tmp_path / "g")
-    assert OcclusionGallery.load(tmp_path / "g").mask_space == "feature"

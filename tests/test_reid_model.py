@@ -149,24 +149,39 @@ def test_checkpoint_roundtrip_and_onnx_parity(tmp_path):
     graph = OAMNInference(loaded)
     onnx_path = export_onnx(graph, x, tmp_path / "m.onnx", output_names=["embedding", "grade"])
     assert check_onnx_parity(graph, onnx_path, torch.randn(7, 3, *HW)) < 1e-4  # dynamic batch
-    # the gallery's graph: + (B, 9, D) feature-space masked embeddings, same through ONNX Runtime
+    # the gallery's encoders agree: torch eager and the exported graph on ONNX Runtime
     from models.backends import create_backend
     from models.reid.encoder import BackendEncoder, TorchEncoder
 
-    masked = OAMNInference(loaded, masked=True)
-    names = ["embedding", "grade", "masked"]
-    masked_path = export_onnx(masked, x, tmp_path / "masked.onnx", output_names=names)
-    assert check_onnx_parity(masked, masked_path, torch.randn(4, 3, *HW)) < 1e-4
-    ort = BackendEncoder(create_backend(["onnxruntime"], onnx_path=masked_path, output_names=names))
-    emb_ort, scores_ort = ort.encode_all_grades(x.numpy())
-    emb_torch, scores_torch = TorchEncoder(loaded).encode_all_grades(x)
-    assert emb_ort.shape == (3, 9, loaded.embedding_dim)
+    backend = create_backend(["onnxruntime"], onnx_path=onnx_path, output_names=["embedding", "grade"])
+    ort = BackendEncoder(backend)
+    emb_ort, scores_ort = ort(x.numpy())
+    emb_torch, scores_torch = TorchEncoder(loaded)(x)
+    assert emb_ort.shape == (3, loaded.embedding_dim)
     assert np.abs(emb_ort - emb_torch).max() < 1e-4 and np.abs(scores_ort - scores_torch).max() < 1e-4
-    plain = BackendEncoder(create_backend(["onnxruntime"], onnx_path=onnx_path, output_names=names[:2]))
-    with pytest.raises(ValueError, match="no 'masked' output"):
-        plain.encode_all_grades(x.numpy())
     with pytest.raises(FileNotFoundError, match="OAMN weights not found"):
         load_oamn(tmp_path / "missing.pt")
+
+
+def test_export_tool_reports_parity_and_gallery_costs(tmp_path):
+    pytest.importorskip("onnxruntime")
+    import json
+
+    from tools.export_reid import main
+
+    cfg = OAMNModelConfig(backbone="osnet_x0_25", split_at="conv3", input_size=HW, grader_pool_hw=(2, 2))
+    model = OAMN.from_config(cfg, load_backbone_weights=False).eval()
+    path = save_oamn_weights(model, cfg.model_dump(mode="json"), tmp_path / "w.pt")
+    out = tmp_path / "export.json"
+    args = ["--weights", str(path), "--onnx", str(tmp_path / "m.onnx"), "--json", str(out)]
+    args += ["--benchmark-batches", "2", "--gallery-entries", "8", "--repeats", "1"]
+    assert main(args + ["--backends", "onnxruntime"]) == 0
+    report = json.loads(out.read_text())
+    assert report["outputs"] == ["embedding", "grade"] and max(report["parity_max_abs"].values()) < 1e-4
+    assert report["timings"]["onnxruntime"][0]["batch"] == 2
+    gallery = report["gallery"]["onnxruntime"]
+    assert gallery["entries"] == 8 and len(gallery) == 8
+    assert all(v > 0 for k, v in gallery.items() if k.endswith("_gallery"))
 
 
 def test_open_mask_init_starts_near_one_and_still_learns():

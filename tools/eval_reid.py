@@ -7,7 +7,7 @@ unification (OAMN sec. 3.4), plus the grader's location / area confusion matrice
         --data ../shared/datasets/PETA --json runs/eval_oamn.json
     # a plain backbone (e.g. the shared torchreid weights, untrained here): global-pooled features
     python tools/eval_reid.py --weights ../shared/models/osnet_x0_25_msmt17.pth --backbone osnet_x0_25 \\
-        --input-size 128 64 --data ../shared/datasets/PETA --json runs/eval_backbone.json
+        --input-size 256 128 --data ../shared/datasets/PETA --json runs/eval_backbone.json
 
 ``--data`` is a PETA root (query = ``--subset`` camera ``--query-cam``, gallery = camera
 ``--gallery-cam``; default VIPeR 1 -> 2, the ASSETS.md protocol), one subset's ``archive`` folder,
@@ -15,7 +15,9 @@ or a Market-1501-style root with ``query/`` and ``bounding_box_test/``.
 
 Unification needs grades: ``grader`` rows use the model's own grader on queries and gallery (what
 the pipeline does); ``oracle`` rows use the known synthetic occlusion of each query and treat the
-gallery as holistic (an upper bound, and the only option for a model without a grader).
+gallery as holistic (an upper bound, and the only option for a model without a grader). Both
+mask in pixels by the rule of ``models/reid/unification.py``: each image's own region and the other
+image's are painted with the mean colour on both sides.
 """
 
 from __future__ import annotations
@@ -40,19 +42,16 @@ from models.data.reid_datasets import (  # noqa: E402
     normalize,
     read_peta_reid,
 )
-from models.reid.encoder import TorchEncoder  # noqa: E402
 from models.reid.evaluation import encode, held_out_split, synthesize_occlusions  # noqa: E402
 from models.reid.grader import GradeThresholds, decide_grades  # noqa: E402
 from models.reid.metrics import cmc_map, confusion_matrix  # noqa: E402
 from models.reid.oamn import load_oamn  # noqa: E402
-from models.reid.occlusion_augment import (  # noqa: E402
-    AREAS,
-    LOCATIONS,
-    NUM_GRADES,
-    grade_from_index,
-    mask_batch,
+from models.reid.occlusion_augment import AREAS, LOCATIONS, grade_from_index  # noqa: E402
+from models.reid.unification import (  # noqa: E402
+    plain_similarity,
+    unification_versions,
+    unified_similarity,
 )
-from models.reid.unification import plain_similarity, unified_similarity  # noqa: E402
 from models.training import write_json  # noqa: E402
 
 logger = logging.getLogger("eval_reid")
@@ -79,23 +78,25 @@ class _OAMNModel(torch.nn.Module):
         return F.normalize(out.embedding, dim=1), out.scores
 
 
-def _encode_all_grades(
-    model, images: torch.Tensor, batch: int, mask_space: str = "image"
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """(9, N, D) embeddings of the images unmasked (row 0) and masked with each grade; scores of row 0.
-    ``mask_space`` 'image' paints each grade's band of the crop with the mean colour; 'feature'
-    zeroes the band of the masked feature g (``OAMN.masked_embeddings``, OAMN models only)."""
-    if mask_space == "feature":
-        emb, scores = TorchEncoder(model.model, batch).encode_all_grades(images)
-        return emb.transpose(1, 0, 2), scores
-    rows, scores = [], None
-    for g in range(NUM_GRADES):
-        x = images if g == 0 else mask_batch(images, [g] * len(images))
-        e, sc = encode(model, x, batch)
-        rows.append(e)
-        if g == 0:
-            scores = sc
-    return np.stack(rows), scores
+def _versions(
+    model, images: torch.Tensor, batch: int, own: np.ndarray, plain: np.ndarray, versions=None, base=None
+) -> np.ndarray:
+    """(9, N, D) unification versions (``unification_versions``: version k masks grade k's region
+    and the image's own grade ``own``'s, in pixels). ``base`` = (versions, grades) of the same
+    images: those graded alike are copied instead of encoded again."""
+
+    def encode_fn(x):
+        return encode(model, x, batch)
+
+    if base is None:
+        return unification_versions(encode_fn, images, own, plain, versions).transpose(1, 0, 2)
+    out = base[0].copy()
+    differ = np.flatnonzero(own != base[1])
+    if len(differ):
+        out[:, differ] = unification_versions(
+            encode_fn, images[differ], own[differ], plain[differ], versions
+        ).transpose(1, 0, 2)
+    return out
 
 
 def _location_area(grades: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -128,45 +129,48 @@ def evaluate(
     seed: int = 0,
     batch: int = 64,
     thresholds: GradeThresholds | None = None,
-    mask_space: str = "image",
 ) -> dict:
     q_ids = np.array([r.pid for r in query])
     g_ids = np.array([r.pid for r in gallery])
     q_cams = np.array([r.camid for r in query])
     g_cams = np.array([r.camid for r in gallery])
+
+    def ranked(sims: np.ndarray) -> dict:
+        return cmc_map(sims, q_ids, g_ids, q_cams, g_cams)
+
     q_raw = load_images(query, input_hw)
     g_img = normalize(load_images(gallery, input_hw))
     occ_raw, occ_true = synthesize_occlusions(q_raw, seed)
     t0 = time.time()
-    g_emb, g_scores = _encode_all_grades(model, g_img, batch, mask_space)
+    g_plain, g_scores = encode(model, g_img, batch)
+    holistic_gallery = np.zeros(len(gallery), dtype=np.int64)
+    g_oracle = _versions(model, g_img, batch, holistic_gallery, g_plain)
     views = {
         "holistic": (normalize(q_raw), np.zeros(len(query), dtype=np.int64)),
         "occluded": (normalize(occ_raw), occ_true),
     }
     has_grader = g_scores is not None
-    g_pred = decide_grades(g_scores, thresholds) if has_grader else None
     results: dict = {
         "num_query": len(query),
         "num_gallery": len(gallery),
         "input_size": list(input_hw),
         "occlusion_seed": seed,
-        "mask_space": mask_space,
     }
     if has_grader:
+        g_pred = decide_grades(g_scores, thresholds)
+        g_graded = _versions(model, g_img, batch, g_pred, g_plain, base=(g_oracle, holistic_gallery))
         results["gallery_graded_occluded_fraction"] = float((g_pred > 0).mean())
     grader_true, grader_pred = [], []
     for name, (images, true_grades) in views.items():
-        q_emb, q_scores = _encode_all_grades(model, images, batch, mask_space)
-        rows = {"none": cmc_map(plain_similarity(q_emb[0], g_emb[0]), q_ids, g_ids, q_cams, g_cams)}
-        zeros = np.zeros(len(gallery), dtype=np.int64)
-        rows["unified_oracle"] = cmc_map(
-            unified_similarity(q_emb, true_grades, g_emb, zeros), q_ids, g_ids, q_cams, g_cams
-        )
+        q_plain, q_scores = encode(model, images, batch)
+        rows = {"none": ranked(plain_similarity(q_plain, g_plain))}
+        # oracle: the known synthetic grade for each query, the gallery taken as holistic
+        q_oracle = _versions(model, images, batch, true_grades, q_plain, versions=[0])
+        rows["unified_oracle"] = ranked(unified_similarity(q_oracle, true_grades, g_oracle, holistic_gallery))
         if has_grader:
             q_pred = decide_grades(q_scores, thresholds)
-            rows["unified_grader"] = cmc_map(
-                unified_similarity(q_emb, q_pred, g_emb, g_pred), q_ids, g_ids, q_cams, g_cams
-            )
+            q_graded = _versions(model, images, batch, q_pred, q_plain, versions=np.unique(g_pred))
+            rows["unified_grader"] = ranked(unified_similarity(q_graded, q_pred, g_graded, g_pred))
             rows["query_graded_occluded_fraction"] = float((q_pred > 0).mean())
             grader_true.append(true_grades)
             grader_pred.append(q_pred)
@@ -241,12 +245,6 @@ def main(argv: list[str] | None = None) -> int:
         help="grader decision thresholds of eq. 8 (default: the checkpoint's, calibrated at training "
         "time on held-out training ids; the paper's 0.5 0.75 for older checkpoints)",
     )
-    parser.add_argument(
-        "--mask-space",
-        choices=("image", "feature"),
-        help="where unification masks: the masked feature g (default for OAMN checkpoints, as the "
-        "gallery does) or the crop's pixels (default, and the only option, for a plain backbone)",
-    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -257,9 +255,6 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--backbone needs --input-size H W")
         model: torch.nn.Module = _BackboneModel(create_backbone(args.backbone, weights=args.weights)).eval()
         hw = tuple(args.input_size)
-        if args.mask_space == "feature":
-            parser.error("--mask-space feature needs an OAMN checkpoint")
-        mask_space = "image"
         desc = {"model": "backbone", "backbone": args.backbone}
         thresholds = GradeThresholds(*(args.thresholds or (0.5, 0.75)))
     else:
@@ -270,7 +265,6 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{args.weights} was trained at {hw}; --input-size cannot change it")
         desc = {"model": "oamn", "backbone": cfg.backbone}
         thresholds = GradeThresholds(*(args.thresholds or cfg.grade_thresholds))
-        mask_space = args.mask_space or "feature"
     if args.held_out:
         if args.backbone:
             parser.error("--held-out needs an OAMN checkpoint (it lists the identities held out)")
@@ -287,7 +281,6 @@ def main(argv: list[str] | None = None) -> int:
         args.seed,
         args.batch_size,
         thresholds,
-        mask_space,
     )
     results.update(
         desc,

@@ -1,11 +1,12 @@
-"""Export an OAMN checkpoint's inference graph (images -> L2-normalised embedding + grader scores
-+ the (B, 9, D) feature-space masked embeddings the gallery stores) to ONNX with a dynamic batch
-axis, check parity against torch, and time inference per crop. ``--no-masked`` leaves out the
-masked output (a slimmer graph for callers that never add to a feature-space gallery).
+"""Export an OAMN checkpoint's inference graph (images -> L2-normalised embedding + grader scores)
+to ONNX with a dynamic batch axis, check parity against torch, and time inference per crop and,
+with ``--gallery-entries``, what the "occlude them all" gallery pays per entry added and per query
+(``models/reid/gallery.py``: 9 versions per entry; a query needs one version per grade in the
+gallery).
 
     python tools/export_reid.py --weights models/weights/oamn_osnet_x0_25_peta.pt \\
         --onnx runs/export/oamn_osnet_x0_25_peta.onnx --json runs/export/oamn_export.json \\
-        --benchmark-batches 1 32 --threads 1
+        --benchmark-batches 1 32 --gallery-entries 64 --threads 1
 
 Backends come from ``models.backends`` (torch, ONNX Runtime, TensorRT: ``--backends``); each one
 that can run here is timed on the same random input.
@@ -25,11 +26,14 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from models.backends import check_onnx_parity, create_backend, export_onnx  # noqa: E402
+from models.reid.encoder import BackendEncoder  # noqa: E402
+from models.reid.gallery import OcclusionGallery  # noqa: E402
 from models.reid.oamn import OAMNInference, load_oamn  # noqa: E402
+from models.reid.occlusion_augment import NUM_GRADES, grade_index  # noqa: E402
 from models.training import write_json  # noqa: E402
 
 logger = logging.getLogger("export_reid")
-OUTPUTS = ["embedding", "grade", "masked"]
+OUTPUTS = ["embedding", "grade"]
 
 
 def time_backend(backend, batch: int, hw: tuple[int, int], repeats: int, warmup: int = 3) -> dict[str, float]:
@@ -46,6 +50,33 @@ def time_backend(backend, batch: int, hw: tuple[int, int], repeats: int, warmup:
     return {"batch": batch, "ms_per_batch": med, "ms_per_crop": med / batch, "repeats": repeats}
 
 
+def time_gallery(backend, hw: tuple[int, int], entries: int, queries: int = 32) -> dict[str, float]:
+    """Milliseconds per entry added and per query matched, on random crops with given grades: a
+    gallery with about 16 % of entries graded occluded (as VIPeR's gallery is by the shipped grader,
+    every grade present) and an all-holistic one."""
+    rng = np.random.default_rng(0)
+    crops = rng.standard_normal((entries, 3, *hw)).astype(np.float32)
+    query = rng.standard_normal((queries, 3, *hw)).astype(np.float32)
+    n_occluded = max(NUM_GRADES - 1, entries * 16 // 100)
+    mixed = np.r_[np.zeros(entries - n_occluded, int), np.arange(n_occluded) % (NUM_GRADES - 1) + 1]
+    ids = [str(i) for i in range(entries)]
+    out: dict[str, float] = {"entries": entries, "queries": queries}
+    for name, grades in (("mixed", mixed), ("holistic", np.zeros(entries, int))):
+        gallery = OcclusionGallery(backend_dim(backend, hw), entries, BackendEncoder(backend))
+        t0 = time.perf_counter()
+        gallery.add(ids, crops, grades=grades)
+        out[f"add_ms_per_entry_{name}_gallery"] = (time.perf_counter() - t0) * 1000 / entries
+        for qname, grade in (("holistic", 0), ("bottom_half", grade_index("bottom", 0.5))):
+            t0 = time.perf_counter()
+            gallery.match(query, grade=grade)
+            out[f"match_ms_per_{qname}_query_{name}_gallery"] = (time.perf_counter() - t0) * 1000 / queries
+    return out
+
+
+def backend_dim(backend, hw: tuple[int, int]) -> int:
+    return int(backend(np.zeros((1, 3, *hw), np.float32))["embedding"].shape[1])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -57,16 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--benchmark-batches", nargs="*", type=int, default=[], help="batch sizes to time")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument(
+        "--gallery-entries",
+        type=int,
+        default=0,
+        help="also time the occlusion gallery (add and match) with this many entries per backend",
+    )
+    parser.add_argument(
         "--backends",
         nargs="+",
         default=["torch", "onnxruntime", "tensorrt"],
         help="backends to time (each that can run here)",
-    )
-    parser.add_argument(
-        "--masked",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="include the (B, 9, D) feature-space masked embeddings (output 'masked')",
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
@@ -75,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     model, cfg = load_oamn(args.weights)
-    graph = OAMNInference(model, masked=args.masked).eval()
-    outputs = OUTPUTS if args.masked else OUTPUTS[:2]
+    graph = OAMNInference(model).eval()
+    outputs = OUTPUTS
     hw = tuple(cfg.input_size)
     example = torch.randn(2, 3, *hw)
     path = export_onnx(
@@ -93,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "timings": {},
     }
-    for name in args.backends if args.benchmark_batches else []:
+    timed = args.benchmark_batches or args.gallery_entries > 0
+    for name in args.backends if timed else []:
         try:
             backend = create_backend(
                 [name],
@@ -111,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
             time_backend(backend, b, hw, args.repeats) for b in args.benchmark_batches
         ]
         logger.info("%s: %s", backend.name, report["timings"][backend.name])
+        if args.gallery_entries > 0:
+            report.setdefault("gallery", {})[backend.name] = time_gallery(backend, hw, args.gallery_entries)
+            logger.info("%s gallery: %s", backend.name, report["gallery"][backend.name])
     if args.json:
         write_json(args.json, report)
     logger.info("exported %s; parity %s", path, parity)

@@ -2,9 +2,7 @@
 any ``models.backends`` backend running its ONNX export; plus crop preprocessing.
 
 An encoder is any callable ``images (N, 3, H, W) float32 normalised -> (embeddings (N, D),
-scores (N, 4))`` returning NumPy arrays; embeddings are L2-normalised. Encoders that can also mask
-in feature space have ``encode_all_grades(images) -> ((N, 9, D) embeddings, (N, 4) scores)``
-(row 0 unmasked, then each occlusion grade; ``OAMN.masked_embeddings``).
+scores (N, 4))`` returning NumPy arrays; embeddings are L2-normalised.
 """
 
 from __future__ import annotations
@@ -16,8 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from models.backbones import IMAGENET_MEAN, IMAGENET_STD
-
-from .occlusion_augment import NUM_GRADES
 
 __all__ = ["Encoder", "TorchEncoder", "BackendEncoder", "prepare_crops"]
 
@@ -62,22 +58,6 @@ class TorchEncoder:
             return np.zeros((0, self.model.embedding_dim), np.float32), np.zeros((0, 4), np.float32)
         return torch.cat(embs).numpy(), torch.cat(scores).numpy()
 
-    @torch.no_grad()
-    def encode_all_grades(
-        self, images: np.ndarray | torch.Tensor, grades: Sequence[int] | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``grades`` limits the masked versions computed (row 0 always; the others stay zero): a
-        query against a gallery of few grades then costs little more than one pass."""
-        x = torch.as_tensor(images, dtype=torch.float32)
-        wanted = sorted({0, *(range(NUM_GRADES) if grades is None else map(int, grades))})
-        out = np.zeros((len(x), NUM_GRADES, self.model.embedding_dim), np.float32)
-        scores = np.zeros((len(x), 4), np.float32)
-        for start in range(0, len(x), self.batch_size):
-            e, sc = self.model.masked_embeddings(x[start : start + self.batch_size].to(self.device), wanted)
-            out[start : start + len(sc), wanted] = F.normalize(e, dim=2).transpose(0, 1).cpu().numpy()
-            scores[start : start + len(sc)] = sc.cpu().numpy()
-        return out, scores
-
 
 class BackendEncoder:
     """A ``models.backends`` backend running the exported graph (outputs ``embedding``, ``grade``)."""
@@ -88,12 +68,10 @@ class BackendEncoder:
         batch_size: int = 32,
         embedding: str = "embedding",
         grade: str = "grade",
-        masked: str = "masked",
     ):
         self.backend = backend
         self.batch_size = batch_size
         self.names = (embedding, grade)
-        self.masked_name = masked
 
     def __call__(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         x = np.ascontiguousarray(np.asarray(images, dtype=np.float32))
@@ -104,25 +82,4 @@ class BackendEncoder:
             scores.append(out[self.names[1]])
         emb = np.concatenate(embs).astype(np.float32)
         emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-        return emb, np.concatenate(scores).astype(np.float32)
-
-    def encode_all_grades(
-        self, images: np.ndarray | torch.Tensor, grades: Sequence[int] | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Needs a graph exported with the masked output (``tools/export_reid.py``, the default);
-        the graph computes every grade, so ``grades`` is accepted and ignored."""
-        x = np.ascontiguousarray(np.asarray(images, dtype=np.float32))
-        embs, scores = [], []
-        for start in range(0, len(x), self.batch_size):
-            out = self.backend(x[start : start + self.batch_size])
-            if self.masked_name not in out:
-                raise ValueError(
-                    f"the backend's graph has no {self.masked_name!r} output (outputs: {sorted(out)}); "
-                    "export it with tools/export_reid.py (masked output on by default) or use a "
-                    "gallery with mask_space='image'"
-                )
-            embs.append(out[self.masked_name])
-            scores.append(out[self.names[1]])
-        emb = np.concatenate(embs).astype(np.float32)
-        emb /= np.maximum(np.linalg.norm(emb, axis=2, keepdims=True), 1e-12)
         return emb, np.concatenate(scores).astype(np.float32)

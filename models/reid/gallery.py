@@ -1,10 +1,11 @@
 """The "occlude them all" gallery the pipeline's identify stage matches against (OAMN, Chen et
 al., ICCV 2021, sec. 3.4; rule in ``unification.py``).
 
-Each entry keeps 9 L2-normalised embeddings: its crop unmasked and masked with each of the 8
-occlusion types (4 locations x 2 areas), computed in one batched pass when the entry is added, plus
-its own grade (from the grader, eq. 8). Storage is one preallocated contiguous float32 array
-(9, capacity, D), so matching is a single matrix product per query grade.
+Each entry keeps its grade (from the grader, eq. 8) and 9 L2-normalised embeddings, its versions:
+the crop with each occlusion type's region (4 locations x 2 areas) and its own region masked out
+(version 0: its own region only), encoded in one batched call when the entry is added. Storage
+is one preallocated contiguous float32 array (9, capacity, D), so matching is a single matrix
+product per query grade.
 
 Capacity is bounded; when full, ``add`` evicts the **least recently used** entry: an entry's clock
 is set when it is added and refreshed whenever it is a query's best match. Save/load uses
@@ -28,14 +29,17 @@ import torch
 
 from .encoder import Encoder, TorchEncoder
 from .grader import GradeThresholds, decide_grades
-from .occlusion_augment import NUM_GRADES, mask_batch
-from .unification import unified_similarity
+from .occlusion_augment import NUM_GRADES
+from .unification import unification_versions, unified_similarity
 
 __all__ = ["OcclusionGallery", "Match"]
 
 logger = logging.getLogger(__name__)
 
 Id = str | int
+
+#: version 2: each version also masks the image's own occlusion region (``unification.py``)
+GALLERY_FORMAT = "amodal.oamn_gallery/2"
 
 
 @dataclass(frozen=True)
@@ -59,14 +63,11 @@ class OcclusionGallery:
         thresholds: GradeThresholds | None = None,
         fill: float = 0.0,
         unify: bool = True,
-        mask_space: str = "feature",
     ):
         if embedding_dim <= 0 or capacity <= 0:
             raise ValueError(f"embedding_dim and capacity must be positive, got {embedding_dim}, {capacity}")
         self.dim, self.capacity = embedding_dim, capacity
-        if mask_space not in ("feature", "image"):
-            raise ValueError(f"mask_space must be 'feature' or 'image', got {mask_space!r}")
-        self.encoder, self.fill, self.unify, self.mask_space = encoder, fill, unify, mask_space
+        self.encoder, self.fill, self.unify = encoder, fill, unify
         self.thresholds = thresholds or GradeThresholds()
         self._emb = np.zeros((NUM_GRADES, capacity, embedding_dim), dtype=np.float32)
         self._grades = np.zeros(capacity, dtype=np.int64)
@@ -109,18 +110,17 @@ class OcclusionGallery:
 
     # -- encoding -------------------------------------------------------------------------------
     def encode(
-        self, images: np.ndarray | torch.Tensor, grades_needed: Sequence[int] | None = None
+        self,
+        images: np.ndarray | torch.Tensor,
+        grades: Sequence[int] | None = None,
+        versions: Sequence[int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Crops (N, 3, H, W) -> (N, 9, D) embeddings (unmasked + masked versions, one batched
-        pass) and grades (N,) from the unmasked pass's grader scores.
-
-        ``mask_space='feature'`` (default): each grade's band of the masked feature g is zeroed,
-        one E^I pass and up to nine E^II passes per crop (``OAMN.masked_embeddings``); on held-out
-        PETA identities this unified better than painting pixels (see README_reid.md).
-        ``mask_space='image'``: the band of the crop is painted with ``fill`` and re-encoded.
-        ``grades_needed`` limits the masked versions computed (the others stay zero), so a query
-        against a holistic gallery costs one pass (an exported graph computes all nine anyway).
-        """
+        """Crops (N, 3, H, W) -> (N, 9, D) embeddings and grades (N,): one plain pass gives the
+        grader's grades (or ``grades`` when given), then each crop's unification versions
+        (``unification.unification_versions``: version k masks grade k's region and the crop's own,
+        painted with ``fill``). ``versions`` limits the versions computed (the others stay zero),
+        so a holistic query against a holistic gallery costs one pass. Without unification only
+        the plain embedding (row 0) is kept."""
         if self.encoder is None:
             raise ValueError(
                 "this gallery has no encoder; pass (N, 9, D) embeddings and grades instead of crops"
@@ -130,28 +130,20 @@ class OcclusionGallery:
             raise ValueError(
                 f"crops must be (N, 3, H, W) normalised float arrays, got shape {tuple(x.shape)}"
             )
-        n = x.shape[0]
-        if self.mask_space == "feature":
-            if not hasattr(self.encoder, "encode_all_grades"):
-                raise ValueError(
-                    f"{type(self.encoder).__name__} cannot mask in feature space; "
-                    "use an OAMN encoder (TorchEncoder, BackendEncoder) or mask_space='image'"
-                )
-            emb, scores = self.encoder.encode_all_grades(x.numpy(), grades_needed)
-            if emb.shape[2] != self.dim:
-                raise ValueError(f"encoder gives {emb.shape[2]}-d embeddings, gallery holds {self.dim}-d")
-            return emb.astype(np.float32), decide_grades(scores, self.thresholds)
-        wanted = sorted({0, *(range(NUM_GRADES) if grades_needed is None else map(int, grades_needed))})
-        masks = torch.tensor(wanted).repeat_interleave(n)
-        flat, scores = self.encoder(mask_batch(x.repeat(len(wanted), 1, 1, 1), masks, self.fill))
-        if flat.shape[1] != self.dim:
-            raise ValueError(f"encoder gives {flat.shape[1]}-d embeddings, gallery holds {self.dim}-d")
-        emb = np.zeros((n, NUM_GRADES, self.dim), dtype=np.float32)
-        emb[:, wanted] = flat.reshape(len(wanted), n, self.dim).transpose(1, 0, 2)
-        return emb, decide_grades(scores[:n], self.thresholds)
+        plain, scores = self.encoder(x)
+        if plain.shape[1] != self.dim:
+            raise ValueError(f"encoder gives {plain.shape[1]}-d embeddings, gallery holds {self.dim}-d")
+        own = decide_grades(scores, self.thresholds) if grades is None else np.asarray(grades, np.int64)
+        if len(own) != len(x):
+            raise ValueError(f"{len(own)} grades for {len(x)} crops")
+        if not self.unify:
+            emb = np.zeros((len(x), NUM_GRADES, self.dim), dtype=np.float32)
+            emb[:, 0] = plain
+            return emb, own
+        return unification_versions(self.encoder, x, own, plain, versions, self.fill), own
 
     def _as_embeddings(
-        self, data, grades, what: str, grades_needed: Sequence[int] | None = None
+        self, data, grades, what: str, versions: Sequence[int] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         arr = np.asarray(data)
         if arr.ndim == 3 and arr.shape[1:] == (NUM_GRADES, self.dim):
@@ -161,8 +153,12 @@ class OcclusionGallery:
             emb = emb / np.maximum(np.linalg.norm(emb, axis=2, keepdims=True), 1e-12)
             g = np.asarray(grades, dtype=np.int64).reshape(-1)
         elif arr.ndim == 4:
-            emb, predicted = self.encode(arr, grades_needed)
-            g = predicted if grades is None else np.asarray(grades, dtype=np.int64).reshape(-1)
+            given = None if grades is None else np.asarray(grades, dtype=np.int64).reshape(-1)
+            if given is not None:
+                if len(given) != len(arr):
+                    raise ValueError(f"{what}: {len(given)} grades for {len(arr)} items")
+                self._check_grades(given, what)  # before masking crops with them
+            emb, g = self.encode(arr, given, versions)
         else:
             raise ValueError(
                 f"{what}: expected crops (N, 3, H, W) or embeddings (N, {NUM_GRADES}, {self.dim}), "
@@ -170,9 +166,13 @@ class OcclusionGallery:
             )
         if len(g) != len(emb):
             raise ValueError(f"{what}: {len(g)} grades for {len(emb)} items")
+        self._check_grades(g, what)
+        return emb, g
+
+    @staticmethod
+    def _check_grades(g: np.ndarray, what: str) -> None:
         if len(g) and (g.min() < 0 or g.max() >= NUM_GRADES):
             raise ValueError(f"{what}: grades must be in [0, {NUM_GRADES - 1}]")
-        return emb, g
 
     # -- gallery maintenance --------------------------------------------------------------------
     def add(self, ids: Sequence[Id], crops_or_embeddings, grades: Sequence[int] | None = None) -> list[int]:
@@ -217,7 +217,7 @@ class OcclusionGallery:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(similarities (Q, N_valid), query grades (Q,), valid slots (N_valid,))."""
         if grade is not None and np.ndim(grade) == 0:
-            grade = [int(grade)]
+            grade = np.full(len(query), int(grade))  # one grade for every query
         slots = np.flatnonzero(self._valid)
         needed = np.unique(self._grades[slots]) if self.unify else [0]
         q_emb, q_grades = self._as_embeddings(query, grade, "match", needed)
@@ -237,8 +237,8 @@ class OcclusionGallery:
         """Best ``top_k`` gallery entries per query (highest cosine similarity first).
 
         ``query``: crops (Q, 3, H, W) or embeddings (Q, 9, D); ``grade``: the queries' grades
-        (0..8), computed by the grader from the crops when None. ``unique_ids`` keeps only the best
-        entry of each id.
+        (0..8; one int for all), computed by the grader from the crops when None. ``unique_ids``
+        keeps only the best entry of each id.
         """
         if top_k <= 0:
             raise ValueError(f"top_k must be positive, got {top_k}")
@@ -279,7 +279,7 @@ class OcclusionGallery:
         meta.write_text(
             json.dumps(
                 {
-                    "format": "amodal.oamn_gallery/1",
+                    "format": GALLERY_FORMAT,
                     "embedding_dim": self.dim,
                     "capacity": self.capacity,
                     "ids": ids,
@@ -287,7 +287,6 @@ class OcclusionGallery:
                     "thresholds": [self.thresholds.quarter, self.thresholds.half],
                     "fill": self.fill,
                     "unify": self.unify,
-                    "mask_space": self.mask_space,
                 },
                 indent=1,
             )
@@ -302,7 +301,12 @@ class OcclusionGallery:
         if not meta_path.is_file() or not npz_path.is_file():
             raise FileNotFoundError(f"gallery files not found: {meta_path} / {npz_path}")
         meta = json.loads(meta_path.read_text())
-        if meta.get("format") != "amodal.oamn_gallery/1":
+        if meta.get("format") == "amodal.oamn_gallery/1":
+            raise ValueError(
+                f"{meta_path}: saved with the older unification rule (format 1: versions without the "
+                "entry's own region masked); add the entries' crops to a new gallery"
+            )
+        if meta.get("format") != GALLERY_FORMAT:
             raise ValueError(f"{meta_path}: not an OAMN gallery file")
         gal = cls(
             meta["embedding_dim"],
@@ -311,7 +315,6 @@ class OcclusionGallery:
             GradeThresholds(*meta["thresholds"]),
             meta["fill"],
             meta["unify"],
-            meta.get("mask_space", "image"),  # galleries saved before feature masking
         )
         with np.load(npz_path, allow_pickle=False) as data:
             n = len(meta["ids"])

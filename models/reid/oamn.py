@@ -21,7 +21,7 @@ from models.backbones import Backbone, create_backbone
 
 from .attention import SpatialRelationAttention
 from .grader import OcclusionGrader
-from .occlusion_augment import NUM_GRADES, grade_from_index, occlusion_box
+from .occlusion_augment import grade_from_index, occlusion_box
 
 __all__ = ["OAMN", "OAMNOutput", "OAMNInference", "infer_feature_hw", "load_oamn", "save_oamn_weights"]
 
@@ -133,17 +133,6 @@ class OAMN(nn.Module):
                 out[i, :, y0:y1, x0:x1] = 0
         return out
 
-    def masked_embeddings(self, x: torch.Tensor, grades: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Occlusion unification in feature space: E^I and M run once, then for each grade in
-        ``grades`` the grade's band of g is zeroed and E^II + BNNeck give that version's embedding.
-        Returns ((len(grades), B, D) embeddings, (B, 4) grader scores of the unmasked g)."""
-        _, _, g = self._lower(x)
-        out = []
-        for grade in grades:
-            z = g if int(grade) == 0 else self.mask_feature(g, int(grade))
-            out.append(self.bnneck(self.higher(z)))
-        return torch.stack(out), self.grader(g)
-
     def freeze_stages(self, names: list[str]) -> None:
         """Freeze leading backbone stages (no gradient, BatchNorm statistics kept): a CPU budget
         option that skips the backward pass through the high-resolution early layers."""
@@ -191,22 +180,15 @@ class OAMN(nn.Module):
 
 class OAMNInference(nn.Module):
     """The exported inference graph: normalised images (B, 3, H, W) -> (L2-normalised embedding,
-    grader scores), plus with ``masked=True`` the (B, 9, D) L2-normalised embeddings of every
-    occlusion grade masked in feature space (``OAMN.masked_embeddings``; row 0 = unmasked), which
-    the "occlude them all" gallery needs: one E^I pass and nine cheap E^II passes per crop."""
+    grader scores), one forward pass per crop."""
 
-    def __init__(self, model: OAMN, masked: bool = False):
+    def __init__(self, model: OAMN):
         super().__init__()
         self.model = model
-        self.masked = masked
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if not self.masked:
-            out = self.model(images)
-            return F.normalize(out.embedding, dim=1), out.scores
-        emb, scores = self.model.masked_embeddings(images, list(range(NUM_GRADES)))
-        emb = F.normalize(emb, dim=2)
-        return emb[0], scores, emb.transpose(0, 1)
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(images)
+        return F.normalize(out.embedding, dim=1), out.scores
 
 
 def save_oamn_weights(

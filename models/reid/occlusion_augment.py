@@ -14,6 +14,7 @@ synthesis). Everything is deterministic given a seed or a ``numpy.random.Generat
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,6 +38,7 @@ __all__ = [
     "grade_index",
     "grade_from_index",
     "mask_batch",
+    "union_mask",
 ]
 
 Location = Literal["top", "bottom", "left", "right"]
@@ -263,18 +265,38 @@ def augment_batch(images: torch.Tensor, rng: np.random.Generator | int | None = 
     return AugmentedBatch(torch.cat(views), location, area_t, target, grade, torch.from_numpy(areas == 0.5))
 
 
-def mask_batch(images: torch.Tensor, grades: torch.Tensor | list[int], fill: float = 0.0) -> torch.Tensor:
+def union_mask(height: int, width: int, grades: Sequence[int]) -> np.ndarray:
+    """Boolean (H, W) mask of the union of the grades' occlusion regions (grades as in
+    ``grade_index``; 0 = holistic adds nothing)."""
+    mask = np.zeros((height, width), dtype=bool)
+    for g in grades:
+        mask |= occlusion_mask(height, width, *grade_from_index(int(g)))
+    return mask
+
+
+def mask_batch(
+    images: torch.Tensor,
+    grades: torch.Tensor | list[int],
+    fill: float = 0.0,
+    also: torch.Tensor | list[int] | None = None,
+) -> torch.Tensor:
     """Copy of ``images`` (B, C, H, W) with each image's occlusion region (``grades[i]`` as in
     ``grade_index``) set to ``fill``: the "masking out" of occlusion unification (sec. 3.4). With
-    normalised inputs, ``fill=0`` paints the ImageNet mean colour."""
+    normalised inputs, ``fill=0`` paints the ImageNet mean colour.
+
+    ``also`` (one grade per image) masks the union with a second region: the version of an image
+    that is itself occluded (``unification.py``). A union covering the whole crop (opposite halves)
+    leaves the image unmasked: nothing would be left to compare, and both sides of a comparison
+    reach the same union, so they fall back together."""
     grades = torch.as_tensor(grades).tolist()
-    if len(grades) != images.shape[0]:
-        raise ValueError(f"got {len(grades)} grades for {images.shape[0]} images")
+    also = [0] * len(grades) if also is None else torch.as_tensor(also).tolist()
+    if len(grades) != images.shape[0] or len(also) != images.shape[0]:
+        n = images.shape[0]
+        raise ValueError(f"got {len(grades)} grades and {len(also)} extra grades for {n} images")
     out = images.clone()
     h, w = images.shape[-2:]
-    for i, g in enumerate(grades):
-        loc, area = grade_from_index(int(g))
-        if loc is not None:
-            y0, y1, x0, x1 = occlusion_box(h, w, loc, area)
-            out[i, :, y0:y1, x0:x1] = fill
+    for i, pair in enumerate(zip(grades, also, strict=True)):
+        mask = union_mask(h, w, pair)
+        if mask.any() and not mask.all():
+            out[i, :, torch.from_numpy(mask)] = fill
     return out
