@@ -262,3 +262,7 @@ def test_training_with_holdout_validates_and_ships_calibrated_thresholds(shared_
     assert res["num_query"] == 3
     assert res["grade_thresholds"] == metrics["grade_thresholds"]
     assert set(res["occluded"]) >= {"none", "unified_oracle", "unified_grader"}
+    # occluded rows: one query set per seed, and their mean
+    assert res["occlusion_seeds"] == [0, 1, 2, 3, 4]
+    per_seed = [res[f"occluded_seed{s}"]["unified_grader"]["mAP"] for s in range(5)]
+    assert res["occluded"]["unified_grader"]["mAP"] == pytest.approx(np.mean(per_seed))

@@ -76,7 +76,7 @@ def unification_versions(
     others stay zero). Versions whose masked region is empty or the whole crop reuse ``unmasked``,
     and versions with the same region (k = o and k = 0) are encoded once; the rest go through
     ``encode`` ``chunk`` crops at a time."""
-    x = torch.as_tensor(np.asarray(images) if not torch.is_tensor(images) else images, dtype=torch.float32)
+    x = torch.as_tensor(images, dtype=torch.float32)
     own = np.asarray(own_grades, dtype=np.int64).reshape(-1)
     if len(own) != len(x) or len(unmasked) != len(x):
         raise ValueError(f"{len(x)} crops, {len(own)} grades and {len(unmasked)} embeddings must agree")
