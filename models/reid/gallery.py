@@ -3,9 +3,9 @@ al., ICCV 2021, sec. 3.4; rule in ``unification.py``).
 
 Each entry keeps its grade (from the grader, eq. 8) and 9 L2-normalised embeddings, its versions:
 the crop with each occlusion type's region (4 locations x 2 areas) and its own region masked out
-(version 0: its own region only), encoded in one batched call when the entry is added. Storage
-is one preallocated contiguous float32 array (9, capacity, D), so matching is a single matrix
-product per query grade.
+(version 0: its own region only), encoded when the entry is added: one batched plain pass that
+grades it, then one batched call for its masked versions. Storage is one preallocated contiguous
+float32 array (9, capacity, D), so matching is a single matrix product per query grade.
 
 Capacity is bounded; when full, ``add`` evicts the **least recently used** entry: an entry's clock
 is set when it is added and refreshed whenever it is a query's best match. Save/load uses
