@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 import numpy as np
@@ -267,10 +268,17 @@ def augment_batch(images: torch.Tensor, rng: np.random.Generator | int | None = 
 
 def union_mask(height: int, width: int, grades: Sequence[int]) -> np.ndarray:
     """Boolean (H, W) mask of the union of the grades' occlusion regions (grades as in
-    ``grade_index``; 0 = holistic adds nothing)."""
+    ``grade_index``; 0 = holistic adds nothing). Read-only and cached: unification asks for the
+    same few regions for every crop."""
+    return _union_mask(height, width, tuple(sorted({int(g) for g in grades} - {0})))
+
+
+@lru_cache(maxsize=256)
+def _union_mask(height: int, width: int, grades: tuple[int, ...]) -> np.ndarray:
     mask = np.zeros((height, width), dtype=bool)
     for g in grades:
-        mask |= occlusion_mask(height, width, *grade_from_index(int(g)))
+        mask |= occlusion_mask(height, width, *grade_from_index(g))
+    mask.flags.writeable = False
     return mask
 
 
@@ -298,5 +306,5 @@ def mask_batch(
     for i, pair in enumerate(zip(grades, also, strict=True)):
         mask = union_mask(h, w, pair)
         if mask.any() and not mask.all():
-            out[i, :, torch.from_numpy(mask)] = fill
+            out[i, :, torch.tensor(mask)] = fill  # a copy: the cached mask is read-only
     return out
