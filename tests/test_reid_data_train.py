@@ -244,6 +244,9 @@ def test_training_with_holdout_validates_and_ships_calibrated_thresholds(shared_
     _, cfg = load_oamn(tmp_path / "run/oamn.pt")
     assert list(cfg.grade_thresholds) == metrics["grade_thresholds"]
     assert 0.5 <= cfg.grade_thresholds[0] <= cfg.grade_thresholds[1] <= 1.0
+    offsets = np.asarray(cfg.similarity_offsets)
+    assert offsets.shape == (9, 9) and np.allclose(offsets, offsets.T) and (np.abs(offsets) <= 1).all()
+    assert 0.25 <= cfg.grader_reference_median <= 1.0  # a top softmax score of 4
     ckpt = torch.load(tmp_path / "run/oamn.pt", weights_only=True)
     assert len(ckpt["extra"]["held_out_ids"]) == 3
     assert ckpt["extra"]["train_ids"] == 7  # the held-out identities never reach the classifier
@@ -261,8 +264,44 @@ def test_training_with_holdout_validates_and_ships_calibrated_thresholds(shared_
     res = json.loads(out.read_text())
     assert res["num_query"] == 3
     assert res["grade_thresholds"] == metrics["grade_thresholds"]
-    assert set(res["occluded"]) >= {"none", "unified_oracle", "unified_grader"}
+    assert set(res["occluded"]) >= {
+        "none",
+        "unified_oracle",
+        "unified_grader",
+        "unified_grader_raw",
+        "unified_grader_adapted",
+    }
+    assert res["similarity_offsets"] is True
+    assert res["grader_reference_median"] == cfg.grader_reference_median
     # occluded rows: one query set per seed, and their mean
     assert res["occlusion_seeds"] == [0, 1, 2, 3, 4]
     per_seed = [res[f"occluded_seed{s}"]["unified_grader"]["mAP"] for s in range(5)]
     assert res["occluded"]["unified_grader"]["mAP"] == pytest.approx(np.mean(per_seed))
+
+
+def test_calibrate_program_reproduces_trainings_calibration(shared_dir, tmp_path):
+    if not (shared_dir / "datasets/PETA/SARC3D").is_dir():
+        pytest.skip("PETA not present")
+    from models.reid.oamn import load_oamn
+    from tools.calibrate_reid import main
+    from tools.train_reid import train
+
+    recipe = _tiny_recipe(shared_dir, tmp_path / "run", 2)
+    recipe.data.max_ids = 9
+    recipe.data.holdout_ids = 3
+    recipe.train.validate_every = 0
+    train(recipe, show_progress=False)
+    trained = load_oamn(tmp_path / "run/oamn.pt")[1]
+    out = tmp_path / "again.pt"
+    args = ["--weights", str(tmp_path / "run/oamn.pt"), "--data", recipe.data.root, "--out", str(out)]
+    assert main([*args, "--json", str(tmp_path / "cal.json")]) == 0
+    again = load_oamn(out)[1]
+    assert again.grade_thresholds == pytest.approx(trained.grade_thresholds, abs=1e-6)
+    assert again.grader_reference_median == pytest.approx(trained.grader_reference_median, abs=1e-6)
+    assert np.allclose(again.similarity_offsets, trained.similarity_offsets, atol=1e-5)
+    assert json.loads((tmp_path / "cal.json").read_text())["held_out_crops"] > 0
+    # a checkpoint that held nothing out cannot be calibrated
+    plain = _tiny_recipe(shared_dir, tmp_path / "plain", 1)
+    train(plain, show_progress=False)
+    with pytest.raises(SystemExit):
+        main(["--weights", str(tmp_path / "plain/oamn.pt"), "--data", recipe.data.root, "--out", str(out)])

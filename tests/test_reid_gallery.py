@@ -69,6 +69,32 @@ def test_unified_similarity_rule():
             assert s[i, j] == pytest.approx(q[gg[j], i] @ g[qg[i], j], rel=1e-5)
     with pytest.raises(ValueError, match=r"expected \(9, N, D\)"):
         unified_similarity(q[:3], qg, g, gg)
+    offsets = rng.uniform(size=(9, 9))
+    shifted = unified_similarity(q, qg, g, gg, offsets)
+    assert np.allclose(shifted, s - offsets[qg[:, None], gg[None, :]], atol=1e-5)
+    with pytest.raises(ValueError, match=r"offsets must be \(9, 9\)"):
+        unified_similarity(q, qg, g, gg, offsets[:3])
+
+
+def test_offsets_stop_an_occluded_entry_outranking_plain_ones(tmp_path):
+    # a holistic query meets the entry graded top-half through both crops' top-half-painted
+    # versions (raw cosine 0.9) and the plain entry through the plain ones (0.8); painting inflates
+    # similarity, which the offset for grades (0, top half) takes back
+    offsets = np.zeros((NUM_GRADES, NUM_GRADES), dtype=np.float32)
+    offsets[0, TOP_HALF] = offsets[TOP_HALF, 0] = 0.3
+    query = np.tile(_unit(0), (NUM_GRADES, 1))
+    query[TOP_HALF] = _unit(1)
+    occluded = np.tile(0.9 * _unit(1) + np.sqrt(0.19) * _unit(3), (NUM_GRADES, 1))
+    plain = np.tile(0.8 * _unit(0) + 0.6 * _unit(2), (NUM_GRADES, 1))
+    for gal_offsets, first, score in ((None, "occluded", 0.9), (offsets, "plain", 0.8)):
+        gal = OcclusionGallery(D, capacity=3, offsets=gal_offsets)
+        gal.add(["occluded", "plain"], np.stack([occluded, plain]), grades=[TOP_HALF, 0])
+        best = gal.match(query[None], grade=0, top_k=2)[0]
+        assert best[0].id == first and best[0].score == pytest.approx(score, abs=1e-5)
+    gal.save(tmp_path / "g")
+    assert np.array_equal(OcclusionGallery.load(tmp_path / "g").offsets, offsets)
+    with pytest.raises(ValueError, match=r"offsets must be \(9, 9\)"):
+        OcclusionGallery(D, offsets=np.zeros((3, 3)))
 
 
 def test_capacity_and_least_recently_used_eviction():
@@ -227,3 +253,44 @@ def test_from_weights_grades_with_the_checkpoints_thresholds(tmp_path):
     assert (
         OcclusionGallery.from_weights(path, thresholds=GradeThresholds(0.5, 0.75)).thresholds.quarter == 0.5
     )
+    assert gal.offsets is None  # this checkpoint was never calibrated: the paper's raw similarities
+
+
+def test_similarity_offsets_measure_mean_cross_similarity_per_union():
+    from models.reid.encoder import TorchEncoder
+    from models.reid.occlusion_augment import mask_batch
+    from models.reid.unification import similarity_offsets
+
+    enc = TorchEncoder(_small_model())
+    crops = torch.randn(5, 3, 64, 32)
+    table = similarity_offsets(enc, crops, chunk=2)
+
+    def mean_cross(emb):
+        sims = emb @ emb.T
+        return sims[~np.eye(len(emb), dtype=bool)].mean()
+
+    assert table.shape == (NUM_GRADES, NUM_GRADES) and np.allclose(table, table.T)
+    assert table[0, 0] == pytest.approx(mean_cross(enc(crops)[0]), abs=1e-5)
+    masked = enc(mask_batch(crops, [TOP_HALF] * 5, also=[LEFT_QUARTER] * 5))[0]
+    assert table[TOP_HALF, LEFT_QUARTER] == pytest.approx(mean_cross(masked), abs=1e-5)
+    assert table[TOP_HALF, BOTTOM_HALF] == table[0, 0]  # opposite halves: the plain crops
+    assert table[TOP_HALF, TOP_HALF] == table[0, TOP_HALF]  # the same region either way
+    with pytest.raises(ValueError, match="at least 2 crops"):
+        similarity_offsets(enc, crops[:1])
+
+
+def test_from_weights_matches_with_the_checkpoints_offsets(tmp_path):
+    from models.reid.config import OAMNModelConfig
+    from models.reid.oamn import save_oamn_weights
+
+    table = np.full((NUM_GRADES, NUM_GRADES), 0.25).tolist()
+    cfg = OAMNModelConfig(input_size=(64, 32), grader_pool_hw=(2, 2), similarity_offsets=table)
+    model = OAMN.from_config(cfg, load_backbone_weights=False).eval()
+    path = save_oamn_weights(model, cfg.model_dump(mode="json"), tmp_path / "oamn.pt")
+    gal = OcclusionGallery.from_weights(path, capacity=3)
+    crops = torch.randn(2, 3, 64, 32)
+    gal.add(["a", "b"], crops, grades=[0, 0])
+    best = gal.match(crops[:1], grade=0, top_k=1)[0][0]
+    assert best.id == "a" and best.score == pytest.approx(0.75, abs=1e-5)  # cosine 1 less 0.25
+    with pytest.raises(ValueError, match="9 x 9"):
+        OAMNModelConfig(similarity_offsets=[[0.0] * 9] * 3)

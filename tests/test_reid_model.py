@@ -218,3 +218,30 @@ def test_calibrated_thresholds_cap_false_occluded_holistic_crops():
     # a grader that already separates holistic crops keeps the paper's 0.5 (never lowered)
     flat = np.full((10, 4), 0.25)
     assert calibrate_thresholds(flat, occluded, truth).quarter == 0.5
+
+
+def _scores_with_top(top: np.ndarray) -> np.ndarray:
+    rest = (1 - top) / 3
+    return np.stack([top, rest, rest, rest], 1)
+
+
+def test_adapted_thresholds_follow_the_cameras_median_score():
+    from models.reid.grader import GradeThresholds, adapt_thresholds
+
+    base = GradeThresholds(0.52, 0.8)
+    rng = np.random.default_rng(0)
+    # a new camera whose whole crops score 0.1 higher than the reference crops (median 0.35)
+    camera = rng.uniform(0.35, 0.55, 201)
+    shifted = adapt_thresholds(base, 0.35, _scores_with_top(camera))
+    assert shifted.quarter == pytest.approx(0.52 + np.median(camera) - 0.35)
+    assert shifted.half == 0.8
+    # a fifth of the camera's crops occluded (top score ~0.9): the median barely moves
+    occluded = camera.copy()
+    occluded[:40] = 0.9
+    assert adapt_thresholds(base, 0.35, _scores_with_top(occluded)).quarter < shifted.quarter + 0.03
+    # never below the paper's 0.5; half follows a quarter that passes it
+    assert adapt_thresholds(base, 0.35, _scores_with_top(np.full(5, 0.26))).quarter == 0.5
+    high = adapt_thresholds(base, 0.35, _scores_with_top(np.full(5, 0.7)))
+    assert high.quarter == pytest.approx(0.87) and high.half == high.quarter
+    with pytest.raises(ValueError, match="at least one crop"):
+        adapt_thresholds(base, 0.35, np.zeros((0, 4)))

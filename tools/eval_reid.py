@@ -40,10 +40,10 @@ from models.data.reid_datasets import (  # noqa: E402
     evaluation_split,
     load_images,
     normalize,
-    read_peta_reid,
 )
+from models.reid.calibration import held_out_records  # noqa: E402
 from models.reid.evaluation import encode, held_out_split, synthesize_occlusions  # noqa: E402
-from models.reid.grader import GradeThresholds, decide_grades  # noqa: E402
+from models.reid.grader import GradeThresholds, adapt_thresholds, decide_grades  # noqa: E402
 from models.reid.metrics import cmc_map, confusion_matrix  # noqa: E402
 from models.reid.oamn import load_oamn  # noqa: E402
 from models.reid.occlusion_augment import AREAS, LOCATIONS, grade_from_index  # noqa: E402
@@ -141,7 +141,15 @@ def evaluate(
     seeds: tuple[int, ...] = (0,),
     batch: int = 64,
     thresholds: GradeThresholds | None = None,
+    offsets: np.ndarray | None = None,
+    reference_median: float | None = None,
 ) -> dict:
+    """Rows per query view (holistic, each occlusion seed): ``none``, ``unified_oracle`` and, with a
+    grader, ``unified_grader`` (its grades, minus ``offsets`` when given), ``unified_grader_raw``
+    (the same without offsets, when offsets are given) and ``unified_grader_adapted`` (thresholds
+    adapted to each camera from its own holistic crops, ``grader.adapt_thresholds``, when
+    ``reference_median`` is given: the gallery from the gallery crops, the queries from the
+    holistic queries)."""
     q_ids = np.array([r.pid for r in query])
     g_ids = np.array([r.pid for r in gallery])
     q_cams = np.array([r.camid for r in query])
@@ -167,10 +175,21 @@ def evaluate(
         "input_size": list(input_hw),
         "occlusion_seeds": list(dict.fromkeys(seeds)),
     }
+    adapted = reference_median is not None and has_grader
     if has_grader:
         g_pred = decide_grades(g_scores, thresholds)
         g_graded = _versions(model, g_img, batch, g_pred, g_plain, base=(g_oracle, holistic_gallery))
         results["gallery_graded_occluded_fraction"] = float((g_pred > 0).mean())
+    if adapted:
+        g_thresholds = adapt_thresholds(thresholds, reference_median, g_scores)
+        g_pred_a = decide_grades(g_scores, g_thresholds)
+        g_graded_a = _versions(model, g_img, batch, g_pred_a, g_plain, base=(g_graded, g_pred))
+        q_thresholds = adapt_thresholds(thresholds, reference_median, encode(model, views[0][1], batch)[1])
+        results["adapted_thresholds"] = {
+            "gallery": [g_thresholds.quarter, g_thresholds.half],
+            "query": [q_thresholds.quarter, q_thresholds.half],
+        }
+        results["gallery_graded_occluded_fraction_adapted"] = float((g_pred_a > 0).mean())
     grader_true, grader_pred = [], []
     for name, images, true_grades in views:
         q_plain, q_scores = encode(model, images, batch)
@@ -181,8 +200,17 @@ def evaluate(
         if has_grader:
             q_pred = decide_grades(q_scores, thresholds)
             q_graded = _versions(model, images, batch, q_pred, q_plain, versions=np.unique(g_pred))
-            rows["unified_grader"] = ranked(unified_similarity(q_graded, q_pred, g_graded, g_pred))
+            rows["unified_grader"] = ranked(unified_similarity(q_graded, q_pred, g_graded, g_pred, offsets))
+            if offsets is not None:
+                rows["unified_grader_raw"] = ranked(unified_similarity(q_graded, q_pred, g_graded, g_pred))
             rows["query_graded_occluded_fraction"] = float((q_pred > 0).mean())
+        if adapted:
+            q_pred_a = decide_grades(q_scores, q_thresholds)
+            q_adapted = _versions(model, images, batch, q_pred_a, q_plain, versions=np.unique(g_pred_a))
+            rows["unified_grader_adapted"] = ranked(
+                unified_similarity(q_adapted, q_pred_a, g_graded_a, g_pred_a, offsets)
+            )
+            rows["query_graded_occluded_fraction_adapted"] = float((q_pred_a > 0).mean())
             grader_true.append(true_grades)
             grader_pred.append(q_pred)
         results[name] = rows
@@ -210,12 +238,10 @@ def evaluate(
 
 
 def _held_out_records(weights: str, data: str) -> tuple[list[ReIDRecord], list[ReIDRecord]]:
-    extra = torch.load(weights, map_location="cpu", weights_only=True).get("extra", {})
-    held = set(extra.get("held_out_ids") or [])
-    if not held:
-        raise SystemExit(f"{weights} lists no held-out identities (trained without data.holdout_ids)")
-    records = [r for r in read_peta_reid(data, extra["data"]["subsets"]) if r.pid in held]
-    return held_out_split(records)
+    try:
+        return held_out_split(held_out_records(weights, data))
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,11 +289,17 @@ def main(argv: list[str] | None = None) -> int:
         help="grader decision thresholds of eq. 8 (default: the checkpoint's, calibrated at training "
         "time on held-out training ids; the paper's 0.5 0.75 for older checkpoints)",
     )
+    parser.add_argument(
+        "--no-offsets",
+        action="store_true",
+        help="match without the checkpoint's similarity offsets (the paper's raw similarities)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
+    offsets, reference_median = None, None
     if args.backbone:
         if not args.input_size:
             parser.error("--backbone needs --input-size H W")
@@ -283,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"{args.weights} was trained at {hw}; --input-size cannot change it")
         desc = {"model": "oamn", "backbone": cfg.backbone}
         thresholds = GradeThresholds(*(args.thresholds or cfg.grade_thresholds))
+        if cfg.similarity_offsets is not None and not args.no_offsets:
+            offsets = np.asarray(cfg.similarity_offsets, dtype=np.float32)
+        if not args.thresholds:  # the reference median belongs to the calibrated thresholds
+            reference_median = cfg.grader_reference_median
     if args.held_out:
         if args.backbone:
             parser.error("--held-out needs an OAMN checkpoint (it lists the identities held out)")
@@ -299,12 +335,16 @@ def main(argv: list[str] | None = None) -> int:
         tuple(args.seeds),
         args.batch_size,
         thresholds,
+        offsets,
+        reference_median,
     )
     results.update(
         desc,
         data=str(args.data),
         weights=str(args.weights),
         grade_thresholds=[thresholds.quarter, thresholds.half],
+        similarity_offsets=offsets is not None,
+        grader_reference_median=reference_median,
     )
     write_json(args.json, results)
     logger.info("wrote %s", args.json)

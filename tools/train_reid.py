@@ -29,9 +29,10 @@ from models.data.reid_datasets import (  # noqa: E402
     read_peta_reid,
     relabel,
 )
+from models.reid.calibration import calibrate  # noqa: E402
 from models.reid.config import ReIDRecipe  # noqa: E402
 from models.reid.evaluation import holdout_split, validate  # noqa: E402
-from models.reid.grader import GradeThresholds, calibrate_thresholds, decide_grades  # noqa: E402
+from models.reid.grader import GradeThresholds, decide_grades  # noqa: E402
 from models.reid.losses import OAMNLoss, score_loss  # noqa: E402
 from models.reid.oamn import OAMN, OAMNInference, save_oamn_weights  # noqa: E402
 from models.reid.occlusion_augment import augment_batch  # noqa: E402
@@ -282,10 +283,9 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
     model.eval()
     thresholds = GradeThresholds(*recipe.model.grade_thresholds)
     if held_out:
-        _, scores_h, scores_o, grades_o = validate(inference, held_images, held_pids, seed=tc.seed)
-        thresholds = calibrate_thresholds(scores_h, scores_o, grades_o)
-        model_config["grade_thresholds"] = [thresholds.quarter, thresholds.half]
-        logger.info("grader thresholds calibrated on the held-out ids: %s", thresholds)
+        model_config.update(calibrate(inference, held_images, held_pids, seed=tc.seed))
+        thresholds = GradeThresholds(*model_config["grade_thresholds"])
+        logger.info("grader thresholds and similarity offsets calibrated on the held-out ids: %s", thresholds)
     weights = save_oamn_weights(
         model.to(memory_format=torch.contiguous_format),
         model_config,
@@ -294,6 +294,7 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
             "train_ids": len(mapping),
             "train_images": len(records),
             "held_out_ids": sorted({r.pid for r in held_out}),
+            "seed": tc.seed,  # of the held-out occlusions the calibration used
             "iterations": total,
             "shipped_step": best["step"] if validating and best["model"] is not None else tc.iterations,
             "data": recipe.data.model_dump(mode="json"),

@@ -39,6 +39,18 @@ class OAMNModelConfig(BaseModel):
         description="eq. 8 thresholds on s^p (quarter, half); training replaces the paper's values "
         "with ones calibrated on held-out training identities when data.holdout_ids > 0",
     )
+    grader_reference_median: float | None = Field(
+        None,
+        description="median top grader score s^p of the held-out holistic crops the thresholds were "
+        "calibrated on; a camera's thresholds are shifted by its own median's difference from it "
+        "(grader.adapt_thresholds). Set by training; null = no per-camera adaptation",
+    )
+    similarity_offsets: list[list[float]] | None = Field(
+        None,
+        description="9 x 9 mean cosine of different held-out crops under each grade pair's union "
+        "mask, subtracted by unified matching (unification.similarity_offsets). Set by training; "
+        "null = the paper's raw similarities",
+    )
 
     @model_validator(mode="after")
     def _positive(self) -> OAMNModelConfig:
@@ -49,6 +61,8 @@ class OAMNModelConfig(BaseModel):
             raise ValueError(
                 f"grade_thresholds must satisfy 0 <= quarter <= half <= 1, got {self.grade_thresholds}"
             )
+        if self.similarity_offsets is not None and [len(r) for r in self.similarity_offsets] != [9] * 9:
+            raise ValueError("similarity_offsets must be a 9 x 9 table (one row and column per grade)")
         return self
 
 

@@ -5,7 +5,10 @@ Each entry keeps its grade (from the grader, eq. 8) and 9 L2-normalised embeddin
 the crop with each occlusion type's region (4 locations x 2 areas) and its own region masked out
 (version 0: its own region only), encoded when the entry is added: one batched plain pass that
 grades it, then one batched call for its masked versions. Storage is one preallocated contiguous
-float32 array (9, capacity, D), so matching is a single matrix product per query grade.
+float32 array (9, capacity, D), so matching is a single matrix product per query grade. The
+similarities are made comparable across grades with the checkpoint's offsets
+(``unification.similarity_offsets``), and crops can be graded with a camera's own thresholds
+(``grader.adapt_thresholds``; ``add`` / ``match`` take ``thresholds=``).
 
 Capacity is bounded; when full, ``add`` evicts the **least recently used** entry: an entry's clock
 is set when it is added and refreshed whenever it is a query's best match. Save/load uses
@@ -44,7 +47,8 @@ GALLERY_FORMAT = "amodal.oamn_gallery/2"
 
 @dataclass(frozen=True)
 class Match:
-    """A gallery entry returned by ``match``: its id, cosine similarity and grade (0 = holistic)."""
+    """A gallery entry returned by ``match``: its id, similarity (cosine, less the gallery's offset for
+    the two grades when it has offsets) and grade (0 = holistic)."""
 
     id: Id
     score: float
@@ -63,12 +67,17 @@ class OcclusionGallery:
         thresholds: GradeThresholds | None = None,
         fill: float = 0.0,
         unify: bool = True,
+        offsets: np.ndarray | None = None,
     ):
         if embedding_dim <= 0 or capacity <= 0:
             raise ValueError(f"embedding_dim and capacity must be positive, got {embedding_dim}, {capacity}")
+        if offsets is not None and np.shape(offsets) != (NUM_GRADES, NUM_GRADES):
+            raise ValueError(f"offsets must be ({NUM_GRADES}, {NUM_GRADES}), got {np.shape(offsets)}")
         self.dim, self.capacity = embedding_dim, capacity
         self.encoder, self.fill, self.unify = encoder, fill, unify
         self.thresholds = thresholds or GradeThresholds()
+        #: subtracted from unified similarities (``unification.similarity_offsets``); None = raw
+        self.offsets = None if offsets is None else np.asarray(offsets, dtype=np.float32)
         self._emb = np.zeros((NUM_GRADES, capacity, embedding_dim), dtype=np.float32)
         self._grades = np.zeros(capacity, dtype=np.int64)
         self._last_used = np.zeros(capacity, dtype=np.int64)
@@ -94,11 +103,14 @@ class OcclusionGallery:
         cls, path: str | Path, capacity: int = 10000, batch_size: int = 64, device: str = "cpu", **kwargs
     ) -> OcclusionGallery:
         """A gallery for an OAMN checkpoint (``load_oamn``), grading with the checkpoint's eq. 8
-        thresholds (calibrated at training time) unless ``thresholds`` is given."""
+        thresholds and matching with its similarity offsets (both calibrated at training time)
+        unless ``thresholds`` / ``offsets`` are given."""
         from .oamn import load_oamn
 
         model, cfg = load_oamn(path, map_location=device)
         kwargs.setdefault("thresholds", GradeThresholds(*cfg.grade_thresholds))
+        if cfg.similarity_offsets is not None:
+            kwargs.setdefault("offsets", np.asarray(cfg.similarity_offsets, dtype=np.float32))
         return cls.for_model(model, capacity, batch_size, device, **kwargs)
 
     def __len__(self) -> int:
@@ -114,13 +126,15 @@ class OcclusionGallery:
         images: np.ndarray | torch.Tensor,
         grades: Sequence[int] | None = None,
         versions: Sequence[int] | None = None,
+        thresholds: GradeThresholds | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Crops (N, 3, H, W) -> (N, 9, D) embeddings and grades (N,): one plain pass gives the
         grader's grades (or ``grades`` when given), then each crop's unification versions
         (``unification.unification_versions``: version k masks grade k's region and the crop's own,
         painted with ``fill``). ``versions`` limits the versions computed (the others stay zero),
         so a holistic query against a holistic gallery costs one pass. Without unification only
-        the plain embedding (row 0) is kept."""
+        the plain embedding (row 0) is kept. ``thresholds`` replaces the gallery's for this call
+        (a camera's own, ``grader.adapt_thresholds``)."""
         if self.encoder is None:
             raise ValueError(
                 "this gallery has no encoder; pass (N, 9, D) embeddings and grades instead of crops"
@@ -133,7 +147,10 @@ class OcclusionGallery:
         plain, scores = self.encoder(x)
         if plain.shape[1] != self.dim:
             raise ValueError(f"encoder gives {plain.shape[1]}-d embeddings, gallery holds {self.dim}-d")
-        own = decide_grades(scores, self.thresholds) if grades is None else np.asarray(grades, np.int64)
+        if grades is None:
+            own = decide_grades(scores, thresholds or self.thresholds)
+        else:
+            own = np.asarray(grades, np.int64)
         if len(own) != len(x):
             raise ValueError(f"{len(own)} grades for {len(x)} crops")
         if not self.unify:
@@ -143,7 +160,7 @@ class OcclusionGallery:
         return unification_versions(self.encoder, x, own, plain, versions, self.fill), own
 
     def _as_embeddings(
-        self, data, grades, what: str, versions: Sequence[int] | None = None
+        self, data, grades, what: str, versions: Sequence[int] | None = None, thresholds=None
     ) -> tuple[np.ndarray, np.ndarray]:
         arr = np.asarray(data)
         if arr.ndim == 3 and arr.shape[1:] == (NUM_GRADES, self.dim):
@@ -158,7 +175,7 @@ class OcclusionGallery:
                 if len(given) != len(arr):
                     raise ValueError(f"{what}: {len(given)} grades for {len(arr)} items")
                 self._check_grades(given, what)  # before masking crops with them
-            emb, g = self.encode(arr, given, versions)
+            emb, g = self.encode(arr, given, versions, thresholds)
         else:
             raise ValueError(
                 f"{what}: expected crops (N, 3, H, W) or embeddings (N, {NUM_GRADES}, {self.dim}), "
@@ -175,11 +192,18 @@ class OcclusionGallery:
             raise ValueError(f"{what}: grades must be in [0, {NUM_GRADES - 1}]")
 
     # -- gallery maintenance --------------------------------------------------------------------
-    def add(self, ids: Sequence[Id], crops_or_embeddings, grades: Sequence[int] | None = None) -> list[int]:
+    def add(
+        self,
+        ids: Sequence[Id],
+        crops_or_embeddings,
+        grades: Sequence[int] | None = None,
+        thresholds: GradeThresholds | None = None,
+    ) -> list[int]:
         """Add one entry per id (the same id may have several entries); returns their slots.
-        Evicts least-recently-used entries when the gallery is full."""
+        Evicts least-recently-used entries when the gallery is full. ``thresholds``: the camera's
+        own grade thresholds for crops graded here (default: the gallery's)."""
         ids = list(ids)
-        emb, g = self._as_embeddings(crops_or_embeddings, grades, "add")
+        emb, g = self._as_embeddings(crops_or_embeddings, grades, "add", thresholds=thresholds)
         if len(ids) != len(emb):
             raise ValueError(f"add: {len(ids)} ids for {len(emb)} items")
         slots = []
@@ -213,36 +237,46 @@ class OcclusionGallery:
 
     # -- matching -------------------------------------------------------------------------------
     def similarity(
-        self, query, grade: Sequence[int] | int | None = None
+        self, query, grade: Sequence[int] | int | None = None, thresholds: GradeThresholds | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(similarities (Q, N_valid), query grades (Q,), valid slots (N_valid,))."""
         if grade is not None and np.ndim(grade) == 0:
             grade = np.full(len(query), int(grade))  # one grade for every query
         slots = np.flatnonzero(self._valid)
         needed = np.unique(self._grades[slots]) if self.unify else [0]
-        q_emb, q_grades = self._as_embeddings(query, grade, "match", needed)
+        q_emb, q_grades = self._as_embeddings(query, grade, "match", needed, thresholds)
         hi = int(slots[-1]) + 1 if len(slots) else 0
         # free slots are refilled lowest first, so the used prefix [:hi] is a view, never a copy
         if self.unify:
             sims = unified_similarity(
-                np.ascontiguousarray(q_emb.transpose(1, 0, 2)), q_grades, self._emb[:, :hi], self._grades[:hi]
+                np.ascontiguousarray(q_emb.transpose(1, 0, 2)),
+                q_grades,
+                self._emb[:, :hi],
+                self._grades[:hi],
+                self.offsets,
             )
         else:
             sims = q_emb[:, 0] @ self._emb[0, :hi].T
         return sims[:, slots], q_grades, slots
 
     def match(
-        self, query, grade: Sequence[int] | int | None = None, top_k: int = 5, unique_ids: bool = True
+        self,
+        query,
+        grade: Sequence[int] | int | None = None,
+        top_k: int = 5,
+        unique_ids: bool = True,
+        thresholds: GradeThresholds | None = None,
     ) -> list[list[Match]]:
         """Best ``top_k`` gallery entries per query (highest cosine similarity first).
 
         ``query``: crops (Q, 3, H, W) or embeddings (Q, 9, D); ``grade``: the queries' grades
         (0..8; one int for all), computed by the grader from the crops when None. ``unique_ids``
-        keeps only the best entry of each id.
+        keeps only the best entry of each id; ``thresholds``: the camera's own grade thresholds.
+        Scores are cosine similarities less the gallery's offsets, when it has them.
         """
         if top_k <= 0:
             raise ValueError(f"top_k must be positive, got {top_k}")
-        sims, _, slots = self.similarity(query, grade)
+        sims, _, slots = self.similarity(query, grade, thresholds)
         results: list[list[Match]] = []
         for row in sims:
             order = np.argsort(-row, kind="stable")
@@ -287,6 +321,7 @@ class OcclusionGallery:
                     "thresholds": [self.thresholds.quarter, self.thresholds.half],
                     "fill": self.fill,
                     "unify": self.unify,
+                    "offsets": None if self.offsets is None else self.offsets.tolist(),
                 },
                 indent=1,
             )
@@ -315,6 +350,7 @@ class OcclusionGallery:
             GradeThresholds(*meta["thresholds"]),
             meta["fill"],
             meta["unify"],
+            meta.get("offsets"),
         )
         with np.load(npz_path, allow_pickle=False) as data:
             n = len(meta["ids"])

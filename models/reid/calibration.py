@@ -1,0 +1,60 @@
+"""Calibrate a trained OAMN on held-out crops (never the test set): the grader's eq. 8 thresholds,
+the median top grader score that per-camera adaptation starts from, and the similarity offsets of
+unified matching. ``tools/train_reid.py`` runs it at the end of training and
+``tools/calibrate_reid.py`` on an existing checkpoint; the results go into the model config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.data.reid_datasets import ReIDRecord, normalize, read_market_folder, read_peta_reid
+
+from .evaluation import Model, encode, validate
+from .grader import calibrate_thresholds
+from .unification import similarity_offsets
+
+__all__ = ["calibrate", "held_out_records", "OFFSET_CROPS"]
+
+#: crops the similarity offsets are measured on (each costs about 30 passes)
+OFFSET_CROPS = 256
+
+
+def calibrate(
+    model: Model, images_uint8: torch.Tensor, pids: Sequence[str], seed: int = 0, batch: int = 64
+) -> dict:
+    """Model-config entries for ``model`` from held-out crops (uint8 (N, 3, H, W)) and their ids:
+    ``grade_thresholds``, ``grader_reference_median`` and ``similarity_offsets``. The thresholds use
+    the crops and their synthetic occlusions with ``seed`` (``evaluation.validate``); the offsets a
+    ``seed``-drawn sample of ``OFFSET_CROPS`` crops."""
+    _, scores_h, scores_o, grades_o = validate(model, images_uint8, pids, seed=seed, batch=batch)
+    thresholds = calibrate_thresholds(scores_h, scores_o, grades_o)
+    rng = np.random.default_rng(seed)
+    pick = np.sort(rng.permutation(len(images_uint8))[:OFFSET_CROPS])
+    offsets = similarity_offsets(lambda x: encode(model, x, batch), normalize(images_uint8[pick]))
+    return {
+        "grade_thresholds": [thresholds.quarter, thresholds.half],
+        "grader_reference_median": float(np.median(scores_h.max(1))),
+        "similarity_offsets": np.round(offsets.astype(np.float64), 6).tolist(),
+    }
+
+
+def held_out_records(weights: str | Path, data: str | Path) -> list[ReIDRecord]:
+    """The records of the identities an OAMN checkpoint held out in training (``extra.held_out_ids``),
+    read from ``data`` in the checkpoint's data layout, in the order training read them."""
+    extra = torch.load(weights, map_location="cpu", weights_only=True).get("extra", {})
+    held = set(extra.get("held_out_ids") or [])
+    if not held:
+        raise ValueError(f"{weights} lists no held-out identities (trained without data.holdout_ids)")
+    layout = extra["data"].get("layout", "peta")
+    records = (
+        read_market_folder(data) if layout == "market" else read_peta_reid(data, extra["data"]["subsets"])
+    )
+    records = [r for r in records if r.pid in held]
+    if not records:
+        raise ValueError(f"none of the {len(held)} identities {weights} held out are in {data}")
+    return records
