@@ -294,3 +294,22 @@ def test_from_weights_matches_with_the_checkpoints_offsets(tmp_path):
     assert best.id == "a" and best.score == pytest.approx(0.75, abs=1e-5)  # cosine 1 less 0.25
     with pytest.raises(ValueError, match="9 x 9"):
         OAMNModelConfig(similarity_offsets=[[0.0] * 9] * 3)
+
+
+def test_shipped_checkpoint_carries_its_calibration():
+    from pathlib import Path
+
+    from models.reid.oamn import load_oamn
+
+    path = Path(__file__).resolve().parents[1] / "models/weights/oamn_osnet_x0_25_peta.pt"
+    _, cfg = load_oamn(path)
+    assert cfg.grade_thresholds == pytest.approx((0.5057, 0.8147), abs=1e-4)
+    assert cfg.grader_reference_median == pytest.approx(0.356, abs=1e-3)
+    offsets = np.asarray(cfg.similarity_offsets)
+    assert np.allclose(offsets, offsets.T) and 0 < offsets.min() <= offsets[0, 0] < offsets.max() < 0.5
+    gal = OcclusionGallery.from_weights(path, capacity=2)
+    assert np.array_equal(gal.offsets, offsets.astype(np.float32))
+    crops = torch.randn(2, 3, *cfg.input_size)
+    gal.add(["a", "b"], crops, grades=[0, 0])
+    best = gal.match(crops[1:], grade=0, top_k=1)[0][0]
+    assert best.id == "b" and best.score == pytest.approx(1 - offsets[0, 0], abs=1e-4)
