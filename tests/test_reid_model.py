@@ -226,7 +226,7 @@ def _scores_with_top(top: np.ndarray) -> np.ndarray:
 
 
 def test_adapted_thresholds_follow_the_cameras_median_score():
-    from models.reid.grader import GradeThresholds, adapt_thresholds
+    from models.reid.grader import adapt_thresholds
 
     base = GradeThresholds(0.52, 0.8)
     rng = np.random.default_rng(0)
@@ -245,3 +245,33 @@ def test_adapted_thresholds_follow_the_cameras_median_score():
     assert high.quarter == pytest.approx(0.87) and high.half == high.quarter
     with pytest.raises(ValueError, match="at least one crop"):
         adapt_thresholds(base, 0.35, np.zeros((0, 4)))
+
+
+def test_camera_thresholds_follow_each_cameras_recent_crops(tmp_path):
+    from models.reid.camera_thresholds import CameraThresholds
+
+    base = GradeThresholds(0.52, 0.8)
+    cams = CameraThresholds(base, reference_median=0.35, window=10, min_crops=4)
+    cams.observe("a", _scores_with_top(np.full(3, 0.45)))
+    assert cams.get("a") == base and cams.get("never seen") == base  # too few crops yet
+    cams.observe("a", _scores_with_top(np.full(1, 0.45)))
+    assert cams.seen("a") == 4 and cams.get("a").quarter == pytest.approx(0.62)
+    # the window keeps the last 10 crops: the camera's drift is forgotten once it is gone
+    cams.observe("a", _scores_with_top(np.full(10, 0.35)))
+    assert cams.seen("a") == 10 and cams.get("a").quarter == pytest.approx(0.52)
+    cams.observe("b", _scores_with_top(np.full(6, 0.40)))
+    assert cams.get("b").quarter == pytest.approx(0.57) and cams.get("a").quarter == pytest.approx(0.52)
+    with pytest.raises(ValueError, match=r"\(N, 4\)"):
+        cams.observe("a", np.zeros(4))
+    with pytest.raises(ValueError, match="min_crops"):
+        CameraThresholds(base, 0.35, window=5, min_crops=6)
+    # from a checkpoint: its calibration, or a clear error when it has none
+    cfg = OAMNModelConfig(input_size=(64, 32), grader_pool_hw=(2, 2), grade_thresholds=(0.6, 0.9))
+    model = OAMN.from_config(cfg, load_backbone_weights=False)
+    path = save_oamn_weights(model, cfg.model_dump(mode="json"), tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match="calibrate_reid"):
+        CameraThresholds.from_weights(path)
+    cfg.grader_reference_median = 0.3
+    path = save_oamn_weights(model, cfg.model_dump(mode="json"), tmp_path / "calibrated.pt")
+    loaded = CameraThresholds.from_weights(path, min_crops=1)
+    assert loaded.base == GradeThresholds(0.6, 0.9) and loaded.reference_median == 0.3
