@@ -154,6 +154,20 @@ def test_eval_program_on_market_layout(shared_dir, tmp_path):
     for view in ("holistic", "occluded"):
         for row in ("none", "unified_oracle"):
             assert 0 <= res[view][row]["rank1"] <= res[view][row]["rank5"] <= 100
+    # an OAMN checkpoint saved before calibration existed: grader rows, raw, no per-camera rows
+    from models.reid.config import OAMNModelConfig
+    from models.reid.oamn import OAMN, save_oamn_weights
+
+    cfg = OAMNModelConfig(input_size=(64, 32), grader_pool_hw=(2, 2))
+    oamn = save_oamn_weights(
+        OAMN.from_config(cfg, load_backbone_weights=False), cfg.model_dump(mode="json"), tmp_path / "o.pt"
+    )
+    args = ["--weights", str(oamn), "--data", str(tmp_path / "m"), "--json", str(out), "--seeds", "0"]
+    assert main(args) == 0
+    res = json.loads(out.read_text())
+    assert set(res["occluded"]) >= {"none", "unified_oracle", "unified_grader"}
+    assert "unified_grader_raw" not in res["occluded"] and "unified_grader_adapted" not in res["occluded"]
+    assert res["grader"]["occluded_queries"]["num"] == 4 and res["similarity_offsets"] is False
     with pytest.raises(FileNotFoundError, match="neither a Market-style root"):
         main(
             [

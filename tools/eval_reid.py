@@ -204,6 +204,8 @@ def evaluate(
             if offsets is not None:
                 rows["unified_grader_raw"] = ranked(unified_similarity(q_graded, q_pred, g_graded, g_pred))
             rows["query_graded_occluded_fraction"] = float((q_pred > 0).mean())
+            grader_true.append(true_grades)
+            grader_pred.append(q_pred)
         if adapted:
             q_pred_a = decide_grades(q_scores, q_thresholds)
             q_adapted = _versions(model, images, batch, q_pred_a, q_plain, versions=np.unique(g_pred_a))
@@ -211,8 +213,6 @@ def evaluate(
                 unified_similarity(q_adapted, q_pred_a, g_graded_a, g_pred_a, offsets)
             )
             rows["query_graded_occluded_fraction_adapted"] = float((q_pred_a > 0).mean())
-            grader_true.append(true_grades)
-            grader_pred.append(q_pred)
         results[name] = rows
         _log_rows(name, rows)
     # the occluded rows averaged over the seeds (one seed: its rows)
