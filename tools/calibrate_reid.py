@@ -41,11 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     ckpt = torch.load(args.weights, map_location="cpu", weights_only=True)
     model, cfg = load_oamn(args.weights)
+    extra = dict(ckpt.get("extra", {}))
     try:
-        records = held_out_records(args.weights, args.data)
+        records = held_out_records(extra, args.data, args.weights)
     except ValueError as err:
         parser.error(str(err))
-    extra = dict(ckpt.get("extra", {}))
     seed = args.seed if args.seed is not None else int(extra.get("seed", 0))  # training's seed
     found = calibrate(
         OAMNInference(model), load_images(records, tuple(cfg.input_size)), [r.pid for r in records], seed

@@ -239,7 +239,8 @@ def evaluate(
 
 def _held_out_records(weights: str, data: str) -> tuple[list[ReIDRecord], list[ReIDRecord]]:
     try:
-        return held_out_split(held_out_records(weights, data))
+        extra = torch.load(weights, map_location="cpu", weights_only=True).get("extra", {})
+        return held_out_split(held_out_records(extra, data, weights))
     except ValueError as err:
         raise SystemExit(str(err)) from err
 

@@ -6,7 +6,7 @@ unified matching. ``tools/train_reid.py`` runs it at the end of training and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -43,18 +43,18 @@ def calibrate(
     }
 
 
-def held_out_records(weights: str | Path, data: str | Path) -> list[ReIDRecord]:
-    """The records of the identities an OAMN checkpoint held out in training (``extra.held_out_ids``),
-    read from ``data`` in the checkpoint's data layout, in the order training read them."""
-    extra = torch.load(weights, map_location="cpu", weights_only=True).get("extra", {})
+def held_out_records(extra: Mapping, data: str | Path, source: str = "the checkpoint") -> list[ReIDRecord]:
+    """The records of the identities an OAMN checkpoint held out in training, from its ``extra``
+    (``held_out_ids``, ``data``), read from ``data`` in the checkpoint's data layout, in the order
+    training read them. ``source`` names the checkpoint in errors."""
     held = set(extra.get("held_out_ids") or [])
     if not held:
-        raise ValueError(f"{weights} lists no held-out identities (trained without data.holdout_ids)")
+        raise ValueError(f"{source} lists no held-out identities (trained without data.holdout_ids)")
     layout = extra["data"].get("layout", "peta")
     records = (
         read_market_folder(data) if layout == "market" else read_peta_reid(data, extra["data"]["subsets"])
     )
     records = [r for r in records if r.pid in held]
     if not records:
-        raise ValueError(f"none of the {len(held)} identities {weights} held out are in {data}")
+        raise ValueError(f"none of the {len(held)} identities {source} held out are in {data}")
     return records
