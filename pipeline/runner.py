@@ -7,6 +7,8 @@ The same runner runs a stage as a thread (embedded mode) or as the body of a sta
   ``process_batch``; outputs are routed to each downstream link whose stage accepts their type;
 * an EndOfStream is handed to ``process`` once every input link that carried that stream has
   delivered it (fan-in safe), then forwarded downstream after the stage's outputs;
+* a TrackEnd (control, never dropped) is handed to ``process`` only when the stage accepts it and
+  is forwarded downstream unless the stage answered with its own TrackEnd;
 * when every input link has sent StageDone (its upstream finished), ``on_stop`` runs and this stage
   sends StageDone on each output link: that is how "all sources ended" drains the whole graph;
 * an exception in ``process`` is counted and logged (once per exception type), the message is
@@ -28,7 +30,7 @@ import zmq
 
 from pipeline.configfile import ConfigError
 from pipeline.graph import GraphConfig
-from pipeline.messages import DATA_TYPES, EndOfStream, StageDone
+from pipeline.messages import DATA_TYPES, EndOfStream, StageDone, TrackEnd
 from pipeline.metrics import RuntimeMetrics
 from pipeline.stage import SourceStage, Stage, StageContext
 from pipeline.transport import POLL_S, Inputs, Link, OnceLog, Outlet
@@ -218,6 +220,9 @@ class StageRunner:
                 if eos is not None:
                     self._end_stream(stage, eos)
                 continue
+            if isinstance(first, TrackEnd):
+                self._end_tracks(stage, first)
+                continue
             messages = [message for _, message in batch]
             for owner, message in batch:
                 streams.seen(owner, message.stream_id)
@@ -266,6 +271,21 @@ class StageRunner:
         self._send(eos)
         if self._observer is not None:
             self._observer(self.name, eos)
+
+    def _end_tracks(self, stage: Stage | None, end: TrackEnd) -> None:
+        """A stage that accepts TrackEnd sees it (and may answer with its own, which replaces it);
+        any other stage passes it on untouched, so it reaches every stage downstream."""
+        self._metrics.messages_in.labels(stage=self.name, type="track_end").inc()
+        outputs: list[Any] = []
+        if stage is not None and self._failure is None and TrackEnd in self.spec.stage_class.accepts:
+            try:
+                outputs = list(stage.process(end) or ())
+            except Exception as exc:  # noqa: BLE001
+                self._stage_error(exc)
+        for output in outputs:
+            self._send(output)
+        if not any(isinstance(output, TrackEnd) for output in outputs):
+            self._send(end)
 
     def _stage_error(self, exc: Exception) -> None:
         self._metrics.errors.labels(stage=self.name).inc()

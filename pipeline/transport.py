@@ -8,8 +8,9 @@
   (zero-copy, ``np.frombuffer`` on the zmq frame buffers) and queues messages in one bounded inbox.
   On a ``block`` link a full inbox stops the reader from reading that socket, so backpressure
   reaches the sender through the ZeroMQ high-water marks. On a ``drop_oldest`` link the reader keeps
-  draining the socket and evicts the oldest queued *data* message of that link (EndOfStream and
-  StageDone are never dropped), counting each eviction: queued latency is bounded by ``hwm``.
+  draining the socket and evicts the oldest queued *data* message of that link (control messages,
+  ``messages.CONTROL_TYPES``: EndOfStream, StageDone, TrackEnd, are never dropped), counting each
+  eviction: queued latency is bounded by ``hwm``.
   Malformed, unknown or unaccepted messages are counted and logged once per kind, never raised.
 
 Sockets are closed with ``linger=0`` on abort, and with a short linger (``shutdown.linger_s``, set
@@ -28,15 +29,16 @@ from typing import Any
 
 import zmq
 
-from pipeline.messages import DATA_TYPES, EndOfStream, MessageError, StageDone
+from pipeline.messages import CONTROL_TYPES, DATA_TYPES, MessageError
 from pipeline.metrics import RuntimeMetrics
-from pipeline.wire import decode
+from pipeline.wire import decode, wire_names
 
 __all__ = ["Link", "Outlet", "Inputs", "OnceLog", "POLL_S"]
 
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.05  # every blocking wait wakes this often to look at stop/abort flags
+_CONTROL_NAMES = frozenset(wire_names(CONTROL_TYPES))
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ class Outlet:
         self._wants = set(link.accepts)
 
     def wants(self, type_name: str) -> bool:
-        return type_name in self._wants or type_name in ("end_of_stream", "stage_done")
+        return type_name in self._wants or type_name in _CONTROL_NAMES
 
     def send(
         self,
@@ -158,7 +160,7 @@ class Inputs:
     ) -> None:
         self.stage = stage
         self.links = {link.name: link for link in links}
-        self._accepts = tuple(accepts) + (EndOfStream, StageDone)
+        self._accepts = tuple(accepts) + CONTROL_TYPES
         self._metrics = metrics
         self._once = OnceLog(logger)
         self._sockets: dict[str, zmq.Socket] = {}

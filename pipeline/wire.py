@@ -1,8 +1,10 @@
 """Wire format: a multipart message = one small JSON header + one raw buffer per array.
 
 Header: ``{"v": SCHEMA_VERSION, "type": "frame", "f": {scalar fields}, "a": [[path, dtype, shape], ...]}``.
-Nested messages (``Frame.detections``) are flattened into dotted array paths (``detections.xyxy``)
-and a presence flag in ``f``. Arrays are sent as their own buffers (``copy=False`` on send) and
+Nested blocks (``Frame.detections``, ``PersonCrops.grades``, ...) are flattened into dotted paths
+(arrays ``grades.embedding``, scalars ``attributes.names``) and a presence flag ``has_<block>`` in
+``f``. Which paths exist and their exact dtypes are read from the message definitions' field
+metadata (``messages.array_field`` / ``block_field``), so a new block needs no table here. Arrays are sent as their own buffers (``copy=False`` on send) and
 decoded with ``np.frombuffer`` on the received frame's buffer, so a 640x360 image is never copied
 by the transport in-process and only once by the kernel across processes. No pickle anywhere: a
 header is plain JSON and a buffer is only ever interpreted with a dtype from an allow-list.
@@ -14,65 +16,61 @@ length) raises :class:`~pipeline.messages.MessageError`.
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
 
 from pipeline.messages import (
     SCHEMA_VERSION,
-    Detections,
     EndOfStream,
     Frame,
     MessageError,
     PersonCrops,
     StageDone,
-    Tracks,
+    TrackEnd,
 )
 
 __all__ = ["encode", "decode", "type_name", "wire_names", "MAX_HEADER_BYTES"]
 
 MAX_HEADER_BYTES = 64 * 1024
+# Version 1 (no model blocks, no TrackEnd) is a subset of 2: an older sender's messages still decode.
+_READABLE_VERSIONS = (1, SCHEMA_VERSION)
 
 _TYPES: dict[str, type] = {
     "frame": Frame,
     "person_crops": PersonCrops,
     "end_of_stream": EndOfStream,
     "stage_done": StageDone,
+    "track_end": TrackEnd,
 }
 _NAMES = {cls: name for name, cls in _TYPES.items()}
 
+
+def _layout(cls: type) -> tuple[dict[str, str], tuple[str, ...], dict[str, type]]:
+    """(array path -> exact dtype, scalar paths, block name -> class) read from the dataclass fields'
+    metadata (``messages.array_field`` / ``block_field``): the message definitions are the only table."""
+    arrays: dict[str, str] = {}
+    scalars: list[str] = []
+    blocks: dict[str, type] = {}
+    for f in fields(cls):
+        if "array" in f.metadata:
+            arrays[f.name] = f.metadata["array"][0]
+        elif "block" in f.metadata:
+            block = blocks[f.name] = f.metadata["block"]
+            for sub in fields(block):
+                if "array" in sub.metadata:
+                    arrays[f"{f.name}.{sub.name}"] = sub.metadata["array"][0]
+                else:
+                    scalars.append(f"{f.name}.{sub.name}")
+        else:
+            scalars.append(f.name)
+    return arrays, tuple(scalars), blocks
+
+
+_LAYOUTS = {name: _layout(cls) for name, cls in _TYPES.items()}
 # Exact dtype of every array path per message type: decode accepts nothing else.
-_ARRAYS: dict[str, dict[str, str]] = {
-    "frame": {
-        "image": "uint8",
-        "detections.xyxy": "float32",
-        "detections.confidence": "float32",
-        "detections.class_id": "int32",
-        "tracks.track_id": "int64",
-        "tracks.xyxy": "float32",
-        "tracks.confidence": "float32",
-        "tracks.state": "uint8",
-    },
-    "person_crops": {
-        "tracks.track_id": "int64",
-        "tracks.xyxy": "float32",
-        "tracks.confidence": "float32",
-        "tracks.state": "uint8",
-        "crops": "uint8",
-    },
-    "end_of_stream": {},
-    "stage_done": {},
-}
-_SCALARS: dict[str, tuple[str, ...]] = {
-    "frame": ("stream_id", "seq", "pts", "capture_time"),
-    "person_crops": ("stream_id", "seq", "pts", "capture_time", "frame_size"),
-    "end_of_stream": ("stream_id", "reason", "detail"),
-    "stage_done": ("sender",),
-}
-_NESTED = {"detections": Detections, "tracks": Tracks}
-_NESTED_IN = {
-    name: tuple(dict.fromkeys(p.split(".")[0] for p in paths if "." in p)) for name, paths in _ARRAYS.items()
-}
+_ARRAYS: dict[str, dict[str, str]] = {name: layout[0] for name, layout in _LAYOUTS.items()}
 
 
 def type_name(message: object) -> str:
@@ -91,29 +89,40 @@ def wire_names(types: tuple[type, ...]) -> tuple[str, ...]:
 def encode(message: object) -> list[Any]:
     """Encode a message into multipart parts: [header bytes, array buffer, ...] (no copies of arrays)."""
     name = type_name(message)
-    fields: dict[str, Any] = {}
+    array_paths, scalar_paths, blocks = _LAYOUTS[name]
+    fields_out: dict[str, Any] = {}
     arrays: list[tuple[str, np.ndarray]] = []
-    for key in _SCALARS[name]:
-        value = getattr(message, key)
-        fields[key] = list(value) if isinstance(value, tuple) else value
-    for path in _ARRAYS[name]:
-        head, _, leaf = path.partition(".")
-        if leaf:
-            nested = getattr(message, head)
-            fields[f"has_{head}"] = nested is not None
-            if nested is None:
-                continue
-            arrays.append((path, getattr(nested, leaf)))
-        else:
-            arrays.append((path, getattr(message, head)))
+    for head in blocks:
+        fields_out[f"has_{head}"] = getattr(message, head) is not None
+    for path in scalar_paths:
+        value = _get(message, path)
+        if value is _ABSENT:
+            continue
+        fields_out[path] = list(value) if isinstance(value, tuple) else value
+    for path in array_paths:
+        value = _get(message, path)
+        if value is not _ABSENT:
+            arrays.append((path, value))
     header = {
         "v": SCHEMA_VERSION,
         "type": name,
-        "f": fields,
+        "f": fields_out,
         "a": [[path, str(a.dtype), list(a.shape)] for path, a in arrays],
     }
     # memoryview of a C-contiguous array: zmq sends it without copying when copy=False.
     return [json.dumps(header, separators=(",", ":")).encode()] + [_raw(a) for _, a in arrays]
+
+
+_ABSENT = object()
+
+
+def _get(message: object, path: str) -> Any:
+    """``message.path`` for "x" or "block.x"; _ABSENT when the block is None."""
+    head, _, leaf = path.partition(".")
+    value = getattr(message, head)
+    if not leaf:
+        return value
+    return _ABSENT if value is None else getattr(value, leaf)
 
 
 def _raw(array: np.ndarray) -> Any:
@@ -142,7 +151,7 @@ def _header(part: Any) -> dict[str, Any]:
         raise MessageError(f"header is not JSON: {exc}") from None
     if not isinstance(header, dict):
         raise MessageError(f"header must be a JSON object, got {type(header).__name__}")
-    if header.get("v") != SCHEMA_VERSION:
+    if header.get("v") not in _READABLE_VERSIONS:
         raise MessageError(f"schema version {header.get('v')!r} is not supported (expected {SCHEMA_VERSION})")
     return header
 
@@ -169,16 +178,18 @@ def decode(parts: list[Any]) -> object:
         raise MessageError(f"{name}: header needs an object 'f' and a list 'a'")
     if len(parts) != 1 + len(specs):
         raise MessageError(f"{name}: header lists {len(specs)} arrays but {len(parts) - 1} buffers arrived")
-    allowed = _ARRAYS[name]
+    array_paths, scalar_paths, blocks = _LAYOUTS[name]
     arrays: dict[str, np.ndarray] = {}
     for spec, part in zip(specs, parts[1:], strict=True):
         if not isinstance(spec, list) or len(spec) != 3:
             raise MessageError(f"{name}: array spec must be [path, dtype, shape], got {spec!r}")
         path, dtype, shape = spec
-        if path not in allowed:
+        if not isinstance(path, str) or path not in array_paths:
             raise MessageError(f"{name}: unexpected array {path!r}")
-        if dtype != allowed[path]:
-            raise MessageError(f"{name}: array {path!r} must be {allowed[path]}, got {dtype!r}")
+        if dtype != array_paths[path]:
+            raise MessageError(f"{name}: array {path!r} must be {array_paths[path]}, got {dtype!r}")
+        if path in arrays:
+            raise MessageError(f"{name}: array {path!r} sent twice")
         dims = _shape(shape, path)
         buf = _buffer(part)
         want = int(np.prod(dims, dtype=np.int64)) * np.dtype(dtype).itemsize
@@ -191,25 +202,31 @@ def decode(parts: list[Any]) -> object:
         array.flags.writeable = False
         arrays[path] = array
     kwargs: dict[str, Any] = {}
-    for key in _SCALARS[name]:
-        if key not in fields:
-            raise MessageError(f"{name}: header is missing field {key!r}")
-        kwargs[key] = fields[key]
+    nested: dict[str, dict[str, Any]] = {head: {} for head in blocks}
+    for path in scalar_paths:
+        head, _, leaf = path.partition(".")
+        if leaf:
+            if fields.get(f"has_{head}") and path in fields:
+                nested[head][leaf] = fields[path]
+            continue
+        if path not in fields:
+            raise MessageError(f"{name}: header is missing field {path!r}")
+        kwargs[path] = fields[path]
     if name == "person_crops" and isinstance(kwargs["frame_size"], list):
         kwargs["frame_size"] = tuple(kwargs["frame_size"])
     try:
         for path, array in arrays.items():
-            if "." not in path:
+            head, _, leaf = path.partition(".")
+            if leaf:
+                nested[head][leaf] = array
+            else:
                 kwargs[path] = array
-        for head in _NESTED_IN[name]:
-            prefix = head + "."
-            members = {p[len(prefix) :]: a for p, a in arrays.items() if p.startswith(prefix)}
+        for head, block in blocks.items():
             if not fields.get(f"has_{head}"):
-                if members:
-                    raise MessageError(f"{name}: arrays for {head!r} sent but has_{head} is false")
-                kwargs[head] = None
+                if nested[head]:
+                    raise MessageError(f"{name}: fields for {head!r} sent but has_{head} is false")
                 continue
-            kwargs[head] = _NESTED[head](**members)
+            kwargs[head] = block(**nested[head])
         return _TYPES[name](**kwargs)
     except MessageError:
         raise

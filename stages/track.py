@@ -5,7 +5,9 @@ that accept Frames, i.e. the video sink) and a ``PersonCrops`` with the same tra
 fixed-size crop per track (for the event sinks and the grade/describe/identify stages), so after
 this stage only crops and metadata travel. Each stream has its own tracker (its own ids, Kalman
 states and, for BoT-SORT, its own camera-motion estimate), created on its first frame and dropped
-on its EndOfStream after every still-open track was reported ENDED.
+on its EndOfStream after every still-open track was reported ENDED. Every ENDED row is followed by
+a ``TrackEnd`` control message (never dropped, even on ``drop_oldest`` links) so that the stages
+keeping per-track state downstream free it.
 
 Crops: ``crop_mode: resize`` (default) stretches the padded box to ``crop_size`` (h, w), matching
 how person ReID / attribute models are trained (256x128); ``letterbox`` keeps the aspect ratio and
@@ -22,7 +24,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline.messages import EndOfStream, Frame, PersonCrops, Tracks, TrackState
+from pipeline.messages import EndOfStream, Frame, PersonCrops, TrackEnd, Tracks, TrackState
 from pipeline.registry import register_stage
 from pipeline.stage import Stage, StageContext
 from stages.trackers.crops import cut_crops
@@ -112,7 +114,7 @@ class TrackStage(Stage):
 
     Config: ClassVar[type[BaseModel]] = TrackConfig
     accepts: ClassVar[tuple[type, ...]] = (Frame,)
-    emits: ClassVar[tuple[type, ...] | None] = (Frame, PersonCrops)
+    emits: ClassVar[tuple[type, ...] | None] = (Frame, PersonCrops, TrackEnd)
 
     def __init__(self, config: TrackConfig, context: StageContext) -> None:
         super().__init__(config, context)
@@ -147,9 +149,11 @@ class TrackStage(Stage):
                              tracks, crops)
         state.last = person
         self._count_states(frame.stream_id, tracks)
-        if self.config.emit_frames:
-            return [replace(frame, tracks=tracks), person]
-        return [person]
+        out: list[Any] = [replace(frame, tracks=tracks), person] if self.config.emit_frames else [person]
+        ended = tracks.track_id[tracks.state == TrackState.ENDED]
+        if len(ended):
+            out.append(TrackEnd(frame.stream_id, frame.seq, frame.capture_time, ended))
+        return out
 
     def _end_stream(self, stream_id: str) -> list[Any]:
         state = self._streams.pop(stream_id, None)
@@ -163,7 +167,8 @@ class TrackStage(Stage):
         last = state.last
         h, w = self.config.crop_size
         return [PersonCrops(stream_id, last.seq, last.pts, last.capture_time, last.frame_size, tracks,
-                            np.zeros((len(tracks), h, w, 3), np.uint8))]
+                            np.zeros((len(tracks), h, w, 3), np.uint8)),
+                TrackEnd(stream_id, last.seq, last.capture_time, tracks.track_id)]
 
     def _count_states(self, stream_id: str, tracks: Tracks) -> None:
         if not len(tracks):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pipeline.configfile import ConfigError, load_config
-from pipeline.messages import Detections, EndOfStream, Frame, PersonCrops, Tracks, TrackState
+from pipeline.messages import Detections, EndOfStream, Frame, PersonCrops, TrackEnd, Tracks, TrackState
 from pipeline.stage import MetricSink, StageContext
 from stages.track import TrackConfig, TrackStage
 from stages.trackers.crops import cut_crops
@@ -50,8 +50,13 @@ def step(stage: TrackStage, stream: str, seq: int, detections: Detections | None
          image: np.ndarray | None = None) -> tuple[Frame, PersonCrops]:
     image = np.zeros((240, 320, 3), np.uint8) if image is None else image
     out = list(stage.process(Frame(stream, seq, seq / 25, 1000.0 + seq / 25, image, detections=detections)))
-    assert len(out) == 2 and isinstance(out[0], Frame) and isinstance(out[1], PersonCrops)
-    frame, crops = out
+    assert len(out) in (2, 3) and isinstance(out[0], Frame) and isinstance(out[1], PersonCrops)
+    frame, crops = out[:2]
+    ended = crops.tracks.track_id[crops.tracks.state == ENDED]
+    if len(ended):  # every ENDED row is followed by the control message that frees per-track state
+        assert len(out) == 3 and isinstance(out[2], TrackEnd) and out[2].track_id.tolist() == ended.tolist()
+    else:
+        assert len(out) == 2
     assert frame.tracks is crops.tracks and crops.seq == seq and crops.frame_size == (240, 320)
     return frame, crops
 
@@ -73,8 +78,9 @@ def test_lifecycle_new_updated_lost_ended_each_end_once() -> None:
     assert lost_or_ended.count(ENDED) == 1 and LOST not in lost_or_ended, "LOST once, then ENDED once"
     ended_at = 9 + lost_or_ended.index(ENDED)
     assert 8 + 5 <= ended_at <= 8 + 7, "ended after track_buffer frames lost"
-    (final,) = stage.process(EndOfStream("cam", "finished"))
+    final, end = stage.process(EndOfStream("cam", "finished"))
     assert isinstance(final, PersonCrops) and states(final.tracks) == {1: ENDED}
+    assert isinstance(end, TrackEnd) and end.track_id.tolist() == [1] and end.seq == final.seq
     assert final.crops.shape == (1, 256, 128, 3) and not final.crops.any(), "ended rows carry empty crops"
     assert counter.totals == {"tracks_new": 2, "tracks_lost": 1, "tracks_ended": 2}
     assert list(stage.process(EndOfStream("cam", "finished"))) == [], "a stream is ended only once"
@@ -99,8 +105,9 @@ def test_streams_are_tracked_independently() -> None:
         _, a = step(stage, "a", i, dets(walker(i), walker(i, y0=140)))
         _, b = step(stage, "b", i, dets(walker(i, x0=200, vx=-2)))
     assert sorted(states(a.tracks)) == [1, 2] and sorted(states(b.tracks)) == [1], "ids are per stream"
-    (ended,) = stage.process(EndOfStream("a", "finished"))
+    ended, end = stage.process(EndOfStream("a", "finished"))
     assert ended.stream_id == "a" and states(ended.tracks) == {1: ENDED, 2: ENDED}
+    assert isinstance(end, TrackEnd) and end.stream_id == "a" and end.track_id.tolist() == [1, 2]
     _, b = step(stage, "b", 6, dets(walker(6, x0=200, vx=-2)))
     assert states(b.tracks) == {1: UPDATED}, "ending stream a leaves stream b alone"
     _, a = step(stage, "a", 0, dets(walker(0)))
@@ -205,13 +212,15 @@ def test_real_footage_with_detector_every_other_frame(shared_dir: Path) -> None:
         if not isinstance(item, DecodedFrame):
             break
         (frame,) = detect.process_batch([Frame("cw", item.seq, item.pts, item.capture_time, item.image)])
-        _, crops = list(stage.process(frame))
+        _, crops = list(stage.process(frame))[:2]
         for tid, state in states(crops.tracks).items():
             if state in (NEW, UPDATED):
                 present[tid] = present.get(tid, 0) + 1
             if state == ENDED:
                 ended[tid] = ended.get(tid, 0) + 1
     for final in stage.process(EndOfStream("cw", "finished")):
+        if isinstance(final, TrackEnd):
+            continue
         for tid in final.tracks.track_id.tolist():
             ended[tid] = ended.get(tid, 0) + 1
     assert sum(n >= 30 for n in present.values()) >= 5, present
