@@ -1,8 +1,9 @@
-"""The attribute classifier as the pipeline's describe stage uses it: RGB crops in, probabilities out,
+"""The attribute classifier as the pipeline's describe stage uses it: crops in, probabilities out,
 through any inference backend (torch, ONNX Runtime, TensorRT via ``models.backends``).
 
-    predictor = AttributePredictor.from_weights("models/weights/attributes_part_osnet_x0_25.pt")
-    probs = predictor(crops)            # (B, A) float32, columns = predictor.names
+    predictor = AttributePredictor.from_config(AttributePredictorConfig(), key="describe.weights")
+    probs = predictor.predict_bgr(crops_bgr)  # tracker crops, BGR uint8 (N, h, w, 3) -> (N, A) float32
+    probs = predictor(rgb_crops)              # a list of RGB uint8 crops of any size (tools, tests)
     agg = TrackAttributeAggregator(predictor.names)  # per track: agg.update(track_id, probs[i], quality)
 """
 
@@ -15,15 +16,49 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from models.backends import BackendConfig
 from models.data.transforms import resize
+from models.predictor_io import check_crop_batch, check_onnx_image_size, resize_batch
+from models.weights_path import require_file, sibling_key
 
 from .model import AttributeModelBundle, load_attribute_model
 
-__all__ = ["AttributeExportWrapper", "AttributePredictor", "feature_stride", "preprocess_crops"]
+__all__ = [
+    "AttributeExportWrapper",
+    "AttributePredictor",
+    "AttributePredictorConfig",
+    "DEFAULT_ATTRIBUTE_WEIGHTS",
+    "feature_stride",
+    "preprocess_crops",
+]
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_ATTRIBUTE_WEIGHTS = "attributes_part_osnet_x0_25.pt"
+
+
+class AttributePredictorConfig(BaseModel):
+    """The attribute classifier a stage runs (a block in the stage's config)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weights: str = Field(
+        DEFAULT_ATTRIBUTE_WEIGHTS,
+        description="attribute checkpoint (tools/train_attributes.py / export_attributes.py --ship): a "
+        "path, or the bare name of a file shipped in models/weights/ (research-only PETA weights).",
+    )
+    backend: BackendConfig = Field(
+        default_factory=BackendConfig,
+        description="Inference runtime, in order of preference; max_batch is the chunk size of one call.",
+    )
+    onnx: str | None = Field(
+        None,
+        description="ONNX export of these weights without the mask input (tools/export_attributes.py) "
+        "for ONNX Runtime / TensorRT; null = those backends are skipped and torch runs.",
+    )
 
 
 class AttributeExportWrapper(nn.Module):
@@ -64,7 +99,8 @@ def preprocess_crops(crops: Sequence[np.ndarray], bundle: AttributeModelBundle) 
 
 
 class AttributePredictor:
-    """Crops -> per-attribute probabilities with one model on one backend."""
+    """Crops -> per-attribute probabilities (B, A) float32 with one model on one backend; columns in
+    the order of ``names``."""
 
     def __init__(
         self,
@@ -74,37 +110,102 @@ class AttributePredictor:
         onnx_path: str | Path | None = None,
         device: str = "cpu",
         with_mask: bool = False,
+        backend: BackendConfig | None = None,
     ):
-        from models.backends import create_backend
+        """``backend``, when given, replaces ``backend_preference`` and ``device`` (and sets the chunk
+        size, ``max_batch``, of one backend call)."""
+        from models.backends import create_backend, create_backend_from_config
 
         self.bundle = bundle
         self.names = list(bundle.attribute_names)
+        self.input_size: tuple[int, int] = (int(bundle.input_size[0]), int(bundle.input_size[1]))
         self.with_mask = with_mask
-        pool = feature_stride(model, tuple(bundle.input_size)) if with_mask else None
+        pool = feature_stride(model, self.input_size) if with_mask else None
         self.module = AttributeExportWrapper(model, with_mask, pool).eval()
         inputs = ["images", "masks"] if with_mask else ["images"]
-        self.backend = create_backend(
-            list(backend_preference),
-            onnx_path=onnx_path,
-            module=self.module,
-            device=device,
-            input_names=inputs,
-            output_names=["logits", "probabilities"],
-        )
+        outputs = ["logits", "probabilities"]
+        if backend is not None:
+            self.backend = create_backend_from_config(
+                backend, onnx_path=onnx_path, module=self.module, input_names=inputs, output_names=outputs
+            )
+        else:
+            self.backend = create_backend(
+                list(backend_preference),
+                onnx_path=onnx_path,
+                module=self.module,
+                device=device,
+                input_names=inputs,
+                output_names=outputs,
+            )
+        self._mean = np.asarray(bundle.mean, np.float32)
+        self._std = np.asarray(bundle.std, np.float32)
 
     @classmethod
-    def from_weights(cls, weights: str | Path, **kwargs) -> AttributePredictor:
-        model, bundle = load_attribute_model(weights)
+    def from_weights(cls, weights: str | Path, key: str = "weights", **kwargs) -> AttributePredictor:
+        """Load a checkpoint (a path or a shipped file name); a missing one is ``FileNotFoundError``
+        naming ``key``. ``kwargs`` go to the constructor."""
+        model, bundle = load_attribute_model(require_file(weights, key))
         return cls(model, bundle, **kwargs)
 
-    def __call__(self, crops: Sequence[np.ndarray], masks: np.ndarray | None = None) -> np.ndarray:
-        """(B, A) probabilities for RGB uint8 crops; ``masks`` (B, 1, h, w) only with ``with_mask``."""
-        feeds = {"images": preprocess_crops(crops, self.bundle)}
+    @classmethod
+    def from_config(cls, config: AttributePredictorConfig, key: str = "weights") -> AttributePredictor:
+        """``key``: the config key of ``config.weights`` as the stage's config spells it (for errors;
+        the ONNX file's key is the sibling ``onnx``)."""
+        path = require_file(config.weights, key)
+        onnx_path = None
+        if config.onnx is not None:
+            onnx_key = sibling_key(key, "onnx")
+            onnx_path = require_file(config.onnx, onnx_key)
+        model, bundle = load_attribute_model(path)
+        if onnx_path is not None:
+            check_onnx_image_size(onnx_path, bundle.input_size, onnx_key, config.weights)
+        return cls(model, bundle, onnx_path=onnx_path, backend=config.backend)
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    @property
+    def thresholds(self) -> np.ndarray | None:
+        """Per-attribute decision thresholds (A,) float32 stored in the checkpoint; None when it has
+        none (then 0.5, or the aggregator's own hysteresis, applies)."""
+        if self.bundle.thresholds is None:
+            return None
+        return np.asarray(self.bundle.thresholds, dtype=np.float32)
+
+    def _empty(self) -> np.ndarray:
+        return np.zeros((0, len(self.names)), dtype=np.float32)
+
+    def _run(self, images: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
+        feeds = {"images": images}
         if self.with_mask:
             if masks is None:
-                h, w = self.bundle.input_size
-                masks = np.ones((len(crops), 1, h, w), np.float32)
+                masks = np.ones((len(images), 1, *self.input_size), np.float32)
             feeds["masks"] = np.asarray(masks, np.float32)
         elif masks is not None:
             raise ValueError("this predictor was built without a mask input (with_mask=False)")
-        return self.backend(feeds)["probabilities"]
+        return np.asarray(self.backend(feeds)["probabilities"], dtype=np.float32)
+
+    def __call__(self, crops: Sequence[np.ndarray], masks: np.ndarray | None = None) -> np.ndarray:
+        """(B, A) probabilities for RGB uint8 crops of any size; ``masks`` (B, 1, h, w) only with
+        ``with_mask``. No crops -> (0, A)."""
+        if len(crops) == 0:
+            return self._empty()
+        return self._run(preprocess_crops(crops, self.bundle), masks)
+
+    def prepare_bgr(self, crops_bgr: np.ndarray) -> np.ndarray:
+        """BGR uint8 (N, h, w, 3) -> the network input: RGB float32 (N, 3, H, W), resized and
+        normalised with the checkpoint's mean and std."""
+        crops = check_crop_batch(crops_bgr)
+        if len(crops) == 0:
+            return np.zeros((0, 3, *self.input_size), dtype=np.float32)
+        rgb = resize_batch(crops, self.input_size)[..., ::-1].astype(np.float32)
+        x = (rgb / 255.0 - self._mean) / self._std
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+
+    def predict_bgr(self, crops_bgr: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
+        """(N, A) float32 probabilities for tracker crops, BGR uint8 (N, h, w, 3); N = 0 -> (0, A)."""
+        x = self.prepare_bgr(crops_bgr)
+        if len(x) == 0:
+            return self._empty()
+        return self._run(x, masks)

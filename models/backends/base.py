@@ -2,13 +2,15 @@
 
 A backend takes a batch of float32 NCHW images (or a dict of named inputs) and returns a dict of
 named NumPy outputs, so the pipeline stages never care which runtime produced them. Public
-``__call__`` validates once (template method, boxmot style); subclasses implement ``_run`` and
-trust their inputs.
+``__call__`` validates once (template method, boxmot style), splits a batch larger than
+``max_batch`` into chunks and concatenates their outputs; subclasses implement ``_run`` and trust
+their inputs.
 """
 
 from __future__ import annotations
 
 import logging
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Literal
@@ -37,10 +39,13 @@ class InferenceBackend(ABC):
     """Batched inference: ``backend(images) -> {output_name: np.ndarray}``.
 
     ``input_names`` / ``output_names`` are the graph's tensor names (the ONNX export's names); a bare
-    array is fed to the first (usually only) input.
+    array is fed to the first (usually only) input. ``max_batch`` (None = no limit) is the largest
+    batch one ``_run`` gets: a larger batch runs in chunks whose outputs are concatenated along the
+    batch axis, so every output must be batch-major.
     """
 
     name: str = "base"
+    _max_batch: int | None = None  # class default, so subclasses that set up before super() have it
 
     def __init__(self, input_names: Sequence[str], output_names: Sequence[str], device: str, precision: str):
         if not input_names:
@@ -52,9 +57,30 @@ class InferenceBackend(ABC):
         self.device = device
         self.precision = precision
 
+    @property
+    def max_batch(self) -> int | None:
+        """Largest batch one runtime call gets (None = no limit); larger inputs run in chunks."""
+        return self._max_batch
+
+    @max_batch.setter
+    def max_batch(self, value: int | None) -> None:
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1
+        ):
+            raise ValueError(f"{self.name}: max_batch must be a positive int or None, got {value!r}")
+        self._max_batch = None if value is None else int(value)
+
     def __call__(self, inputs: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = self._validate(inputs)
-        return self._run(feeds)
+        batch = next(iter(feeds.values())).shape[0]
+        limit = self._max_batch
+        if limit is None or batch <= limit:
+            return self._run(feeds)
+        chunks = [
+            self._run({k: v[start : start + limit] for k, v in feeds.items()})
+            for start in range(0, batch, limit)
+        ]
+        return {name: np.concatenate([c[name] for c in chunks], axis=0) for name in chunks[0]}
 
     def _validate(self, inputs: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         if isinstance(inputs, np.ndarray):
@@ -86,6 +112,9 @@ class InferenceBackend(ABC):
             if not np.issubdtype(array.dtype, np.floating):
                 raise ValueError(f"{self.name}: input {key!r} must be floating point, got {array.dtype}")
             feeds[key] = np.ascontiguousarray(array, dtype=np.float32)
+        sizes = {key: array.shape[0] for key, array in feeds.items()}
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"{self.name}: inputs must share one batch size, got {sizes}")
         return feeds
 
     @abstractmethod
@@ -93,4 +122,7 @@ class InferenceBackend(ABC):
         """Run the validated float32 contiguous feeds; return float32 outputs by name."""
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(device={self.device!r}, precision={self.precision!r})"
+        return (
+            f"{type(self).__name__}(device={self.device!r}, precision={self.precision!r}, "
+            f"max_batch={self._max_batch!r})"
+        )

@@ -44,7 +44,12 @@ class BackendConfig(BaseModel):
         False,
         description="Build a missing TensorRT engine at start-up (minutes); else use tools/build_engine.py.",
     )
-    max_batch: int = Field(32, ge=1, description="Largest batch the TensorRT optimisation profile accepts.")
+    max_batch: int = Field(
+        32,
+        ge=1,
+        description="Largest batch one inference call runs (larger batches are split into chunks); "
+        "also the TensorRT optimisation profile's maximum.",
+    )
     opt_batch: int = Field(8, ge=1, description="Batch size TensorRT tunes kernels for.")
     threads: int | None = Field(
         None, ge=1, description="ONNX Runtime intra-op threads (None: runtime default)."
@@ -126,6 +131,15 @@ def _make(
     raise ValueError(f"unknown backend {name!r}; choose from {list(BACKEND_NAMES)}")
 
 
+def _chunk_limit(requested: int | None, backend: InferenceBackend) -> int | None:
+    """The requested chunk size, never above what a TensorRT engine's profile accepts."""
+    profile = getattr(backend, "profile", None)
+    engine_max = getattr(profile, "max_batch", None)
+    if engine_max is None:
+        return requested
+    return int(engine_max) if requested is None else min(int(requested), int(engine_max))
+
+
 def create_backend(
     preference: Sequence[str] = BACKEND_NAMES,
     onnx_path: str | Path | None = None,
@@ -138,9 +152,11 @@ def create_backend(
 ) -> InferenceBackend:
     """The first backend in ``preference`` that can run here.
 
-    ``options``: ``threads`` (ONNX Runtime), ``engine_cache_dir``, ``build_engine``, ``max_batch``,
-    ``opt_batch``, ``profile``, ``calibrator`` (TensorRT). Raises RuntimeError listing every
-    backend's reason when none can run; unknown names are a ValueError.
+    ``options``: ``threads`` (ONNX Runtime), ``max_batch`` (every backend: the chunk size of one call,
+    None = no limit; TensorRT: also the profile's maximum, and an engine's profile caps it),
+    ``engine_cache_dir``, ``build_engine``, ``opt_batch``, ``profile``, ``calibrator`` (TensorRT).
+    Raises RuntimeError listing every backend's reason when none can run; unknown names are a
+    ValueError.
     """
     unknown = [name for name in preference if name not in BACKEND_NAMES]
     if unknown or not preference:
@@ -158,9 +174,15 @@ def create_backend(
             reasons.append(f"{name}: {exc.reason}")
             logger.info("backend %s cannot run here: %s", name, exc.reason)
             continue
+        backend.max_batch = _chunk_limit(options.get("max_batch"), backend)
         skipped = "; ".join(reasons) if reasons else "none skipped"
         logger.info(
-            "using backend %s (device %s, %s); skipped: %s", backend.name, device, backend.precision, skipped
+            "using backend %s (device %s, %s, max batch %s); skipped: %s",
+            backend.name,
+            device,
+            backend.precision,
+            backend.max_batch,
+            skipped,
         )
         backend.skipped_reasons = reasons  # type: ignore[attr-defined]
         return backend

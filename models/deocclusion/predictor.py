@@ -1,0 +1,131 @@
+"""The de-occlusion generator as the pipeline's deocclude stage uses it: tracker crops in, restored
+crops of the same size out, through any inference backend.
+
+    predictor = DeocclusionPredictor.from_config(DeocclusionPredictorConfig(), key="deocclude.weights")
+    restored = predictor(crops_bgr)     # BGR uint8, same (N, h, w, 3) as the input
+
+The generator runs at its fixed size (``image_size``, 128x64 for the shipped file): crops are
+resized down to it and the output back up, so a restored crop carries the generator's resolution.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.backends import BackendConfig, InferenceBackend, create_backend_from_config
+from models.predictor_io import check_crop_batch, check_onnx_image_size, resize_batch
+from models.weights_path import require_file, sibling_key
+
+from .checkpoint import load_generator
+from .recipe import ModelConfig
+
+__all__ = ["DeocclusionPredictor", "DeocclusionPredictorConfig", "DEFAULT_DEOCCLUSION_WEIGHTS"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_DEOCCLUSION_WEIGHTS = "deocclusion_unet16_peta_128x64.pt"
+#: names of the exported graph (``tools/export_deocclusion.py``): RGB in [-1, 1] in and out
+INPUT_NAME, OUTPUT_NAME = "images", "generated"
+
+
+class DeocclusionPredictorConfig(BaseModel):
+    """The de-occlusion generator a stage runs (a block in the stage's config)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    weights: str = Field(
+        DEFAULT_DEOCCLUSION_WEIGHTS,
+        description="generator file (tools/train_deocclusion.py): a path, or the bare name of a file "
+        "shipped in models/weights/ (research-only PETA weights by default).",
+    )
+    backend: BackendConfig = Field(
+        default_factory=BackendConfig,
+        description="Inference runtime, in order of preference; max_batch is the chunk size of one call.",
+    )
+    onnx: str | None = Field(
+        None,
+        description="ONNX export of these weights (tools/export_deocclusion.py) for ONNX Runtime / "
+        "TensorRT; null = those backends are skipped and torch runs.",
+    )
+
+
+class DeocclusionPredictor:
+    """BGR uint8 crops (N, h, w, 3) -> restored BGR uint8 crops of the same shape."""
+
+    def __init__(
+        self,
+        weights: str | Path = DEFAULT_DEOCCLUSION_WEIGHTS,
+        backend: BackendConfig | None = None,
+        onnx: str | Path | None = None,
+        key: str = "weights",
+    ):
+        """``weights``: generator path or shipped file name; ``key``: its config key, used in errors
+        (a missing file is ``FileNotFoundError``; the ONNX file's key is the sibling ``onnx``)."""
+        path = require_file(weights, key)
+        onnx_key = sibling_key(key, "onnx")
+        onnx_path = None if onnx is None else require_file(onnx, onnx_key)
+        generator, cfg, _ = load_generator(path)
+        if cfg.num_attributes:
+            raise ValueError(
+                f"{key} '{weights}' is an attribute-conditioned generator ({cfg.num_attributes} "
+                "attributes); the predictor runs unconditioned generators only"
+            )
+        self.weights: Path = path
+        self.model_config: ModelConfig = cfg
+        #: (height, width) the generator runs at
+        self.image_size: tuple[int, int] = (int(cfg.image_size[0]), int(cfg.image_size[1]))
+        if onnx_path is not None:
+            check_onnx_image_size(onnx_path, self.image_size, onnx_key, weights)
+        self.backend: InferenceBackend = create_backend_from_config(
+            backend or BackendConfig(),
+            onnx_path=onnx_path,
+            module=generator,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+        )
+        logger.info(
+            "de-occlusion predictor %s: %dx%d, backend %s", path.name, *self.image_size, self.backend.name
+        )
+
+    @classmethod
+    def from_config(cls, config: DeocclusionPredictorConfig, key: str = "weights") -> DeocclusionPredictor:
+        """``key``: the config key of ``config.weights`` as the stage's config spells it (for errors)."""
+        return cls(config.weights, backend=config.backend, onnx=config.onnx, key=key)
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def generate(self, images: np.ndarray) -> np.ndarray:
+        """The generator itself: RGB float32 (N, 3, H, W) in [-1, 1] at ``image_size`` -> the same."""
+        x = np.asarray(images, dtype=np.float32)
+        if x.ndim != 4 or x.shape[1:] != (3, *self.image_size):
+            raise ValueError(
+                f"images must be (N, 3, {self.image_size[0]}, {self.image_size[1]}) in [-1, 1], "
+                f"got shape {x.shape}"
+            )
+        if len(x) == 0:
+            return np.zeros_like(x)
+        return np.asarray(self.backend(x)[OUTPUT_NAME], dtype=np.float32)
+
+    def __call__(self, crops_bgr: np.ndarray) -> np.ndarray:
+        """BGR uint8 (N, h, w, 3) -> restored BGR uint8 (N, h, w, 3)."""
+        crops = check_crop_batch(crops_bgr)
+        if len(crops) == 0:
+            return np.zeros_like(crops)
+        small = resize_batch(crops, self.image_size)[..., ::-1]  # BGR -> RGB
+        x = np.ascontiguousarray(small.transpose(0, 3, 1, 2), dtype=np.float32) / 127.5 - 1.0
+        out = self.generate(x)
+        rgb = np.rint((np.clip(out, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+        bgr = np.ascontiguousarray(rgb.transpose(0, 2, 3, 1)[..., ::-1])
+        return resize_batch(bgr, crops.shape[1:3])
+
+    def __repr__(self) -> str:
+        return (
+            f"DeocclusionPredictor(weights={str(self.weights)!r}, image_size={self.image_size}, "
+            f"backend={self.backend!r})"
+        )
