@@ -413,7 +413,8 @@ class PersonCrops:
             )
 
     def __repr__(self) -> str:
-        blocks = [n for n in ("grades", "restored", "attributes", "identities") if getattr(self, n) is not None]
+        names = ("grades", "restored", "attributes", "identities")
+        blocks = [n for n in names if getattr(self, n) is not None]
         return (
             f"PersonCrops(stream_id={self.stream_id!r}, seq={self.seq}, pts={self.pts}, "
             f"tracks={self.tracks.track_id.tolist()}, crops={self.crops.shape}, blocks={blocks})"

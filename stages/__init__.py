@@ -14,6 +14,10 @@ _MODULES = (
     "stages.ingest",
     "stages.detect",
     "stages.track",
+    "stages.grade",
+    "stages.deocclude",
+    "stages.describe",
+    "stages.identify",
     "stages.sinks",
 )
 

@@ -42,19 +42,32 @@ class ScheduleConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     confirm_frames: int = Field(3, ge=1, description="Frames a track must be seen before its first run.")
-    every_s: float | None = Field(1.0, gt=0, description="Re-run a visible track after this much stream "
-                                  "time (seconds of pts); null = off.")
-    every_frames: int | None = Field(None, ge=1, description="Re-run after this many frames of the "
-                                     "track; null = off.")
-    better_ratio: float | None = Field(1.3, gt=1, description="Re-run when the crop's quality reaches "
-                                       "this multiple of the best one run so far; null = off.")
-    min_gap_frames: int = Field(3, ge=1, description="Least frames between two runs triggered by a "
-                                "better crop or a grade change.")
-    on_grade_change: bool = Field(True, description="Re-run when the track's occlusion grade changes "
-                                  "(stages after the grade stage).")
+    every_s: float | None = Field(
+        1.0,
+        gt=0,
+        description="Re-run a visible track after this much stream time (seconds of pts); null = off.",
+    )
+    every_frames: int | None = Field(
+        None, ge=1, description="Re-run after this many frames of the track; null = off."
+    )
+    better_ratio: float | None = Field(
+        1.3,
+        gt=1,
+        description="Re-run when the crop's quality reaches "
+        "this multiple of the best one run so far; null = off.",
+    )
+    min_gap_frames: int = Field(
+        3, ge=1, description="Least frames between two runs triggered by a better crop or a grade change."
+    )
+    on_grade_change: bool = Field(
+        True, description="Re-run when the track's occlusion grade changes (stages after the grade stage)."
+    )
     max_runs_per_track: int = Field(0, ge=0, description="Most runs per track; 0 = no limit.")
-    max_rows_per_frame: int = Field(0, ge=0, description="Most rows run per frame (new tracks first, then "
-                                    "the longest waiting); 0 = no limit.")
+    max_rows_per_frame: int = Field(
+        0,
+        ge=0,
+        description="Most rows run per frame (new tracks first, then the longest waiting); 0 = no limit.",
+    )
     full_height: float = Field(160.0, gt=0, description="Box height (frame pixels) of full size quality.")
     idle_s: float = Field(120.0, gt=0, description="Forget a track not seen for this much stream time.")
 
@@ -107,7 +120,9 @@ class TrackScheduler:
         tracks = message.tracks
         now = message.pts if message.pts is not None else message.capture_time
         rows = np.arange(len(tracks)) if candidates is None else np.asarray(candidates, np.int64)
-        grade_of = {} if grades is None else dict(zip(rows.tolist(), np.asarray(grades).tolist(), strict=True))
+        grade_of = (
+            {} if grades is None else dict(zip(rows.tolist(), np.asarray(grades).tolist(), strict=True))
+        )
         visible = {int(r) for r in np.flatnonzero(tracks.state <= TrackState.UPDATED)}
         chosen: list[tuple[int, int, float, str]] = []  # (priority, row, waited, reason)
         for row in range(len(tracks)):
@@ -147,7 +162,9 @@ class TrackScheduler:
         self._sweep(message.stream_id, now)
         return np.asarray(selected, np.int32)
 
-    def _reason(self, state: _Track, message: PersonCrops, row: int, now: float, grade: int | None) -> str | None:
+    def _reason(
+        self, state: _Track, message: PersonCrops, row: int, now: float, grade: int | None
+    ) -> str | None:
         cfg = self.config
         if state.seen < cfg.confirm_frames:
             return None
@@ -169,8 +186,9 @@ class TrackScheduler:
 
     def _quality(self, message: PersonCrops, row: int) -> float:
         x1, y1, x2, y2 = message.tracks.xyxy[row]
-        return crop_quality(message.crops[row], float(y2 - y1), float(message.tracks.confidence[row]),
-                            self.config.full_height)
+        return crop_quality(
+            message.crops[row], float(y2 - y1), float(message.tracks.confidence[row]), self.config.full_height
+        )
 
     def end(self, stream_id: str, track_ids: Iterable[int]) -> None:
         """Forget ended tracks (TrackEnd); unknown ids are ignored (it may arrive twice)."""

@@ -15,8 +15,15 @@ SHARP = _RNG.integers(0, 255, (64, 32, 3), dtype=np.uint8)  # noise: high Laplac
 FLAT = np.full((64, 32, 3), 120, np.uint8)  # no detail at all
 
 
-def frame(seq: int, rows: list[tuple[int, int]], height: float = 160.0, conf: float = 0.9,
-          crop: np.ndarray = SHARP, stream: str = "cam", pts: float | None = None) -> PersonCrops:
+def frame(
+    seq: int,
+    rows: list[tuple[int, int]],
+    height: float = 160.0,
+    conf: float = 0.9,
+    crop: np.ndarray = SHARP,
+    stream: str = "cam",
+    pts: float | None = None,
+) -> PersonCrops:
     """rows: (track_id, TrackState) pairs."""
     n = len(rows)
     tracks = Tracks(
@@ -26,8 +33,9 @@ def frame(seq: int, rows: list[tuple[int, int]], height: float = 160.0, conf: fl
         np.array([r[1] for r in rows], np.uint8),
     )
     crops = np.repeat(crop[None], n, 0) if n else np.zeros((0, *crop.shape), np.uint8)
-    return PersonCrops(stream, seq, seq / FPS if pts is None else pts, 1000.0 + seq / FPS, (480, 640),
-                       tracks, crops)
+    return PersonCrops(
+        stream, seq, seq / FPS if pts is None else pts, 1000.0 + seq / FPS, (480, 640), tracks, crops
+    )
 
 
 def run_sequence(scheduler: TrackScheduler, frames: int, track_ids: list[int]) -> dict[int, list[int]]:

@@ -226,6 +226,34 @@ class OcclusionGallery:
             slots.append(slot)
         return slots
 
+    def grades_present(self) -> set[int]:
+        """The grades of the entries held (the query versions a match can ask for)."""
+        return set(np.unique(self._grades[self._valid]).tolist())
+
+    def id_at(self, slot: int) -> Id | None:
+        """The id held by ``slot`` (None when the slot is free)."""
+        return self._ids[slot] if self._valid[slot] else None
+
+    def put(self, slot: int, ident: Id, embeddings: np.ndarray, grade: int) -> None:
+        """Overwrite ``slot`` with one entry's (9, D) versions and grade, and mark it used now: how a
+        live track's entry follows its aggregate without a new slot per update."""
+        emb = np.asarray(embeddings, dtype=np.float32)
+        if emb.shape != (NUM_GRADES, self.dim):
+            raise ValueError(f"put: expected ({NUM_GRADES}, {self.dim}) embeddings, got {emb.shape}")
+        self._check_grades(np.array([grade]), "put")
+        norms = np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+        self._clock += 1
+        self._emb[:, slot] = emb / norms
+        self._grades[slot] = int(grade)
+        self._ids[slot] = ident
+        self._valid[slot] = True
+        self._last_used[slot] = self._clock
+
+    def touch(self, slot: int) -> None:
+        """Mark ``slot`` used now (least-recently-used eviction spares it longest)."""
+        self._clock += 1
+        self._last_used[slot] = self._clock
+
     def remove(self, ident: Id) -> int:
         """Remove every entry of ``ident``; returns how many."""
         slots = [i for i in np.flatnonzero(self._valid) if self._ids[i] == ident]

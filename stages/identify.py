@@ -1,0 +1,381 @@
+"""Identify stage: one identity per person, across tracks and cameras, from the occlude-them-all gallery.
+
+One instance is fed by every stream of a graph, so identities cross cameras. A track's identity comes
+from its scheduled crops, not from one crop: each graded crop (the grade stage's embedding and grade,
+no second plain pass) enters the track's ``TrackEmbedding``, a running weighted mean of its
+unification versions that prefers holistic, sharp, tall, confident crops (``crop_weight``). The track
+is matched with OAMN's unification (sec. 3.4: both sides masked with the union of their occlusion
+regions; similarity offsets per grade pair) against the gallery, which holds one entry per track
+seen (live tracks included, so two cameras that see a person at the same time agree):
+
+* no identity yet: the best identity whose score reaches ``new_identity_threshold`` is taken, else a
+  new identity is created (the threshold was chosen on held-out training identities: see
+  ``docs/occlusion_stages.md``);
+* an identity already: it changes only when another identity beats the track's own evidence (the
+  best entry of its identity from another track, or the threshold when there is none) by
+  ``switch_margin``: a new identity made from poor first crops merges into an existing one;
+* entries of the same camera that overlap the track in time are never candidates (one person is
+  not two tracks of one camera at once).
+
+Versions cost passes of the network: a holistic crop against holistic entries costs nothing more
+(its version 0 is the grade stage's embedding); the other versions are computed only for the grades
+present in the gallery, and all nine (needed by the track's own entry) for a track's first crop and
+for crops clearly better than the best one that got them.
+
+The gallery persists across runs (``gallery``: saved on stop and every ``save_interval_s``), is
+bounded (``capacity`` entries, least recently used evicted) and shared by all streams of the graph.
+The block added is ``Identities`` for every row of a track that has an identity; the track's final
+identity travels on its TrackEnd.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from models.reid.gallery import OcclusionGallery
+from models.reid.predictor import ReidPredictor, ReidPredictorConfig
+from models.reid.track_embedding import TrackEmbedding, crop_weights, laplacian_sharpness
+from models.reid.unification import unification_versions
+from pipeline.messages import Identities, PersonCrops, TrackEnd
+from pipeline.registry import register_stage
+from pipeline.stage import StageContext
+from stages.person_stage import PersonStage, PersonStageConfig
+from stages.sinks.common import output_path
+
+__all__ = ["IdentifyStage", "IdentifyConfig", "NUM_VERSIONS"]
+
+NUM_VERSIONS = 9
+
+
+class IdentifyConfig(PersonStageConfig):
+    """The gallery, the matching rule, the schedule and batching."""
+
+    model: ReidPredictorConfig = Field(
+        default_factory=ReidPredictorConfig,
+        description="OAMN checkpoint (the grade stage's: its embeddings are reused) and backend.",
+    )
+    gallery: str | None = Field(
+        "gallery",
+        description="Gallery files (<path>.npz + <path>.json; relative "
+        "to output_dir): loaded at start when present, saved on stop and "
+        "periodically; null = in memory only.",
+    )
+    capacity: int = Field(
+        5000, ge=1, description="Most gallery entries (one per track); the least recently used is evicted."
+    )
+    save_interval_s: float = Field(
+        60.0,
+        gt=0,
+        description="Save the gallery at least this often while tracks are being identified (wall clock).",
+    )
+    new_identity_threshold: float = Field(
+        0.45,
+        ge=-1,
+        le=1,
+        description="A track whose best match scores "
+        "below this gets a new identity (unified cosine less offsets).",
+    )
+    switch_margin: float = Field(
+        0.1,
+        ge=0,
+        le=2,
+        description="How much another identity must beat the "
+        "track's own evidence before the track changes identity.",
+    )
+    unify: bool = Field(True, description="Occlusion unification (OAMN sec. 3.4); false = plain cosine.")
+    idle_s: float = Field(
+        120.0,
+        gt=0,
+        description="Forget a live track after this much stream time "
+        "without a row (when its TrackEnd never came); its entry stays.",
+    )
+
+
+@dataclass
+class _Track:
+    """A live track: its aggregate, identity, gallery entry and time span."""
+
+    aggregate: TrackEmbedding
+    first_seen: float
+    last_seen: float
+    identity: int | None = None
+    score: float = 0.0
+    entry: str | None = None  # gallery id "<identity>/<n>" of this track's entry
+    slot: int = -1  # where that entry was last written (checked: eviction may reuse it)
+    full_weight: float = 0.0  # weight of the best crop whose nine versions were computed
+
+
+@dataclass
+class _Entry:
+    """What the stage knows about a gallery entry made this run (for the same-camera overlap rule)."""
+
+    stream_id: str
+    first_seen: float
+    last_seen: float
+
+
+@register_stage("identify")
+class IdentifyStage(PersonStage):
+    """Adds ``Identities`` (identity and match score) for the rows of identified tracks."""
+
+    Config: ClassVar[type[BaseModel]] = IdentifyConfig
+
+    def __init__(self, config: IdentifyConfig, context: StageContext) -> None:
+        super().__init__(config, context)
+        self.config: IdentifyConfig = config
+        self.predictor: ReidPredictor | None = None
+        self.gallery: OcclusionGallery | None = None
+        self._tracks: dict[tuple[str, int], _Track] = {}
+        self._entries: dict[str, _Entry] = {}
+        self._next_identity = 1
+        self._entry_numbers = itertools.count(1)
+        self._last_save = time.monotonic()
+        self._dirty = False
+        self._path: Path | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def on_start(self) -> None:
+        self.predictor = ReidPredictor.from_config(
+            self.config.model, key=f"{self.context.name}.model.weights"
+        )
+        p = self.predictor
+        if self.config.gallery is not None:
+            self._path = output_path(self.context, self.config.gallery)
+        if self._path is not None and self._path.with_suffix(".json").is_file():
+            self.gallery = OcclusionGallery.load(self._path, p.encoder)
+            if self.gallery.dim != p.embedding_dim:
+                raise ValueError(
+                    f"{self.context.name}.gallery {self._path}: {self.gallery.dim}-d entries, "
+                    f"the model gives {p.embedding_dim}-d embeddings"
+                )
+            ids = [_identity_of(i) for i in self.gallery.ids]
+            self._next_identity = max(ids, default=0) + 1
+            numbers = [int(str(i).split("/")[1]) for i in self.gallery.ids]
+            self._entry_numbers = itertools.count(max(numbers, default=0) + 1)
+            self.context.logger.info(
+                "gallery %s: %d entries, %d identities", self._path, len(self.gallery), len(set(ids))
+            )
+        else:
+            self.gallery = OcclusionGallery(
+                p.embedding_dim,
+                self.config.capacity,
+                p.encoder,
+                p.thresholds,
+                unify=self.config.unify,
+                offsets=p.offsets,
+            )
+
+    def on_stop(self) -> list[Any]:
+        self._save()
+        return []
+
+    def end_tracks(self, end: TrackEnd) -> list[Any]:
+        rows, identity, score = [], [], []
+        for i, track_id in enumerate(end.track_id.tolist()):
+            track = self._tracks.pop((end.stream_id, int(track_id)), None)
+            if track is not None and track.identity is not None:
+                rows.append(i)
+                identity.append(track.identity)
+                score.append(track.score)
+        self._maybe_save()
+        if not rows:
+            return []
+        return [
+            replace(
+                end,
+                identities=Identities(
+                    np.asarray(rows, np.int32), np.asarray(identity, np.int64), np.asarray(score, np.float32)
+                ),
+            )
+        ]
+
+    def end_stream(self, stream_id: str) -> list[Any]:
+        for key in [k for k in self._tracks if k[0] == stream_id]:
+            del self._tracks[key]
+        self._save()
+        return []
+
+    # -- per batch ---------------------------------------------------------------------------------
+    def run_batch(self, messages: list[PersonCrops]) -> list[Any]:
+        out = []
+        for message in messages:
+            grades = message.grades
+            if grades is not None and len(grades):
+                rows = self.scheduler.select(message, grades.rows, grades.grade)
+                if len(rows):
+                    self._identify(message, rows)
+            out.append(self._annotate(message))
+        self._maybe_save()
+        return out
+
+    def _identify(self, message: PersonCrops, rows: np.ndarray) -> None:
+        assert self.predictor is not None and self.gallery is not None
+        grades = message.grades
+        assert grades is not None
+        at = {int(r): i for i, r in enumerate(grades.rows.tolist())}
+        pick = np.array([at[int(r)] for r in rows.tolist()])
+        own = grades.grade[pick].astype(np.int64)
+        plain = grades.embedding[pick]
+        boxes = message.tracks.xyxy[rows]
+        crops = message.crops[rows]
+        weights = crop_weights(
+            own,
+            np.array([laplacian_sharpness(c) for c in crops]),
+            boxes[:, 3] - boxes[:, 1],
+            message.tracks.confidence[rows],
+        )
+        now = message.pts if message.pts is not None else message.capture_time
+        tracks = []
+        for row, weight in zip(rows.tolist(), weights.tolist(), strict=True):
+            key = (message.stream_id, int(message.tracks.track_id[row]))
+            track = self._tracks.get(key)
+            if track is None:
+                track = self._tracks[key] = _Track(TrackEmbedding(self.predictor.embedding_dim), now, now)
+            track.last_seen = now
+            tracks.append((key, track, weight))
+        # versions: all nine for a track's first crop and clearly better ones (its own entry needs them),
+        # otherwise only those the gallery's entries can ask for
+        present = self.gallery.grades_present() | {0}
+        wanted = [
+            range(NUM_VERSIONS) if (t.entry is None or w > 1.5 * t.full_weight) else sorted(present)
+            for _, t, w in tracks
+        ]
+        versions = self._versions(crops, own, plain, wanted)
+        for i, (key, track, weight) in enumerate(tracks):
+            if len(wanted[i]) == NUM_VERSIONS:
+                track.full_weight = max(track.full_weight, weight)
+            track.aggregate.add(versions[i], int(own[i]), max(weight, 1e-3))
+            self._decide(message.stream_id, key, track)
+
+    def _versions(self, crops: np.ndarray, own: np.ndarray, plain: np.ndarray, wanted: list) -> np.ndarray:
+        """(N, 9, D) unification versions, only the wanted rows computed (grouped by request)."""
+        assert self.predictor is not None
+        out = np.zeros((len(crops), NUM_VERSIONS, plain.shape[1]), np.float32)
+        if not self.config.unify:
+            out[:, 0] = plain
+            return out
+        x = self.predictor.prepare(crops)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, w in enumerate(wanted):
+            groups.setdefault(tuple(w), []).append(i)
+        for versions, idx in groups.items():
+            out[idx] = self.timed(
+                lambda xs, v=versions, ix=idx: unification_versions(
+                    self.predictor.encoder, xs, own[ix], plain[ix], v
+                ),
+                x[idx],
+            )
+        return out
+
+    def _decide(self, stream_id: str, key: tuple[str, int], track: _Track) -> None:
+        assert self.gallery is not None
+        query, grade = track.aggregate.as_query()
+        best: dict[int, tuple[float, int]] = {}  # identity -> (score, slot)
+        if len(self.gallery):
+            sims, _, slots = self.gallery.similarity(query, [grade])
+            for score, slot in zip(sims[0].tolist(), slots.tolist(), strict=True):
+                entry = self.gallery.id_at(slot)
+                if entry is None or entry == track.entry or self._overlaps(entry, stream_id, track):
+                    continue
+                identity = _identity_of(entry)
+                if identity not in best or score > best[identity][0]:
+                    best[identity] = (score, slot)
+        threshold = self.config.new_identity_threshold
+        top = max(best.items(), key=lambda kv: kv[1][0]) if best else None
+        if track.identity is None:
+            if top is not None and top[1][0] >= threshold:
+                track.identity, track.score = top[0], top[1][0]
+                self.gallery.touch(top[1][1])
+                self.context.count("identities_matched")
+            else:
+                track.identity, track.score = self._next_identity, 1.0
+                self._next_identity += 1
+                self.context.count("identities_created")
+        elif top is not None and top[0] != track.identity:
+            own = best.get(track.identity, (threshold, -1))[0]
+            if top[1][0] >= max(threshold, own) + self.config.switch_margin:
+                self.context.logger.info(
+                    "track %s: identity %d -> %d (%.3f vs %.3f)", key, track.identity, top[0], top[1][0], own
+                )
+                track.identity, track.score = top[0], top[1][0]
+                track.entry = None  # a new entry under the new identity
+                self.context.count("identities_switched")
+            elif track.identity in best:
+                track.score = best[track.identity][0]
+        elif top is not None:
+            track.score = top[1][0]
+        self._store(stream_id, track, query[0], grade)
+
+    def _store(self, stream_id: str, track: _Track, versions: np.ndarray, grade: int) -> None:
+        """Write the track's aggregate into its own gallery entry (a new slot the first time)."""
+        assert self.gallery is not None and track.identity is not None
+        if track.entry is not None and track.slot >= 0 and self.gallery.id_at(track.slot) == track.entry:
+            self.gallery.put(track.slot, track.entry, versions, grade)
+        else:
+            track.entry = f"{track.identity}/{next(self._entry_numbers)}"
+            (track.slot,) = self.gallery.add([track.entry], versions[None], grades=[grade])
+        self._entries[track.entry] = _Entry(stream_id, track.first_seen, track.last_seen)
+        if len(self._entries) > 2 * self.gallery.capacity:  # forget metadata of evicted entries
+            live = set(self.gallery.ids)
+            self._entries = {k: v for k, v in self._entries.items() if k in live}
+        self._dirty = True
+
+    def _overlaps(self, entry: str, stream_id: str, track: _Track) -> bool:
+        """An entry of the same camera whose time span overlaps the track's: not the same person."""
+        meta = self._entries.get(entry)
+        return meta is not None and meta.stream_id == stream_id and meta.last_seen >= track.first_seen
+
+    def _annotate(self, message: PersonCrops) -> PersonCrops:
+        rows, identity, score = [], [], []
+        for row, track_id in enumerate(message.tracks.track_id.tolist()):
+            track = self._tracks.get((message.stream_id, int(track_id)))
+            if track is not None and track.identity is not None:
+                rows.append(row)
+                identity.append(track.identity)
+                score.append(track.score)
+        self._expire(message)
+        if not rows:
+            return message
+        return replace(
+            message,
+            identities=Identities(
+                np.asarray(rows, np.int32), np.asarray(identity, np.int64), np.asarray(score, np.float32)
+            ),
+        )
+
+    def _expire(self, message: PersonCrops) -> None:
+        now = message.pts if message.pts is not None else message.capture_time
+        for track_id in message.tracks.track_id.tolist():
+            track = self._tracks.get((message.stream_id, int(track_id)))
+            if track is not None:
+                track.last_seen = max(track.last_seen, now)
+        stale = [
+            k
+            for k, t in self._tracks.items()
+            if k[0] == message.stream_id and now - t.last_seen > self.config.idle_s
+        ]
+        for key in stale:
+            del self._tracks[key]
+
+    def _maybe_save(self) -> None:
+        if self._dirty and time.monotonic() - self._last_save >= self.config.save_interval_s:
+            self._save()
+
+    def _save(self) -> None:
+        if self._path is None or self.gallery is None or not self._dirty:
+            return
+        self.gallery.save(self._path)
+        self._dirty = False
+        self._last_save = time.monotonic()
+        self.context.count("gallery_saves")
+
+
+def _identity_of(entry: Any) -> int:
+    return int(str(entry).split("/")[0])
