@@ -1,11 +1,21 @@
-"""JSONL event log: one line per frame with tracks, one line per end of stream.
+"""JSONL event log: one line per frame with tracks, one per batch of ended tracks, one per end of stream.
 
 Line shapes (``type`` says which)::
 
     {"type": "tracks", "stream_id": "cam1", "seq": 12, "pts": 0.5, "capture_time": 1.7e9,
      "frame_size": [360, 640], "tracks": [{"track_id": 3, "xyxy": [..4 floats..],
-     "confidence": 0.91, "state": "updated"}]}
+     "confidence": 0.91, "state": "updated", "grade": 1, "grade_name": "top-1/4", "restored": true,
+     "identity": 7, "identity_score": 0.83, "attributes": {"personalMale": true, "hairLong": null}}]}
+    {"type": "track_end", "stream_id": "cam1", "seq": 40, "capture_time": 1.7e9,
+     "tracks": [{"track_id": 3, "identity": 7,
+                 "attributes": {"personalMale": {"decision": true, "probability": 0.91}}}]}
     {"type": "end_of_stream", "stream_id": "cam1", "reason": "finished", "detail": ""}
+
+In a ``tracks`` line, ``grade``/``grade_name`` (``pipeline.messages.GRADE_NAMES``), ``restored``,
+``identity``/``identity_score`` and ``attributes`` are present only when a model stage reported them
+for that row in that frame (``attributes``: only when the track's decisions changed; null =
+undecided). A ``track_end`` line may repeat a track when the graph fans in: the later one carries the
+model stages' final word (identity null / attributes absent when there is none); keep the last.
 
 Each line is flushed to the OS as it is written; the file is fsync'ed at every end of stream and
 when the stage stops, so a drained pipeline leaves every line on disk.
@@ -20,10 +30,10 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.messages import EndOfStream, PersonCrops
+from pipeline.messages import EndOfStream, PersonCrops, TrackEnd
 from pipeline.registry import register_stage
 from pipeline.stage import Stage
-from stages.sinks.common import output_path, tracks_record
+from stages.sinks.common import TrackEndDedup, output_path, track_end_record, tracks_record
 
 __all__ = ["JsonlSink", "JsonlSinkConfig"]
 
@@ -37,6 +47,9 @@ class JsonlSinkConfig(BaseModel):
         "events.jsonl", description="Output file (appended); relative paths are under output_dir."
     )
     include_empty: bool = Field(False, description="Also write frames in which no track is present.")
+    track_idle_s: float = Field(
+        300.0, gt=0, description="Forget which ended tracks were reported after this much capture time."
+    )
 
 
 @register_stage("jsonl_sink")
@@ -44,13 +57,14 @@ class JsonlSink(Stage):
     """Appends track events as JSON lines."""
 
     Config: ClassVar[type[BaseModel]] = JsonlSinkConfig
-    accepts: ClassVar[tuple[type, ...]] = (PersonCrops,)
+    accepts: ClassVar[tuple[type, ...]] = (PersonCrops, TrackEnd)
     emits: ClassVar[tuple[type, ...] | None] = ()
 
     def on_start(self) -> None:
         path = output_path(self.context, self.config.path)
         self.path = path
         self._file = path.open("a", encoding="utf-8")
+        self._ended = TrackEndDedup(self.config.track_idle_s)
 
     def process(self, message: Any) -> Iterable[Any]:
         if isinstance(message, EndOfStream):
@@ -62,6 +76,12 @@ class JsonlSink(Stage):
             }
             self._write(record)
             self._sync()
+            self._ended.end_stream(message.stream_id)
+            return ()
+        if isinstance(message, TrackEnd):
+            fresh = self._ended.fresh(message)
+            if fresh:
+                self._write(track_end_record(message, fresh))
             return ()
         if len(message.tracks) or self.config.include_empty:
             self._write(tracks_record(message))
