@@ -27,7 +27,7 @@ from pipeline.configfile import ConfigError, load_yaml
 from pipeline.defaults import default_replay_graph
 from pipeline.graph import GraphConfig, load_graph
 from pipeline.logs import setup_logging
-from pipeline.messages import EndOfStream, Frame, PersonCrops
+from pipeline.messages import EndOfStream, Frame, PersonCrops, TrackEnd
 from pipeline.runtime import EmbeddedRuntime, RunReport
 from pipeline.urls import mask_url, mask_urls_in
 
@@ -85,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--out", help="output folder for events.db, events.jsonl and videos (default: out)")
     replay.add_argument("--no-progress", action="store_true", help="no progress bar")
+    replay.add_argument(
+        "--basic",
+        action="store_true",
+        help="detect-and-track only (configs/replay_basic.yaml): no grade, deocclude, describe, identify",
+    )
     common(replay)
 
     run = sub.add_parser("run", help="run a graph config until its sources end or Ctrl-C")
@@ -269,6 +274,11 @@ class _Progress:
         self.tracks: set[tuple[str, int]] = set()
         self._last_seq: dict[str, int] = {}
         self.ended: list[EndOfStream] = []
+        self.identities: set[int] = set()
+        self.graded = 0
+        self.occluded = 0
+        self.restored = 0
+        self.decided_tracks = 0
         self._lock = threading.Lock()
 
     def __call__(self, stage: str, message: Any) -> None:
@@ -285,6 +295,20 @@ class _Progress:
                 tracks = message.tracks
                 if tracks is not None:
                     self.tracks.update((message.stream_id, int(t)) for t in tracks.track_id)
+                if isinstance(message, PersonCrops):
+                    self._blocks(message)
+            elif isinstance(message, TrackEnd) and message.attributes is not None:
+                self.decided_tracks += int((message.attributes.decisions >= 0).any(axis=1).sum())
+
+    def _blocks(self, message: PersonCrops) -> None:
+        """What the model stages added (``_summary`` reports it)."""
+        if message.grades is not None:
+            self.graded += len(message.grades)
+            self.occluded += int((message.grades.grade > 0).sum())
+        if message.restored is not None:
+            self.restored += len(message.restored)
+        if message.identities is not None:
+            self.identities.update(int(i) for i in message.identities.identity)
 
 
 def _progress_stage(graph: GraphConfig) -> str:
@@ -298,7 +322,7 @@ def _progress_stage(graph: GraphConfig) -> str:
 
 def _replay(args: argparse.Namespace) -> int:
     videos = _expand_videos(args.videos)
-    raw = load_yaml(args.config) if args.config else default_replay_graph()
+    raw = load_yaml(args.config) if args.config else default_replay_graph(basic=args.basic)
     ingest = [s for s in raw.get("stages", []) if isinstance(s, dict) and s.get("type") == "ingest"]
     if len(ingest) != 1:
         raise _Fail(2, f"replay needs exactly one stage of type ingest in the graph, found {len(ingest)}")
@@ -384,6 +408,13 @@ def _summary(graph: GraphConfig, progress: _Progress, report: RunReport, ids: li
         f"tracks: {len(progress.tracks)}",
         f"mean fps: {progress.frames / seconds:.1f} ({seconds:.1f} s)",
     ]
+    if progress.graded:
+        lines += [
+            f"identities: {len(progress.identities)}",
+            f"occluded: {100.0 * progress.occluded / progress.graded:.0f} % of {progress.graded} graded "
+            f"crops ({progress.restored} de-occluded)",
+            f"attributes decided: {progress.decided_tracks} tracks",
+        ]
     ended = {e.stream_id: e for e in progress.ended}
     for sid in ids:
         eos = ended.get(sid)

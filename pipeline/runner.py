@@ -286,6 +286,10 @@ class StageRunner:
             self._send(output)
         if not any(isinstance(output, TrackEnd) for output in outputs):
             self._send(end)
+        if self._observer is not None:
+            for output in outputs if outputs else [end]:
+                if isinstance(output, TrackEnd):
+                    self._observer(self.name, output)
 
     def _stage_error(self, exc: Exception) -> None:
         self._metrics.errors.labels(stage=self.name).inc()
