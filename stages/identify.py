@@ -19,8 +19,9 @@ seen (live tracks included, so two cameras that see a person at the same time ag
 
 Versions cost passes of the network: a holistic crop against holistic entries costs nothing more
 (its version 0 is the grade stage's embedding); the other versions are computed only for the grades
-present in the gallery, and all nine (needed by the track's own entry) for a track's first crop and
-for crops clearly better than the best one that got them.
+present in the gallery, and all nine (what occluded queries need of the track's own entry) for one
+crop of each track that lives to its ``full_versions_at``-th run, and once more for a crop twice
+as good. A pair that lacks a version is compared through the plain embeddings.
 
 The gallery persists across runs (``gallery``: saved on stop and every ``save_interval_s``), is
 bounded (``capacity`` entries, least recently used evicted) and shared by all streams of the graph.
@@ -89,6 +90,20 @@ class IdentifyConfig(PersonStageConfig):
         description="How much another identity must beat the "
         "track's own evidence before the track changes identity.",
     )
+    full_versions_at: int = Field(
+        3,
+        ge=1,
+        description="The identify run of a track whose crop gets all "
+        "nine unification versions (the others get only the versions the "
+        "gallery's grades need); pairs missing a version compare plain "
+        "embeddings.",
+    )
+    rerank: int = Field(
+        5,
+        ge=1,
+        description="Entries (the most similar by plain cosine) compared with "
+        "occlusion unification; the others compare plain.",
+    )
     unify: bool = Field(True, description="Occlusion unification (OAMN sec. 3.4); false = plain cosine.")
     idle_s: float = Field(
         120.0,
@@ -110,6 +125,8 @@ class _Track:
     entry: str | None = None  # gallery id "<identity>/<n>" of this track's entry
     slot: int = -1  # where that entry was last written (checked: eviction may reuse it)
     full_weight: float = 0.0  # weight of the best crop whose nine versions were computed
+    full_runs: int = 0  # crops whose nine versions were computed
+    runs: int = 0
 
 
 @dataclass
@@ -139,6 +156,7 @@ class IdentifyStage(PersonStage):
         self._last_save = time.monotonic()
         self._dirty = False
         self._path: Path | None = None
+        self._kind = "needed"
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def on_start(self) -> None:
@@ -240,19 +258,44 @@ class IdentifyStage(PersonStage):
                 track = self._tracks[key] = _Track(TrackEmbedding(self.predictor.embedding_dim), now, now)
             track.last_seen = now
             tracks.append((key, track, weight))
-        # versions: all nine for a track's first crop and clearly better ones (its own entry needs them),
-        # otherwise only those the gallery's entries can ask for
-        present = self.gallery.grades_present() | {0}
+        needed = self._needed_versions(plain)
         wanted = [
-            range(NUM_VERSIONS) if (t.entry is None or w > 1.5 * t.full_weight) else sorted(present)
-            for _, t, w in tracks
+            range(NUM_VERSIONS) if self._wants_all(t, w) else needed[i] for i, (_, t, w) in enumerate(tracks)
         ]
         versions = self._versions(crops, own, plain, wanted)
         for i, (key, track, weight) in enumerate(tracks):
+            track.runs += 1
             if len(wanted[i]) == NUM_VERSIONS:
                 track.full_weight = max(track.full_weight, weight)
+                track.full_runs += 1
             track.aggregate.add(versions[i], int(own[i]), max(weight, 1e-3))
             self._decide(message.stream_id, key, track)
+
+    def _needed_versions(self, plain: np.ndarray) -> list[list[int]]:
+        """Per crop, the versions its unified comparison with its ``rerank`` most similar entries (by
+        plain cosine) needs: those entries' grades, and 0. Entries further away compare plain, so a
+        crop costs a pass only when an occluded entry is a real candidate."""
+        assert self.gallery is not None
+        if not len(self.gallery):
+            return [[0] for _ in range(len(plain))]
+        sims, _, grades = self.gallery.plain_similarity(plain)
+        k = min(self.config.rerank, sims.shape[1])
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        return [sorted(set(grades[row].tolist()) | {0}) for row in top]
+
+    def _encode(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
+        """The network, counting masked crops encoded (``version_passes``: the cost of unification)."""
+        assert self.predictor is not None
+        self.context.count("version_passes", float(len(images)), versions=self._kind)
+        return self.predictor.encoder(images)
+
+    def _wants_all(self, track: _Track, weight: float) -> bool:
+        """All nine versions (what occluded queries need of this track's entry) for the crop of the
+        track's ``full_versions_at``-th run, and once more for a crop twice as good: a short track
+        costs no pass, a long one a handful."""
+        if track.full_runs == 0:
+            return track.runs + 1 >= self.config.full_versions_at
+        return track.full_runs < 2 and weight > 2.0 * track.full_weight
 
     def _versions(self, crops: np.ndarray, own: np.ndarray, plain: np.ndarray, wanted: list) -> np.ndarray:
         """(N, 9, D) unification versions, only the wanted rows computed (grouped by request)."""
@@ -266,10 +309,9 @@ class IdentifyStage(PersonStage):
         for i, w in enumerate(wanted):
             groups.setdefault(tuple(w), []).append(i)
         for versions, idx in groups.items():
+            self._kind = "all" if len(versions) == NUM_VERSIONS else "needed"
             out[idx] = self.timed(
-                lambda xs, v=versions, ix=idx: unification_versions(
-                    self.predictor.encoder, xs, own[ix], plain[ix], v
-                ),
+                lambda xs, v=versions, ix=idx: unification_versions(self._encode, xs, own[ix], plain[ix], v),
                 x[idx],
             )
         return out
@@ -279,7 +321,7 @@ class IdentifyStage(PersonStage):
         query, grade = track.aggregate.as_query()
         best: dict[int, tuple[float, int]] = {}  # identity -> (score, slot)
         if len(self.gallery):
-            sims, _, slots = self.gallery.similarity(query, [grade])
+            sims, _, slots = self.gallery.similarity(query, [grade], plain_fallback=True)
             for score, slot in zip(sims[0].tolist(), slots.tolist(), strict=True):
                 entry = self.gallery.id_at(slot)
                 if entry is None or entry == track.entry or self._overlaps(entry, stream_id, track):

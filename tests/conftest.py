@@ -28,6 +28,18 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def private_model_cache(tmp_path_factory):
+    """``onnx: auto`` exports go to a folder of this test session, never the user's ~/.cache."""
+    previous = os.environ.get("AMODAL_CACHE")
+    os.environ["AMODAL_CACHE"] = str(tmp_path_factory.mktemp("amodal-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("AMODAL_CACHE", None)
+    else:
+        os.environ["AMODAL_CACHE"] = previous
+
+
+@pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():
     """One torch intra-op thread for the whole suite. The tests use tiny networks, and on a 2-core
     machine two intra-op threads spin against the pipeline's own threads (up to 100x slower)."""

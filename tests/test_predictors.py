@@ -408,8 +408,25 @@ def test_onnx_of_another_input_size_is_a_config_error(onnx_files):
         )
 
 
+def test_onnx_auto_exports_once_into_the_cache_and_onnxruntime_runs_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("AMODAL_CACHE", str(tmp_path))
+    first = ReidPredictor.from_config(ReidPredictorConfig())  # onnx: auto, default preference
+    assert first.backend_name == "onnxruntime"
+    (export,) = (tmp_path / "onnx").glob("oamn_osnet_x0_25_peta-*.onnx")
+    stamp = export.stat().st_mtime_ns
+    again = ReidPredictor.from_config(ReidPredictorConfig())
+    assert again.backend_name == "onnxruntime" and export.stat().st_mtime_ns == stamp, "exported once"
+    torch_only = ReidPredictor.from_config(ReidPredictorConfig(onnx=None))
+    crops = np.random.default_rng(1).integers(0, 255, (3, 256, 128, 3), dtype=np.uint8)
+    np.testing.assert_allclose(again(crops)[0], torch_only(crops)[0], atol=1e-4)
+    attrs = AttributePredictor.from_config(AttributePredictorConfig())
+    deocc = DeocclusionPredictor.from_config(DeocclusionPredictorConfig())
+    assert attrs.backend_name == deocc.backend_name == "onnxruntime"
+    assert len(list((tmp_path / "onnx").glob("*.onnx"))) == 3 and not list((tmp_path / "onnx").glob(".*"))
+
+
 def test_without_onnx_the_runtime_backends_are_skipped_with_a_reason():
-    predictor = DeocclusionPredictor.from_config(DeocclusionPredictorConfig())  # default preference
+    predictor = DeocclusionPredictor.from_config(DeocclusionPredictorConfig(onnx=None))  # default preference
     assert predictor.backend_name == "torch"
     reasons = " ".join(predictor.backend.skipped_reasons)
     assert "onnxruntime: no ONNX file was given" in reasons

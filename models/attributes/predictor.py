@@ -21,6 +21,7 @@ from torch import nn
 
 from models.backends import BackendConfig
 from models.data.transforms import resize
+from models.onnx_cache import resolve_onnx
 from models.predictor_io import check_crop_batch, check_onnx_image_size, resize_batch
 from models.weights_path import require_file, sibling_key
 
@@ -51,13 +52,15 @@ class AttributePredictorConfig(BaseModel):
         "path, or the bare name of a file shipped in models/weights/ (research-only PETA weights).",
     )
     backend: BackendConfig = Field(
-        default_factory=BackendConfig,
+        default_factory=lambda: BackendConfig(threads=1),
         description="Inference runtime, in order of preference; max_batch is the chunk size of one call.",
     )
     onnx: str | None = Field(
-        None,
-        description="ONNX export of these weights without the mask input (tools/export_attributes.py) "
-        "for ONNX Runtime / TensorRT; null = those backends are skipped and torch runs.",
+        "auto",
+        description="ONNX file for ONNX Runtime / TensorRT: 'auto' exports these weights once into the "
+        "cache (~/.cache/amodal/onnx, or $AMODAL_CACHE); a path names an export "
+        "(tools/export_attributes.py); "
+        "null = torch only.",
     )
 
 
@@ -152,11 +155,12 @@ class AttributePredictor:
         """``key``: the config key of ``config.weights`` as the stage's config spells it (for errors;
         the ONNX file's key is the sibling ``onnx``)."""
         path = require_file(config.weights, key)
-        onnx_path = None
-        if config.onnx is not None:
-            onnx_key = sibling_key(key, "onnx")
-            onnx_path = require_file(config.onnx, onnx_key)
+        onnx_key = sibling_key(key, "onnx")
         model, bundle = load_attribute_model(path)
+        module = AttributeExportWrapper(model).eval()
+        example = [torch.zeros(2, 3, *bundle.input_size)]
+        onnx_path = resolve_onnx(config.onnx, onnx_key, path, module, example, ["images"],
+                                 ["logits", "probabilities"], config.backend.preference)
         if onnx_path is not None:
             check_onnx_image_size(onnx_path, bundle.input_size, onnx_key, config.weights)
         return cls(model, bundle, onnx_path=onnx_path, backend=config.backend)

@@ -14,9 +14,11 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from models.backends import BackendConfig, InferenceBackend, create_backend_from_config
+from models.onnx_cache import resolve_onnx
 from models.predictor_io import check_crop_batch, check_onnx_image_size, resize_batch
 from models.weights_path import require_file, sibling_key
 
@@ -43,13 +45,15 @@ class DeocclusionPredictorConfig(BaseModel):
         "shipped in models/weights/ (research-only PETA weights by default).",
     )
     backend: BackendConfig = Field(
-        default_factory=BackendConfig,
+        default_factory=lambda: BackendConfig(threads=1),
         description="Inference runtime, in order of preference; max_batch is the chunk size of one call.",
     )
     onnx: str | None = Field(
-        None,
-        description="ONNX export of these weights (tools/export_deocclusion.py) for ONNX Runtime / "
-        "TensorRT; null = those backends are skipped and torch runs.",
+        "auto",
+        description="ONNX file for ONNX Runtime / TensorRT: 'auto' exports these weights once into the "
+        "cache (~/.cache/amodal/onnx, or $AMODAL_CACHE); a path names an export "
+        "(tools/export_deocclusion.py); "
+        "null = torch only.",
     )
 
 
@@ -67,8 +71,8 @@ class DeocclusionPredictor:
         (a missing file is ``FileNotFoundError``; the ONNX file's key is the sibling ``onnx``)."""
         path = require_file(weights, key)
         onnx_key = sibling_key(key, "onnx")
-        onnx_path = None if onnx is None else require_file(onnx, onnx_key)
         generator, cfg, _ = load_generator(path)
+        backend = backend or BackendConfig()
         if cfg.num_attributes:
             raise ValueError(
                 f"{key} '{weights}' is an attribute-conditioned generator ({cfg.num_attributes} "
@@ -78,10 +82,12 @@ class DeocclusionPredictor:
         self.model_config: ModelConfig = cfg
         #: (height, width) the generator runs at
         self.image_size: tuple[int, int] = (int(cfg.image_size[0]), int(cfg.image_size[1]))
+        onnx_path = resolve_onnx(onnx, onnx_key, path, generator, [torch.zeros(2, 3, *self.image_size)],
+                                 [INPUT_NAME], [OUTPUT_NAME], backend.preference)
         if onnx_path is not None:
             check_onnx_image_size(onnx_path, self.image_size, onnx_key, weights)
         self.backend: InferenceBackend = create_backend_from_config(
-            backend or BackendConfig(),
+            backend,
             onnx_path=onnx_path,
             module=generator,
             input_names=[INPUT_NAME],

@@ -226,6 +226,14 @@ class OcclusionGallery:
             slots.append(slot)
         return slots
 
+    def plain_similarity(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Cosine of plain embeddings (N, D) against every entry's version 0: (similarities
+        (N, N_valid), valid slots, their grades). Cheap (one product); used to choose which entries
+        are worth unified versions."""
+        slots = np.flatnonzero(self._valid)
+        emb = np.asarray(embeddings, dtype=np.float32)
+        return emb @ self._emb[0, slots].T, slots, self._grades[slots].copy()
+
     def grades_present(self) -> set[int]:
         """The grades of the entries held (the query versions a match can ask for)."""
         return set(np.unique(self._grades[self._valid]).tolist())
@@ -265,9 +273,14 @@ class OcclusionGallery:
 
     # -- matching -------------------------------------------------------------------------------
     def similarity(
-        self, query, grade: Sequence[int] | int | None = None, thresholds: GradeThresholds | None = None
+        self,
+        query,
+        grade: Sequence[int] | int | None = None,
+        thresholds: GradeThresholds | None = None,
+        plain_fallback: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(similarities (Q, N_valid), query grades (Q,), valid slots (N_valid,))."""
+        """(similarities (Q, N_valid), query grades (Q,), valid slots (N_valid,)); ``plain_fallback``:
+        see ``unification.unified_similarity``."""
         if grade is not None and np.ndim(grade) == 0:
             grade = np.full(len(query), int(grade))  # one grade for every query
         slots = np.flatnonzero(self._valid)
@@ -282,6 +295,7 @@ class OcclusionGallery:
                 self._emb[:, :hi],
                 self._grades[:hi],
                 self.offsets,
+                plain_fallback,
             )
         else:
             sims = q_emb[:, 0] @ self._emb[0, :hi].T

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from models.backends import BackendConfig, InferenceBackend, create_backend_from_config
+from models.onnx_cache import resolve_onnx
 from models.predictor_io import check_crop_batch, check_onnx_image_size, resize_batch
 from models.weights_path import require_file, sibling_key
 
@@ -48,13 +49,15 @@ class ReidPredictorConfig(BaseModel):
         "of a file shipped in models/weights/ (research-only PETA weights by default).",
     )
     backend: BackendConfig = Field(
-        default_factory=BackendConfig,
+        default_factory=lambda: BackendConfig(threads=1),
         description="Inference runtime, in order of preference; max_batch is the chunk size of one call.",
     )
     onnx: str | None = Field(
-        None,
-        description="ONNX export of these weights (tools/export_reid.py) for ONNX Runtime / TensorRT; "
-        "null = those backends are skipped and torch runs.",
+        "auto",
+        description="ONNX file for ONNX Runtime / TensorRT: 'auto' exports these weights once into the "
+        "cache (~/.cache/amodal/onnx, or $AMODAL_CACHE); a path names an export "
+        "(tools/export_reid.py); "
+        "null = torch only.",
     )
 
 
@@ -76,8 +79,12 @@ class ReidPredictor:
         (a missing file is ``FileNotFoundError``; the ONNX file's key is the sibling ``onnx``)."""
         path = require_file(weights, key)
         onnx_key = sibling_key(key, "onnx")
-        onnx_path = None if onnx is None else require_file(onnx, onnx_key)
         model, cfg = load_oamn(path)
+        backend = backend or BackendConfig()
+        module = OAMNInference(model).eval()
+        example = [torch.zeros(2, 3, *cfg.input_size)]
+        onnx_path = resolve_onnx(onnx, onnx_key, path, module, example, ["images"], list(REID_OUTPUTS),
+                                 backend.preference)
         self.weights: Path = path
         self.model_config: OAMNModelConfig = cfg
         self.input_size: tuple[int, int] = (int(cfg.input_size[0]), int(cfg.input_size[1]))
@@ -93,9 +100,9 @@ class ReidPredictor:
             None if cfg.similarity_offsets is None else np.asarray(cfg.similarity_offsets, dtype=np.float32)
         )
         self.backend: InferenceBackend = create_backend_from_config(
-            backend or BackendConfig(),
+            backend,
             onnx_path=onnx_path,
-            module=OAMNInference(model).eval(),
+            module=module,
             input_names=["images"],
             output_names=list(REID_OUTPUTS),
         )
