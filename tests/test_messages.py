@@ -234,3 +234,121 @@ def test_mask_url(url, masked) -> None:
 def test_mask_urls_in_text() -> None:
     text = "open rtsp://a:b@h/1 failed, retry http://c:d@e/"
     assert mask_urls_in(text) == "open rtsp://a:***@h/1 failed, retry http://c:***@e/"
+
+
+# -- model blocks and TrackEnd ------------------------------------------------------------------------
+def _with_blocks():
+    from pipeline.messages import Attributes, Grades, Identities, Restored
+
+    tracks = _tracks(3)
+    crops = np.random.default_rng(1).integers(0, 255, (3, 16, 8, 3), dtype=np.uint8)
+    names = ("personalMale", "carryingBackpack")
+    return PersonCrops(
+        "cam1",
+        3,
+        0.1,
+        5.0,
+        (36, 64),
+        tracks,
+        crops,
+        grades=Grades(
+            np.array([0, 2], np.int32),
+            np.full((2, 4), 0.25, np.float32),
+            np.array([0, 3], np.uint8),
+            np.eye(2, 5, dtype=np.float32),
+        ),
+        restored=Restored(np.array([2], np.int32), crops[2:] // 2),
+        attributes=Attributes(
+            names,
+            np.array([0, 2], np.int32),
+            np.array([[0.9, 0.1], [0.2, 0.7]], np.float32),
+            np.array([2], np.int32),
+            np.array([[0, -1]], np.int8),
+            np.array([[0.3, 0.55]], np.float32),
+        ),
+        identities=Identities(
+            np.array([0, 1, 2], np.int32),
+            np.array([4, 5, 4], np.int64),
+            np.array([1.0, 0.6, 0.7], np.float32),
+        ),
+    )
+
+
+def test_blocks_round_trip_through_the_wire() -> None:
+    message = _with_blocks()
+    back = decode(encode(message))
+    assert back.attributes.names == message.attributes.names
+    for block in ("grades", "restored", "attributes", "identities"):
+        sent, got = getattr(message, block), getattr(back, block)
+        for name in ("rows",):
+            np.testing.assert_array_equal(getattr(sent, name), getattr(got, name))
+    np.testing.assert_array_equal(back.grades.embedding, message.grades.embedding)
+    np.testing.assert_array_equal(back.restored.crops, message.restored.crops)
+    np.testing.assert_array_equal(back.attributes.decisions, message.attributes.decisions)
+    np.testing.assert_array_equal(back.identities.identity, message.identities.identity)
+    plain = decode(
+        encode(PersonCrops("cam1", 3, 0.1, 5.0, (36, 64), _tracks(1), np.zeros((1, 4, 4, 3), np.uint8)))
+    )
+    assert plain.grades is None and plain.identities is None
+
+
+def test_track_end_round_trip_and_validation() -> None:
+    from pipeline.messages import Identities, TrackEnd
+
+    end = TrackEnd(
+        "cam1",
+        9,
+        5.0,
+        np.array([3, 4], np.int64),
+        identities=Identities(np.array([1], np.int32), np.array([7], np.int64), np.ones(1, np.float32)),
+    )
+    back = decode(encode(end))
+    assert back.track_id.tolist() == [3, 4] and back.identities.identity.tolist() == [7]
+    with pytest.raises(ValueError, match=r"TrackEnd.identities.rows must index the 2 track rows"):
+        TrackEnd(
+            "cam1",
+            9,
+            5.0,
+            np.array([3, 4], np.int64),
+            identities=Identities(np.array([2], np.int32), np.array([7], np.int64), np.ones(1, np.float32)),
+        )
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda h: h.replace('"has_grades":true', '"has_grades":false'), "sent but has_grades is false"),
+        (lambda h: h.replace('"personalMale"', "5"), "names must be a non-empty list of strings"),
+        (lambda h: h.replace('"grades.grade","uint8"', '"grades.grade","int64"'), "must be uint8"),
+    ],
+)
+def test_forged_block_headers_are_rejected(change, match) -> None:
+    parts = encode(_with_blocks())
+    with pytest.raises(MessageError, match=match):
+        decode([change(bytes(parts[0]).decode()).encode()] + parts[1:])
+
+
+def test_rows_must_index_tracks_once_in_order() -> None:
+    from pipeline.messages import Identities
+
+    message = _with_blocks()
+    for rows, match in (([0, 3], "must index the 3 track rows"), ([1, 1], "strictly increasing")):
+        with pytest.raises(ValueError, match=match):
+            PersonCrops(
+                "cam1",
+                3,
+                0.1,
+                5.0,
+                (36, 64),
+                message.tracks,
+                message.crops,
+                identities=Identities(
+                    np.array(rows, np.int32), np.array([1, 2], np.int64), np.ones(2, np.float32)
+                ),
+            )
+
+
+def test_version_1_headers_still_decode() -> None:
+    parts = encode(EndOfStream("cam1", "finished"))
+    header = bytes(parts[0]).decode().replace('"v":2', '"v":1')
+    assert decode([header.encode()]) == EndOfStream("cam1", "finished")
