@@ -57,9 +57,10 @@ class DetectConfig(BaseModel):
     max_wait_ms: float = Field(5.0, ge=0, description="How long to wait for a batch to fill, in ms.")
     interval: int = Field(1, ge=1, description="Run the detector on every Nth frame of each stream; "
                           "frames in between carry detections=None and the tracker predicts them.")
-    threads: int = Field(0, ge=0, le=256, description="CPU threads for inference; 0 = the backend's "
+    threads: int = Field(0, ge=0, le=256, description="CPU threads for OpenVINO inference; 0 = its "
                          "default (all cores). On a small box, leaving cores to decoding, tracking and "
-                         "encoding keeps the graph as fast as its detector (OpenVINO and torch models).")
+                         "encoding keeps the graph as fast as its detector. torch models are not capped "
+                         "(torch's thread pool is process-wide).")
     warmup: bool = Field(True, description="Run one dummy inference in on_start so the first real frame "
                          "does not pay for model initialisation.")
 
@@ -199,10 +200,10 @@ class DetectStage(Stage):
             except Exception as exc:  # noqa: BLE001 - an optimisation must never stop the stage
                 self.context.logger.warning("could not limit OpenVINO threads (%s); using its default", exc)
             return
-        import torch
-
-        torch.set_num_threads(threads)
-        self.context.logger.info("torch inference limited to %d threads", threads)
+        # torch's thread pool belongs to the whole process (every stage of an embedded graph): a stage
+        # must not resize it behind the others' backs, so the cap applies to OpenVINO models only.
+        self.context.logger.warning("detect.threads=%d applies to OpenVINO exports; %s runs on torch, whose "
+                                    "thread pool is process-wide and is left as it is", threads, weights)
 
     def detect(self, images: list[np.ndarray]) -> list[Detections]:
         """One batched forward pass over BGR images; one ``Detections`` per image, in order."""
