@@ -22,13 +22,17 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, Field
 
-from models.attributes.aggregation import AggregationConfig, CropQuality, TrackAttributeAggregator
+from models.attributes.aggregation import (
+    AggregationConfig,
+    CropQuality,
+    TrackAttributeAggregator,
+    laplacian_sharpness,
+)
 from models.attributes.predictor import AttributePredictor, AttributePredictorConfig
 from pipeline.messages import GRADE_NAMES, Attributes, PersonCrops, TrackEnd
 from pipeline.registry import register_stage
 from pipeline.stage import StageContext
 from stages.person_stage import PersonStage, PersonStageConfig, split_rows
-from stages.scheduling import crop_quality
 
 __all__ = ["DescribeStage", "DescribeConfig", "calibrate_probabilities", "GRADE_VISIBLE_LOSS"]
 
@@ -112,21 +116,14 @@ class DescribeStage(PersonStage):
     def run_batch(self, messages: list[PersonCrops]) -> list[Any]:
         assert self.predictor is not None
         rows = [self._rows(m) for m in messages]
-        parts = [self._pixels(m, r) for m, r in zip(messages, rows, strict=True) if len(r)]
-        if not parts:
+        pixels = [self._pixels(m, r) for m, r in zip(messages, rows, strict=True)]
+        if not any(len(r) for r in rows):
             self._touch(messages)
             return list(messages)
-        crops = np.concatenate(parts)
-        probs = self.timed(self.predictor.predict_bgr, crops)
+        probs = self.timed(self.predictor.predict_bgr, np.concatenate(pixels))
         out = []
-        for message, r, p, pixels in zip(
-            messages,
-            rows,
-            split_rows(probs, rows),
-            [self._pixels(m, r) if len(r) else None for m, r in zip(messages, rows, strict=True)],
-            strict=True,
-        ):
-            out.append(self._describe(message, r, p, pixels) if len(r) else message)
+        for message, r, p, px in zip(messages, rows, split_rows(probs, rows), pixels, strict=True):
+            out.append(self._describe(message, r, p, px) if len(r) else message)
         self._touch(messages)
         return out
 
@@ -144,14 +141,12 @@ class DescribeStage(PersonStage):
             confidence = float(message.tracks.confidence[row])
             quality = CropQuality(
                 height=float(y2 - y1),
-                sharpness=None,
+                sharpness=laplacian_sharpness(pixels[i][..., ::-1]),  # BGR -> RGB
                 confidence=confidence,
                 occlusion=float(GRADE_VISIBLE_LOSS[grade_of[row]]) if row in grade_of else None,
             )
-            # sharpness enters through the scheduler's measure (same crop, same scale as its trigger)
-            sharp = crop_quality(pixels[i], 1e9, 1.0, 1.0)
             key = (message.stream_id, int(message.tracks.track_id[row]))
-            state = self.aggregator.update(key, calibrated[i], _with_sharpness(quality, sharp))
+            state = self.aggregator.update(key, calibrated[i], quality)
             decided = _decision_vector(state)
             if key not in self._emitted or not np.array_equal(self._emitted[key], decided):
                 self._emitted[key] = decided
@@ -225,13 +220,6 @@ class DescribeStage(PersonStage):
         self.aggregator.end(key)
         self._emitted.pop(key, None)
         self._last_seen.pop(key, None)
-
-
-def _with_sharpness(quality: CropQuality, sharp: float) -> CropQuality:
-    """``crop_quality`` with size and confidence 1 is the sharpness term v / (v + 100) itself; turn it
-    back into a Laplacian variance for ``CropQuality`` (whose weight is v / (v + sharpness_half))."""
-    v = 100.0 * sharp / max(1e-6, 1.0 - sharp)
-    return replace(quality, sharpness=v)
 
 
 def _decision_vector(state: Any) -> np.ndarray:
