@@ -1,0 +1,145 @@
+"""tools/bench_pipeline.py: its stream feeder and schedule check on made-up inputs, and the whole tool on
+a few frames of the real footage (the JSON's keys, types and sanity, not speed)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+
+from pipeline.defaults import default_replay_graph
+from pipeline.messages import EndOfStream, Frame, TrackEnd
+from pipeline.registry import get_stage
+from pipeline.stage import Stage, StageContext
+from stages.person_stage import PersonStage
+from stages.scheduling import ScheduleConfig
+from tools.bench_pipeline import calls_vs_length, main, run_stream, truncate_stream
+
+
+def _frame(seq: int) -> Frame:
+    return Frame("cam", seq, seq / 25.0, 1000.0 + seq / 25.0, np.zeros((4, 4, 3), np.uint8))
+
+
+class _Recorder(Stage):
+    """Records the calls the runtime would make; answers one TrackEnd with its own."""
+
+    accepts: ClassVar[tuple[type, ...]] = (Frame, TrackEnd)
+    max_batch = 3
+
+    def __init__(self) -> None:
+        super().__init__(None, StageContext("recorder"))
+        self.calls: list[Any] = []
+
+    def process(self, message: Any) -> list[Any]:
+        self.calls.append(type(message).__name__)
+        if isinstance(message, TrackEnd) and message.seq == 4:
+            return [TrackEnd("cam", 4, message.capture_time, np.array([9]))]
+        return []
+
+    def process_batch(self, messages: list[Any]) -> list[Any]:
+        self.calls.append(len(messages))
+        return list(messages)
+
+
+def test_run_stream_batches_like_the_runtime():
+    end_a = TrackEnd("cam", 4, 1000.2, np.array([1]))
+    end_b = TrackEnd("cam", 6, 1000.3, np.array([2]))
+    stream = [*map(_frame, range(5)), end_a, _frame(5), _frame(6), end_b, EndOfStream("cam", "finished")]
+    stage = _Recorder()
+    fps, out = run_stream(stage, stream, warmup=0)
+    # data runs in batches of max_batch, cut at control messages; each control message alone
+    assert stage.calls == [3, 2, "TrackEnd", 2, "TrackEnd", "EndOfStream"]
+    assert fps > 0
+    ends = [m for m in out if isinstance(m, TrackEnd)]
+    assert [e.track_id.tolist() for e in ends] == [[9], [2]]  # its own answer replaces end_a
+    assert isinstance(out[-1], EndOfStream)
+    assert sum(isinstance(m, Frame) for m in out) == 7
+
+
+def test_truncate_stream_closes_the_stream():
+    stream = [*map(_frame, range(4)), TrackEnd("cam", 3, 1000.1, np.array([1])), _frame(4),
+              EndOfStream("cam", "finished")]
+    cut = truncate_stream(stream, 4)
+    assert [type(m).__name__ for m in cut] == ["Frame"] * 4 + ["TrackEnd", "EndOfStream"]
+    assert truncate_stream(stream, 100) == stream
+
+
+def test_calls_vs_length():
+    spans = {("cam", 1): (0.0, 9.0), ("cam", 2): (0.0, 0.0), ("cam", 3): (1.0, 5.0)}
+    runs = Counter({("cam", 1): 10, ("cam", 2): 2, ("cam", 3): 5})
+    check = calls_vs_length(runs, spans, ScheduleConfig(every_s=1.0), video_fps=25.0)
+    assert check["tracks_run"] == 3 and check["runs"] == 17
+    assert check["schedule_rate_per_s"] == 1.0
+    assert check["max_runs_over_schedule"] == 2.0  # track 2: 2 runs in a track of no length
+    assert check["worst_track"]["track_id"] == 2
+    assert check["slope_runs_per_s"] == pytest.approx(np.polyfit([9, 0, 4], [10, 2, 5], 1)[0], abs=1e-3)
+    frames_only = calls_vs_length(runs, spans, ScheduleConfig(every_s=None, every_frames=5), video_fps=25.0)
+    assert frames_only["schedule_rate_per_s"] == 5.0
+    assert calls_vs_length(Counter(), spans, None, 25.0)["max_runs_over_schedule"] is None
+
+
+def _positive(value: Any) -> bool:
+    return isinstance(value, float | int) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.shared_assets
+def test_bench_pipeline_on_a_few_frames(shared_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    argv = [
+        str(shared_dir / "media" / "crosswalk-occlusions.mp4"),
+        "--weights", str(shared_dir / "models" / "yolov8n_int8_openvino_model"),
+        "--frames", "20", "--warmup", "2", "--repeats", "1", "--modes", "embedded",
+        "--realtime-frames", "0", "--recheck-frames", "10", "--transport-messages", "10",
+        "--json", str(out),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    data = json.loads(out.read_text())
+
+    graph = default_replay_graph()["stages"]
+    names = [spec["name"] for spec in graph]
+    person = [spec["name"] for spec in graph if issubclass(get_stage(spec["type"]), PersonStage)]
+    assert person, "the default graph has model stages after the tracker"
+    assert data["graph_stages"] == names
+    assert set(data["stage_fps"]) == set(names)
+    assert all(_positive(v) for v in data["stage_fps"].values()), data["stage_fps"]
+    assert data["frames"] == 20
+
+    # existing keys
+    for key in ("decode_fps", "slowest_stage_fps", "embedded_fps", "embedded_ratio"):
+        assert _positive(data[key]), key
+    assert data["process_fps"] is None and data["process_ratio"] is None
+    assert data["slowest_stage"] in names
+    assert "transport_us" in data and "latency_ms" in data
+
+    # basic vs full
+    assert _positive(data["basic_fps"]) and _positive(data["full_fps"])
+    assert data["full_vs_basic"] == pytest.approx(data["full_fps"] / data["basic_fps"], abs=1e-3)
+    assert data["embedded_fps"] == data["full_fps"]
+    assert [r["graph"] for r in data["graph_runs"]] == ["basic", "full"]
+    assert all(r["frames"] == 20 for r in data["graph_runs"])
+    basic_metrics, full_metrics = data["graph_stage_metrics"]["basic"], data["graph_stage_metrics"]["full"]
+    assert not set(person) & set(basic_metrics)
+    assert set(person) <= set(full_metrics)
+    assert full_metrics[person[0]]["model_rows"] > 0
+
+    # model stages bare, and calls per track
+    assert set(data["person_stages"]) == set(person)
+    assert set(data["model_calls_per_track"]) == set(person)
+    for name in person:
+        bare = data["person_stages"][name]
+        assert _positive(bare["fps"]) and bare["messages"] >= 20
+        check = data["model_calls_vs_track_length"][name]
+        assert check["runs"] == bare.get("model_rows", 0)
+        per_track = data["model_calls_per_track"][name]
+        if check["tracks_run"]:
+            assert per_track >= 1.0 and _positive(check["max_runs_over_schedule"])
+            assert check["schedule_rate_per_s"] == 1.0
+        else:
+            assert per_track is None
+    first = data["model_calls_per_track"][person[0]]
+    assert _positive(first), "people are visible in the first 20 frames"
+    assert data["tracks_seen"] >= data["model_calls_vs_track_length"][person[0]]["tracks_run"]
