@@ -33,6 +33,7 @@ from pipeline.messages import GRADE_NAMES, Attributes, PersonCrops, TrackEnd
 from pipeline.registry import register_stage
 from pipeline.stage import StageContext
 from stages.person_stage import PersonStage, PersonStageConfig, split_rows
+from stages.scheduling import ScheduleConfig
 
 __all__ = ["DescribeStage", "DescribeConfig", "calibrate_probabilities", "GRADE_VISIBLE_LOSS"]
 
@@ -54,6 +55,12 @@ def calibrate_probabilities(probs: np.ndarray, thresholds: np.ndarray | None) ->
 
 class DescribeConfig(PersonStageConfig):
     """The attribute net, the per-track aggregation, the schedule and batching."""
+
+    schedule: ScheduleConfig = Field(
+        default_factory=lambda: ScheduleConfig(every_s=2.0),
+        description="When a track is run (its evidence accumulates, so every 2 s of stream time by "
+        "default; grade re-runs every second).",
+    )
 
     model: AttributePredictorConfig = Field(
         default_factory=AttributePredictorConfig, description="Attribute checkpoint and inference backend."

@@ -48,6 +48,7 @@ from pipeline.messages import Identities, PersonCrops, TrackEnd
 from pipeline.registry import register_stage
 from pipeline.stage import StageContext
 from stages.person_stage import PersonStage, PersonStageConfig
+from stages.scheduling import ScheduleConfig
 from stages.sinks.common import output_path
 
 __all__ = ["IdentifyStage", "IdentifyConfig", "NUM_VERSIONS"]
@@ -57,6 +58,12 @@ NUM_VERSIONS = 9
 
 class IdentifyConfig(PersonStageConfig):
     """The gallery, the matching rule, the schedule and batching."""
+
+    schedule: ScheduleConfig = Field(
+        default_factory=lambda: ScheduleConfig(every_s=2.0),
+        description="When a track is run (its evidence accumulates, so every 2 s of stream time by "
+        "default; grade re-runs every second).",
+    )
 
     model: ReidPredictorConfig = Field(
         default_factory=ReidPredictorConfig,

@@ -39,7 +39,14 @@ class PersonStageConfig(BaseModel):
     max_batch: int = Field(
         16, ge=1, le=1024, description="Messages (frames, across streams) batched into one model call."
     )
-    max_wait_ms: float = Field(5.0, ge=0, description="How long to wait for a batch to fill, in ms.")
+    max_wait_ms: float = Field(
+        100.0,
+        ge=0,
+        description="How long to wait for a batch to fill, in ms. A frame has few scheduled rows, so "
+        "waiting for several frames makes one model call of several crops instead of several calls of "
+        "one (on 2 CPU cores: full graph 0.74 -> 0.92 of detect-and-track, with every_s 2 for describe "
+        "and identify).",
+    )
 
 
 class PersonStage(Stage):
