@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,9 @@ __all__ = ["cache_dir", "cached_onnx", "resolve_onnx", "AUTO"]
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
+# torch.onnx.export keeps global state: two stages exporting at once (embedded mode starts them in
+# threads together) fail with "in_onnx_export must be False", so exports take turns.
+_EXPORT_LOCK = threading.Lock()
 
 
 def cache_dir() -> Path:
@@ -50,15 +54,16 @@ def cached_onnx(
     digest = hashlib.sha256(weights.read_bytes())
     digest.update(repr((list(input_names), list(output_names))).encode())
     path = cache_dir() / "onnx" / f"{weights.stem}-{digest.hexdigest()[:16]}.onnx"
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.onnx")
-    try:
-        export_onnx(module, tuple(example), tmp, input_names=input_names, output_names=output_names)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _EXPORT_LOCK:
+        if path.is_file():
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{threading.get_ident()}.tmp.onnx")
+        try:
+            export_onnx(module, tuple(example), tmp, input_names=input_names, output_names=output_names)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     logger.info("exported %s to %s", weights.name, path)
     return path
 

@@ -123,7 +123,7 @@ class DeoccludeStage(PersonStage):
         rows = []
         for message in messages:
             candidates = self.candidates(message)
-            rows.append(self.scheduler.select(message, candidates) if len(candidates) else candidates)
+            rows.append(self.scheduler.select(message, candidates))
         crops = gather_rows(messages, rows)
         if not len(crops):
             return list(messages)

@@ -103,10 +103,8 @@ class DescribeStage(PersonStage):
 
     def _rows(self, message: PersonCrops) -> np.ndarray:
         grades = message.grades
-        if grades is None:  # no grade stage upstream: every visible row is a candidate
+        if grades is None:  # no grade stage upstream (it adds a block to every message it sees)
             return self.scheduler.select(message)
-        if not len(grades):
-            return np.zeros(0, np.int32)
         return self.scheduler.select(message, grades.rows, grades.grade)
 
     def _pixels(self, message: PersonCrops, rows: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pipeline.messages import Detections, EndOfStream, Frame
 from pipeline.registry import register_stage
 from pipeline.stage import Stage, StageContext
+from stages.ultralytics_import import import_ultralytics
 
 __all__ = ["DetectStage", "DetectConfig", "resolve_weights", "results_to_detections"]
 
@@ -160,6 +161,7 @@ class DetectStage(Stage):
     def on_start(self) -> None:
         """Load the model (no download offline) and warm it up."""
         os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # never pip-install at run time
+        import_ultralytics()  # under the lock every stage imports it with (threads start together)
         weights = resolve_weights(self.config.weights)
         from ultralytics import YOLO
 

@@ -82,15 +82,17 @@ class GradeStage(PersonStage):
         assert self.predictor is not None
         rows = [self.scheduler.select(m) for m in messages]
         crops = gather_rows(messages, rows)
-        if not len(crops):
-            return list(messages)
-        embeddings, scores = self.timed(self.predictor, crops)
+        if len(crops):
+            embeddings, scores = self.timed(self.predictor, crops)
+        else:
+            embeddings = np.zeros((0, self.predictor.embedding_dim), np.float32)
+            scores = np.zeros((0, 4), np.float32)
         out: list[Any] = []
         for message, r, emb, sc in zip(
             messages, rows, split_rows(embeddings, rows), split_rows(scores, rows), strict=True
         ):
-            if not len(r):
-                out.append(message)
+            if not len(r):  # an empty block: graded by this stage, no row due (later stages count it)
+                out.append(replace(message, grades=Grades(r, sc, np.zeros(0, np.uint8), emb)))
                 continue
             thresholds = None
             if self.cameras is not None:

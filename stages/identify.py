@@ -44,7 +44,7 @@ from models.reid.gallery import OcclusionGallery
 from models.reid.predictor import ReidPredictor, ReidPredictorConfig
 from models.reid.track_embedding import TrackEmbedding, crop_weights, laplacian_sharpness
 from models.reid.unification import unification_versions
-from pipeline.messages import Identities, PersonCrops, TrackEnd
+from pipeline.messages import Identities, PersonCrops, TrackEnd, TrackState
 from pipeline.registry import register_stage
 from pipeline.stage import StageContext
 from stages.person_stage import PersonStage, PersonStageConfig
@@ -206,6 +206,8 @@ class IdentifyStage(PersonStage):
         rows, identity, score = [], [], []
         for i, track_id in enumerate(end.track_id.tolist()):
             track = self._tracks.pop((end.stream_id, int(track_id)), None)
+            if track is not None and track.entry in self._entries:
+                self._entries[track.entry].last_seen = track.last_seen  # its span is final now
             if track is not None and track.identity is not None:
                 rows.append(i)
                 identity.append(track.identity)
@@ -232,11 +234,14 @@ class IdentifyStage(PersonStage):
     def run_batch(self, messages: list[PersonCrops]) -> list[Any]:
         out = []
         for message in messages:
+            self._observe(message)
             grades = message.grades
-            if grades is not None and len(grades):
-                rows = self.scheduler.select(message, grades.rows, grades.grade)
-                if len(rows):
-                    self._identify(message, rows)
+            # every message goes through the schedule (it counts the frames a track was seen in);
+            # only graded rows can run: their embedding is the grade stage's
+            candidates = grades.rows if grades is not None else np.zeros(0, np.int32)
+            rows = self.scheduler.select(message, candidates, grades.grade if grades is not None else None)
+            if len(rows):
+                self._identify(message, rows)
             out.append(self._annotate(message))
         self._maybe_save()
         return out
@@ -257,15 +262,10 @@ class IdentifyStage(PersonStage):
             boxes[:, 3] - boxes[:, 1],
             message.tracks.confidence[rows],
         )
-        now = message.pts if message.pts is not None else message.capture_time
         tracks = []
         for row, weight in zip(rows.tolist(), weights.tolist(), strict=True):
             key = (message.stream_id, int(message.tracks.track_id[row]))
-            track = self._tracks.get(key)
-            if track is None:
-                track = self._tracks[key] = _Track(TrackEmbedding(self.predictor.embedding_dim), now, now)
-            track.last_seen = now
-            tracks.append((key, track, weight))
+            tracks.append((key, self._tracks[key], weight))
         needed = self._needed_versions(plain)
         wanted = [
             range(NUM_VERSIONS) if self._wants_all(t, w) else needed[i] for i, (_, t, w) in enumerate(tracks)
@@ -328,6 +328,9 @@ class IdentifyStage(PersonStage):
         assert self.gallery is not None
         query, grade = track.aggregate.as_query()
         best: dict[int, tuple[float, int]] = {}  # identity -> (score, slot)
+        # people the same camera shows at the same time are not this person: the identities its other
+        # live tracks hold, and entries of its tracks that overlapped this one in time
+        taken = {t.identity for k, t in self._tracks.items() if k[0] == stream_id and k != key}
         if len(self.gallery):
             sims, _, slots = self.gallery.similarity(query, [grade], plain_fallback=True)
             for score, slot in zip(sims[0].tolist(), slots.tolist(), strict=True):
@@ -335,6 +338,8 @@ class IdentifyStage(PersonStage):
                 if entry is None or entry == track.entry or self._overlaps(entry, stream_id, track):
                     continue
                 identity = _identity_of(entry)
+                if identity in taken:
+                    continue
                 if identity not in best or score > best[identity][0]:
                     best[identity] = (score, slot)
         threshold = self.config.new_identity_threshold
@@ -390,7 +395,6 @@ class IdentifyStage(PersonStage):
                 rows.append(row)
                 identity.append(track.identity)
                 score.append(track.score)
-        self._expire(message)
         if not rows:
             return message
         return replace(
@@ -400,11 +404,18 @@ class IdentifyStage(PersonStage):
             ),
         )
 
-    def _expire(self, message: PersonCrops) -> None:
+    def _observe(self, message: PersonCrops) -> None:
+        """Record when each track of the message was seen (its span in time decides which entries
+        overlap it); forget tracks idle for ``idle_s`` (their entries stay)."""
+        assert self.predictor is not None
         now = message.pts if message.pts is not None else message.capture_time
-        for track_id in message.tracks.track_id.tolist():
-            track = self._tracks.get((message.stream_id, int(track_id)))
-            if track is not None:
+        present = message.tracks.state != TrackState.ENDED
+        for track_id in message.tracks.track_id[present].tolist():
+            key = (message.stream_id, int(track_id))
+            track = self._tracks.get(key)
+            if track is None:
+                self._tracks[key] = _Track(TrackEmbedding(self.predictor.embedding_dim), now, now)
+            else:
                 track.last_seen = max(track.last_seen, now)
         stale = [
             k
@@ -412,7 +423,9 @@ class IdentifyStage(PersonStage):
             if k[0] == message.stream_id and now - t.last_seen > self.config.idle_s
         ]
         for key in stale:
-            del self._tracks[key]
+            track = self._tracks.pop(key)
+            if track.entry in self._entries:
+                self._entries[track.entry].last_seen = track.last_seen
 
     def _maybe_save(self) -> None:
         if self._dirty and time.monotonic() - self._last_save >= self.config.save_interval_s:

@@ -29,6 +29,7 @@ from pipeline.registry import register_stage
 from pipeline.stage import Stage, StageContext
 from stages.trackers.crops import cut_crops
 from stages.trackers.stream_tracker import StreamTracker
+from stages.ultralytics_import import import_ultralytics
 
 __all__ = ["TrackStage", "TrackConfig"]
 
@@ -127,8 +128,7 @@ class TrackStage(Stage):
         if self.config.with_reid and not Path(self.config.reid_model or "").is_file():
             raise FileNotFoundError(f"track.reid_model {self.config.reid_model!r} does not exist; point "
                                     "--set track.reid_model=PATH at a local file or set with_reid: false")
-        import ultralytics.trackers.bot_sort  # noqa: F401
-        import ultralytics.trackers.byte_tracker  # noqa: F401
+        import_ultralytics("ultralytics.trackers.bot_sort", "ultralytics.trackers.byte_tracker")
 
     def process(self, message: Any) -> Iterable[Any]:
         if isinstance(message, EndOfStream):
