@@ -354,16 +354,22 @@ class IdentifyStage(PersonStage):
                 self._next_identity += 1
                 self.context.count("identities_created")
         elif top is not None and top[0] != track.identity:
-            own = best.get(track.identity, (threshold, -1))[0]
-            if top[1][0] >= max(threshold, own) + self.config.switch_margin:
+            # the track's own evidence: its identity's best entry from another track; an identity
+            # nobody else supports (made from this track's first crops) yields at the threshold
+            own = best.get(track.identity, (None, -1))[0]
+            needed = threshold if own is None else max(threshold, own) + self.config.switch_margin
+            if top[1][0] >= needed:
                 self.context.logger.info(
-                    "track %s: identity %d -> %d (%.3f vs %.3f)", key, track.identity, top[0], top[1][0], own
+                    "track %s: identity %d -> %d (%.3f vs %s)", key, track.identity, top[0], top[1][0], own
                 )
                 track.identity, track.score = top[0], top[1][0]
+                if track.entry is not None:  # its entry under the old identity would pull it back
+                    self.gallery.remove(track.entry)
+                    self._entries.pop(track.entry, None)
                 track.entry = None  # a new entry under the new identity
                 self.context.count("identities_switched")
-            elif track.identity in best:
-                track.score = best[track.identity][0]
+            elif own is not None:
+                track.score = own
         elif top is not None:
             track.score = top[1][0]
         self._store(stream_id, track, query[0], grade)

@@ -23,6 +23,10 @@ def test_builtin_replay_graph_is_configs_replay_yaml() -> None:
     assert load_yaml(REPO / "configs/replay.yaml") == default_replay_graph()
 
 
+def test_builtin_basic_replay_graph_is_configs_replay_basic_yaml() -> None:
+    assert load_yaml(REPO / "configs/replay_basic.yaml") == default_replay_graph(basic=True)
+
+
 def test_check_prints_the_resolved_graph_with_credentials_masked(capsys, monkeypatch) -> None:
     monkeypatch.setenv("CAM1_URL", "rtsp://admin:s3cret@10.0.0.5:554/stream1")
     monkeypatch.setenv("CAM2_URL", "rtsp://10.0.0.6/stream1")
@@ -36,12 +40,23 @@ def test_check_prints_the_resolved_graph_with_credentials_masked(capsys, monkeyp
         assert stage in out
 
 
-def test_check_replay_yaml_json(capsys) -> None:
-    assert main(["check", str(REPO / "configs/replay.yaml"), "--json"]) == 0
+_TRACKING = ["ingest", "detect", "track"]
+_SINKS = ["events", "jsonl", "video"]
+
+
+@pytest.mark.parametrize(
+    ("config", "names"),
+    [
+        ("replay.yaml", [*_TRACKING, "grade", "deocclude", "describe", "identify", *_SINKS]),
+        ("replay_basic.yaml", [*_TRACKING, *_SINKS]),
+    ],
+)
+def test_check_replay_yaml_json(capsys, config: str, names: list[str]) -> None:
+    assert main(["check", str(REPO / "configs" / config), "--json"]) == 0
     import json
 
     desc = json.loads(capsys.readouterr().out)
-    assert [s["name"] for s in desc["stages"]] == ["ingest", "detect", "track", "events", "jsonl", "video"]
+    assert [s["name"] for s in desc["stages"]] == names
     assert desc["transport"] == "inproc" and desc["stages"][1]["inputs"][0]["policy"] == "block"
 
 

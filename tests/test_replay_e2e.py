@@ -1,4 +1,8 @@
-"""End-to-end `amodal replay`: real ingest, detect, track and sinks; database, JSONL and video agree."""
+"""End-to-end `amodal replay --basic`: real ingest, detect, track and sinks; database, JSONL and video agree.
+
+These check detect-and-track behaviour, so they run the basic graph (``configs/replay_basic.yaml``);
+the full occlusion-aware graph that ``amodal replay`` runs by default: tests/test_occlusion_e2e.py.
+"""
 
 from __future__ import annotations
 
@@ -90,6 +94,7 @@ def test_replay_generated_clip_with_untrained_yolo(tmp_path: Path, untrained_wei
         [
             "replay",
             str(clip),
+            "--basic",
             "--out",
             str(out),
             "--no-progress",
@@ -119,7 +124,7 @@ def test_sigint_during_replay_leaves_consistent_outputs(tmp_path: Path, untraine
     out = tmp_path / "out"
     command = [
         sys.executable, "-m", "pipeline.cli", "replay", str(clip), "--out", str(out), "--no-progress",
-        "--set", f"detect.weights={untrained_weights}", "--set", "detect.imgsz=64",
+        "--basic", "--set", f"detect.weights={untrained_weights}", "--set", "detect.imgsz=64",
         "--set", "ingest.realtime=true",
     ]  # fmt: skip
     proc = subprocess.Popen(
@@ -146,14 +151,14 @@ def test_sigint_during_replay_leaves_consistent_outputs(tmp_path: Path, untraine
 
 
 def test_run_in_process_mode_with_the_real_stages(tmp_path: Path, untrained_weights: Path, capsys) -> None:
-    """The replay graph as one supervised process per stage over ipc://: same outputs, exit 0."""
+    """The basic replay graph as one supervised process per stage over ipc://: same outputs, exit 0."""
     import yaml
 
     from pipeline.defaults import default_replay_graph
     from stages.media.testclip import write_clip
 
     clip = write_clip(tmp_path / "cam.mp4", frames=20, width=160, height=96)
-    graph = default_replay_graph()
+    graph = default_replay_graph(basic=True)
     graph.update(mode="process", output_dir=str(tmp_path / "out"))
     graph["stages"] = [s for s in graph["stages"] if s["name"] != "jsonl"]  # one process fewer to start
     graph["stages"][0]["config"]["streams"] = [{"id": "cam", "source": str(clip)}]
@@ -182,6 +187,7 @@ def test_replay_crosswalk_finds_and_tracks_people(shared_dir: Path, tmp_path: Pa
         [
             "replay",
             str(shared_dir / "media/crosswalk-occlusions.mp4"),
+            "--basic",
             "--out",
             str(out),
             "--no-progress",

@@ -263,7 +263,7 @@ def test_cycles_are_rejected(tmp_path: Path) -> None:
 def test_a_link_that_could_carry_nothing_is_rejected() -> None:
     from pipeline.defaults import default_replay_graph
 
-    data = default_replay_graph()
+    data = default_replay_graph(basic=True)
     data["stages"][3]["inputs"] = ["detect"]  # sqlite_sink wants PersonCrops; detect emits Frames
     with pytest.raises(
         ConfigError,
