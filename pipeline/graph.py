@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from pipeline.configfile import ConfigError, apply_overrides, interpolate_env, load_yaml, validate
+from pipeline.messages import CONTROL_TYPES
 from pipeline.registry import stage_types
 from pipeline.stage import SourceStage
 
@@ -236,12 +237,14 @@ class GraphConfig(_Strict):
         """A link on which nothing the upstream emits is accepted downstream is a wiring mistake."""
         by_name = {s.name: s for s in self.stages}
         for spec in self.stages:
-            accepts = set(spec.stage_class.accepts)
+            # control messages (EndOfStream, TrackEnd, ...) pass every link: only data decides
+            accepts = [t for t in spec.stage_class.accepts if t not in CONTROL_TYPES]
             for item in spec.input_specs():
                 emits = by_name[item.source].stage_class.emits
                 if emits is None or not accepts:
                     continue
-                if not accepts & set(emits):
+                emits = [t for t in emits if t not in CONTROL_TYPES]
+                if not set(accepts) & set(emits):
                     have = ", ".join(t.__name__ for t in emits) or "nothing"
                     want = ", ".join(t.__name__ for t in accepts)
                     raise ValueError(
