@@ -232,7 +232,7 @@ class IdentifyStage(PersonStage):
 
     # -- per batch ---------------------------------------------------------------------------------
     def run_batch(self, messages: list[PersonCrops]) -> list[Any]:
-        out = []
+        scheduled = []
         for message in messages:
             self._observe(message)
             grades = message.grades
@@ -241,43 +241,53 @@ class IdentifyStage(PersonStage):
             candidates = grades.rows if grades is not None else np.zeros(0, np.int32)
             rows = self.scheduler.select(message, candidates, grades.grade if grades is not None else None)
             if len(rows):
-                self._identify(message, rows)
-            out.append(self._annotate(message))
+                scheduled.append((message, rows))
+        if scheduled:
+            self._identify(scheduled)
         self._maybe_save()
-        return out
+        return [self._annotate(message) for message in messages]
 
-    def _identify(self, message: PersonCrops, rows: np.ndarray) -> None:
+    def _identify(self, scheduled: list[tuple[PersonCrops, np.ndarray]]) -> None:
+        """The scheduled rows of a batch of messages: their versions in one go, then one decision per
+        row in message order (a track decided earlier in the batch is a candidate for the later ones)."""
         assert self.predictor is not None and self.gallery is not None
-        grades = message.grades
-        assert grades is not None
-        at = {int(r): i for i, r in enumerate(grades.rows.tolist())}
-        pick = np.array([at[int(r)] for r in rows.tolist()])
-        own = grades.grade[pick].astype(np.int64)
-        plain = grades.embedding[pick]
-        boxes = message.tracks.xyxy[rows]
-        crops = message.crops[rows]
-        weights = crop_weights(
-            own,
-            np.array([laplacian_sharpness(c) for c in crops]),
-            boxes[:, 3] - boxes[:, 1],
-            message.tracks.confidence[rows],
-        )
-        tracks = []
-        for row, weight in zip(rows.tolist(), weights.tolist(), strict=True):
-            key = (message.stream_id, int(message.tracks.track_id[row]))
-            tracks.append((key, self._tracks[key], weight))
-        needed = self._needed_versions(plain)
+        own, plain, crops, weights, tracks = [], [], [], [], []
+        for message, rows in scheduled:
+            grades = message.grades
+            assert grades is not None
+            at = {int(r): i for i, r in enumerate(grades.rows.tolist())}
+            pick = np.array([at[int(r)] for r in rows.tolist()])
+            own.append(grades.grade[pick].astype(np.int64))
+            plain.append(grades.embedding[pick])
+            crops.append(message.crops[rows])
+            boxes = message.tracks.xyxy[rows]
+            weights.append(
+                crop_weights(
+                    own[-1],
+                    np.array([laplacian_sharpness(c) for c in crops[-1]]),
+                    boxes[:, 3] - boxes[:, 1],
+                    message.tracks.confidence[rows],
+                )
+            )
+            for row in rows.tolist():
+                key = (message.stream_id, int(message.tracks.track_id[row]))
+                tracks.append((key, self._tracks[key]))
+        own_all, plain_all = np.concatenate(own), np.concatenate(plain)
+        weight_all = np.concatenate(weights)
+        needed = self._needed_versions(plain_all)
         wanted = [
-            range(NUM_VERSIONS) if self._wants_all(t, w) else needed[i] for i, (_, t, w) in enumerate(tracks)
+            range(NUM_VERSIONS) if self._wants_all(t, float(weight_all[i])) else needed[i]
+            for i, (_, t) in enumerate(tracks)
         ]
-        versions = self._versions(crops, own, plain, wanted)
-        for i, (key, track, weight) in enumerate(tracks):
+        versions = self._versions(np.concatenate(crops), own_all, plain_all, wanted)
+        for i, (key, track) in enumerate(tracks):
+            weight = float(weight_all[i])
             track.runs += 1
             if len(wanted[i]) == NUM_VERSIONS:
                 track.full_weight = max(track.full_weight, weight)
                 track.full_runs += 1
-            track.aggregate.add(versions[i], int(own[i]), max(weight, 1e-3))
-            self._decide(message.stream_id, key, track)
+            track.aggregate.add(versions[i], int(own_all[i]), max(weight, 1e-3))
+            self._decide(key[0], key, track)
 
     def _needed_versions(self, plain: np.ndarray) -> list[list[int]]:
         """Per crop, the versions its unified comparison with its ``rerank`` most similar entries (by
