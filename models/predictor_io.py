@@ -9,10 +9,31 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
+from models.backends import BackendConfig
 from models.data.transforms import resize
 
-__all__ = ["check_crop_batch", "resize_batch", "check_onnx_image_size"]
+__all__ = ["PredictorConfig", "check_crop_batch", "resize_batch", "network_input", "check_onnx_image_size"]
+
+
+class PredictorConfig(BaseModel):
+    """What every predictor block in a stage's config has besides ``weights`` (each family adds that,
+    with its shipped default)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: BackendConfig = Field(
+        default_factory=lambda: BackendConfig(threads=1),
+        description="Inference runtime, in order of preference; max_batch is the chunk size of one call. "
+        "threads: 1 by default, since the graph's stages share the cores.",
+    )
+    onnx: str | None = Field(
+        "auto",
+        description="ONNX file for ONNX Runtime / TensorRT: 'auto' exports these weights once into the "
+        "cache (~/.cache/amodal/onnx, or $AMODAL_CACHE); a path names an export (tools/export_*.py); "
+        "null = torch only.",
+    )
 
 
 def check_crop_batch(crops: np.ndarray, what: str = "crops") -> np.ndarray:
@@ -26,6 +47,19 @@ def check_crop_batch(crops: np.ndarray, what: str = "crops") -> np.ndarray:
     if crops.shape[1] == 0 or crops.shape[2] == 0:
         raise ValueError(f"{what} must have a positive height and width, got shape {crops.shape}")
     return crops
+
+
+def network_input(
+    crops_bgr: np.ndarray, size_hw: Sequence[int], mean: np.ndarray, std: np.ndarray
+) -> np.ndarray:
+    """BGR uint8 (N, h, w, 3) -> RGB float32 (N, 3, H, W), resized and normalised with ``mean`` and
+    ``std`` (per channel, on the 0..1 scale): what the ReID and attribute networks take."""
+    crops = check_crop_batch(crops_bgr)
+    if len(crops) == 0:
+        return np.zeros((0, 3, int(size_hw[0]), int(size_hw[1])), dtype=np.float32)
+    rgb = resize_batch(crops, size_hw)[..., ::-1].astype(np.float32)
+    x = (rgb / 255.0 - mean) / std
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
 
 
 def resize_batch(crops: np.ndarray, size_hw: Sequence[int]) -> np.ndarray:

@@ -16,13 +16,17 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from models.backends import BackendConfig
 from models.data.transforms import resize
 from models.onnx_cache import resolve_onnx
-from models.predictor_io import check_crop_batch, check_onnx_image_size, resize_batch
+from models.predictor_io import (
+    PredictorConfig,
+    check_onnx_image_size,
+    network_input,
+)
 from models.weights_path import require_file, sibling_key
 
 from .model import AttributeModelBundle, load_attribute_model
@@ -41,26 +45,13 @@ logger = logging.getLogger(__name__)
 DEFAULT_ATTRIBUTE_WEIGHTS = "attributes_part_osnet_x0_25.pt"
 
 
-class AttributePredictorConfig(BaseModel):
+class AttributePredictorConfig(PredictorConfig):
     """The attribute classifier a stage runs (a block in the stage's config)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     weights: str = Field(
         DEFAULT_ATTRIBUTE_WEIGHTS,
         description="attribute checkpoint (tools/train_attributes.py / export_attributes.py --ship): a "
         "path, or the bare name of a file shipped in models/weights/ (research-only PETA weights).",
-    )
-    backend: BackendConfig = Field(
-        default_factory=lambda: BackendConfig(threads=1),
-        description="Inference runtime, in order of preference; max_batch is the chunk size of one call.",
-    )
-    onnx: str | None = Field(
-        "auto",
-        description="ONNX file for ONNX Runtime / TensorRT: 'auto' exports these weights once into the "
-        "cache (~/.cache/amodal/onnx, or $AMODAL_CACHE); a path names an export "
-        "(tools/export_attributes.py); "
-        "null = torch only.",
     )
 
 
@@ -200,12 +191,7 @@ class AttributePredictor:
     def prepare_bgr(self, crops_bgr: np.ndarray) -> np.ndarray:
         """BGR uint8 (N, h, w, 3) -> the network input: RGB float32 (N, 3, H, W), resized and
         normalised with the checkpoint's mean and std."""
-        crops = check_crop_batch(crops_bgr)
-        if len(crops) == 0:
-            return np.zeros((0, 3, *self.input_size), dtype=np.float32)
-        rgb = resize_batch(crops, self.input_size)[..., ::-1].astype(np.float32)
-        x = (rgb / 255.0 - self._mean) / self._std
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+        return network_input(crops_bgr, self.input_size, self._mean, self._std)
 
     def predict_bgr(self, crops_bgr: np.ndarray, masks: np.ndarray | None = None) -> np.ndarray:
         """(N, A) float32 probabilities for tracker crops, BGR uint8 (N, h, w, 3); N = 0 -> (0, A)."""

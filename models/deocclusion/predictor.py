@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from models.backends import BackendConfig, InferenceBackend, create_backend_from_config
 from models.onnx_cache import resolve_onnx
-from models.predictor_io import check_crop_batch, check_onnx_image_size, resize_batch
+from models.predictor_io import PredictorConfig, check_crop_batch, check_onnx_image_size, resize_batch
 from models.weights_path import require_file, sibling_key
 
 from .checkpoint import load_generator
@@ -34,26 +34,13 @@ DEFAULT_DEOCCLUSION_WEIGHTS = "deocclusion_unet16_peta_128x64.pt"
 INPUT_NAME, OUTPUT_NAME = "images", "generated"
 
 
-class DeocclusionPredictorConfig(BaseModel):
+class DeocclusionPredictorConfig(PredictorConfig):
     """The de-occlusion generator a stage runs (a block in the stage's config)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     weights: str = Field(
         DEFAULT_DEOCCLUSION_WEIGHTS,
         description="generator file (tools/train_deocclusion.py): a path, or the bare name of a file "
         "shipped in models/weights/ (research-only PETA weights by default).",
-    )
-    backend: BackendConfig = Field(
-        default_factory=lambda: BackendConfig(threads=1),
-        description="Inference runtime, in order of preference; max_batch is the chunk size of one call.",
-    )
-    onnx: str | None = Field(
-        "auto",
-        description="ONNX file for ONNX Runtime / TensorRT: 'auto' exports these weights once into the "
-        "cache (~/.cache/amodal/onnx, or $AMODAL_CACHE); a path names an export "
-        "(tools/export_deocclusion.py); "
-        "null = torch only.",
     )
 
 

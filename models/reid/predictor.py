@@ -16,12 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from models.backbones import IMAGENET_MEAN, IMAGENET_STD
 from models.backends import BackendConfig, InferenceBackend, create_backend_from_config
 from models.onnx_cache import resolve_onnx
-from models.predictor_io import check_crop_batch, check_onnx_image_size, resize_batch
+from models.predictor_io import (
+    PredictorConfig,
+    check_onnx_image_size,
+    network_input,
+)
 from models.weights_path import require_file, sibling_key
 
 from .config import OAMNModelConfig
@@ -38,26 +42,13 @@ REID_OUTPUTS = ("embedding", "grade")
 NUM_LOCATIONS = 4
 
 
-class ReidPredictorConfig(BaseModel):
+class ReidPredictorConfig(PredictorConfig):
     """The ReID + occlusion-grader network a stage runs (a block in the stage's config)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     weights: str = Field(
         DEFAULT_REID_WEIGHTS,
         description="OAMN checkpoint (tools/train_reid.py / calibrate_reid.py): a path, or the bare name "
         "of a file shipped in models/weights/ (research-only PETA weights by default).",
-    )
-    backend: BackendConfig = Field(
-        default_factory=lambda: BackendConfig(threads=1),
-        description="Inference runtime, in order of preference; max_batch is the chunk size of one call.",
-    )
-    onnx: str | None = Field(
-        "auto",
-        description="ONNX file for ONNX Runtime / TensorRT: 'auto' exports these weights once into the "
-        "cache (~/.cache/amodal/onnx, or $AMODAL_CACHE); a path names an export "
-        "(tools/export_reid.py); "
-        "null = torch only.",
     )
 
 
@@ -133,12 +124,7 @@ class ReidPredictor:
     def prepare(self, crops_bgr: np.ndarray) -> np.ndarray:
         """BGR uint8 (N, h, w, 3) -> the network input: RGB float32 (N, 3, H, W), resized and
         normalised with the ImageNet mean and std."""
-        crops = check_crop_batch(crops_bgr)
-        if len(crops) == 0:
-            return np.zeros((0, 3, *self.input_size), dtype=np.float32)
-        rgb = resize_batch(crops, self.input_size)[..., ::-1].astype(np.float32)
-        x = (rgb / 255.0 - self._mean) / self._std
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)
+        return network_input(crops_bgr, self.input_size, self._mean, self._std)
 
     def encode(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Normalised network input (N, 3, H, W) -> (unit-norm embeddings (N, D), scores (N, 4))."""
