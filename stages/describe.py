@@ -66,7 +66,10 @@ class DescribeConfig(PersonStageConfig):
         default_factory=AttributePredictorConfig, description="Attribute checkpoint and inference backend."
     )
     aggregation: AggregationConfig = Field(
-        default_factory=AggregationConfig, description="Per-track weighting and hysteresis."
+        default_factory=lambda: AggregationConfig(min_evidence=0.0),
+        description="Per-track weighting and hysteresis. min_evidence 0 here: the stage sees a track "
+        "once per schedule run, not every frame, so the first usable crop decides and the weighted "
+        "average with hysteresis corrects it (with 0.5, small or blurred people never got decisions).",
     )
     use_restored: bool = Field(True, description="Classify the de-occluded crop where there is one.")
     idle_s: float = Field(
