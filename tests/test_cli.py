@@ -40,6 +40,18 @@ def test_check_prints_the_resolved_graph_with_credentials_masked(capsys, monkeyp
         assert stage in out
 
 
+@pytest.mark.parametrize("json_out", [False, True])
+def test_check_masks_query_string_credentials(capsys, monkeypatch, json_out) -> None:
+    monkeypatch.setenv("CAM1_URL", "rtsp://10.0.0.5/live?token=abc123&channel=1")
+    monkeypatch.setenv("CAM2_URL", "rtsp://u:pw1@10.0.0.6/x?user=admin&password=hunter2")
+    args = ["check", str(REPO / "configs/edge.yaml")] + (["--json"] if json_out else [])
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    for secret in ("abc123", "hunter2", "pw1"):
+        assert secret not in out
+    assert "token=***&channel=1" in out and "user=admin&password=***" in out
+
+
 _TRACKING = ["ingest", "detect", "track"]
 _SINKS = ["events", "jsonl", "video"]
 

@@ -225,6 +225,14 @@ def test_encode_rejects_foreign_objects() -> None:
         ("rtsp://cam:554/a@b", "rtsp://cam:554/a@b"),
         ("/data/video.mp4", "/data/video.mp4"),
         ("tcp://127.0.0.1:5555", "tcp://127.0.0.1:5555"),
+        # credentials in the query string
+        ("rtsp://cam/live?token=abc123&channel=1", "rtsp://cam/live?token=***&channel=1"),
+        ("rtsp://u:pw@cam/x?user=admin&password=hunter2", "rtsp://u:***@cam/x?user=admin&password=***"),
+        ("rtsp://cam/x?pwd=1&passwd=2&pass=3", "rtsp://cam/x?pwd=***&passwd=***&pass=***"),
+        ("https://cam/a?apiKey=K&access_token=T;sig=S#f", "https://cam/a?apiKey=***&access_token=***;sig=***#f"),
+        ("rtsp://cam/x?Auth=Basic&secret=", "rtsp://cam/x?Auth=***&secret=***"),
+        ("rtsp://cam/x?channel=1&subtype=0", "rtsp://cam/x?channel=1&subtype=0"),
+        ("/data/a?token=x.mp4", "/data/a?token=x.mp4"),  # a file name, not a URL
     ],
 )
 def test_mask_url(url, masked) -> None:
@@ -234,6 +242,10 @@ def test_mask_url(url, masked) -> None:
 def test_mask_urls_in_text() -> None:
     text = "open rtsp://a:b@h/1 failed, retry http://c:d@e/"
     assert mask_urls_in(text) == "open rtsp://a:***@h/1 failed, retry http://c:***@e/"
+    text = "error opening 'rtsp://cam/x?token=abc123&ch=1': 401; next http://h/?password=hunter2."
+    masked = mask_urls_in(text)
+    assert "abc123" not in masked and "hunter2" not in masked
+    assert masked == "error opening 'rtsp://cam/x?token=***&ch=1': 401; next http://h/?password=***"
 
 
 # -- model blocks and TrackEnd ------------------------------------------------------------------------
