@@ -18,16 +18,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from pipeline.configfile import ConfigError
 from pipeline.messages import EndOfStream, Frame, PersonCrops, TrackEnd, Tracks, TrackState
 from pipeline.registry import register_stage
 from pipeline.stage import Stage, StageContext
 from stages.trackers.crops import cut_crops
+from stages.trackers.reid_encoder import TrackerReidEncoder
 from stages.trackers.stream_tracker import StreamTracker
 from stages.ultralytics_import import import_ultralytics
 
@@ -58,10 +59,11 @@ class TrackConfig(BaseModel):
     proximity_thresh: float = Field(0.5, ge=0, le=1, description="BoT-SORT: minimum IoU for a ReID match.")
     appearance_thresh: float = Field(0.8, ge=0, le=1, description="BoT-SORT: minimum appearance "
                                      "similarity for a ReID match.")
-    with_reid: bool = Field(False, description="BoT-SORT: use an appearance (ReID) model; off by default "
-                            "(cost grows with detections).")
-    reid_model: str | None = Field(None, description="BoT-SORT ReID model file (local path; .pt classify "
-                                   "model or an exported embedding model). Required when with_reid.")
+    with_reid: bool = Field(False, description="BoT-SORT: also match on appearance, with this project's "
+                            "OAMN ReID network through the backend layer; off by default (one network pass "
+                            "per detection).")
+    reid_model: str | None = Field(None, description="BoT-SORT ReID weights: an OAMN checkpoint (path or "
+                                   "a file shipped in models/weights/); null = the shipped one.")
     crop_size: tuple[int, int] = Field((256, 128), description="Output crop size [height, width].")
     crop_padding: float = Field(0.1, ge=0, le=1, description="Padding added on every side of a box, as a "
                                 "fraction of its width/height, before cropping.")
@@ -83,11 +85,8 @@ class TrackConfig(BaseModel):
         if self.track_low_thresh > self.track_high_thresh:
             raise ValueError(f"track_low_thresh ({self.track_low_thresh}) must be <= track_high_thresh "
                              f"({self.track_high_thresh})")
-        if self.with_reid:
-            if self.tracker != "botsort":
-                raise ValueError("with_reid needs tracker: botsort")
-            if not self.reid_model:
-                raise ValueError("with_reid needs reid_model: a local ReID model file")
+        if self.with_reid and self.tracker != "botsort":
+            raise ValueError("with_reid needs tracker: botsort")
         return self
 
     def tracker_args(self) -> dict[str, Any]:
@@ -99,7 +98,7 @@ class TrackConfig(BaseModel):
             "fuse_score": self.fuse_score,
             "gmc_method": None if self.gmc_method == "none" else self.gmc_method,
             "proximity_thresh": self.proximity_thresh, "appearance_thresh": self.appearance_thresh,
-            "with_reid": self.with_reid, "model": self.reid_model or "auto", "device": "cpu",
+            "with_reid": False, "model": "auto", "device": "cpu",  # appearance: TrackerReidEncoder
         }
 
 
@@ -121,14 +120,27 @@ class TrackStage(Stage):
         super().__init__(config, context)
         self.config: TrackConfig = config
         self._streams: dict[str, _StreamState] = {}
+        self._encoder: TrackerReidEncoder | None = None
 
     def on_start(self) -> None:
-        """Check the ReID model file exists (never let ultralytics fetch one); import the trackers now
-        so the first frame does not pay for it."""
-        if self.config.with_reid and not Path(self.config.reid_model or "").is_file():
-            raise FileNotFoundError(f"track.reid_model {self.config.reid_model!r} does not exist; point "
-                                    "--set track.reid_model=PATH at a local file or set with_reid: false")
+        """Import the trackers now so the first frame does not pay for it; with ``with_reid``, load the
+        ReID network BoT-SORT matches appearance with (ours, never one ultralytics would fetch)."""
         import_ultralytics("ultralytics.trackers.bot_sort", "ultralytics.trackers.byte_tracker")
+        self._encoder = None
+        if self.config.with_reid:
+            from models.reid.predictor import DEFAULT_REID_WEIGHTS, ReidPredictor
+            from models.weights_path import resolve_weights_path
+
+            weights = self.config.reid_model or DEFAULT_REID_WEIGHTS
+            if not resolve_weights_path(weights).is_file():
+                raise FileNotFoundError(f"track.reid_model {weights!r} does not exist; point --set "
+                                        "track.reid_model=PATH at an OAMN checkpoint or set with_reid: false")
+            try:
+                predictor = ReidPredictor(weights, key="track.reid_model")
+            except (ValueError, KeyError, RuntimeError) as exc:
+                raise ConfigError(f"track.reid_model {weights!r} is not an OAMN ReID checkpoint of this "
+                                  f"project (tools/train_reid.py): {exc}") from exc
+            self._encoder = TrackerReidEncoder(predictor, self.config.crop_padding)
 
     def process(self, message: Any) -> Iterable[Any]:
         if isinstance(message, EndOfStream):
@@ -139,7 +151,7 @@ class TrackStage(Stage):
         state = self._streams.get(frame.stream_id)
         if state is None:
             state = self._streams[frame.stream_id] = _StreamState(
-                StreamTracker(self.config.tracker, self.config.tracker_args()))
+                StreamTracker(self.config.tracker, self.config.tracker_args(), self._encoder))
             self.context.logger.info("stream %s: %s tracker started", frame.stream_id, self.config.tracker)
         tracks = state.tracker.step(frame.detections, frame.image)
         crops = cut_crops(frame.image, tracks.xyxy, self.config.crop_size, self.config.crop_padding,

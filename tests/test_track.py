@@ -176,7 +176,6 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     cases = {
         "track_low_thresh: 0.5\ntrack_high_thresh: 0.3\n": r"track_low_thresh \(0.5\) must be <= track_high",
         "with_reid: true\n": "with_reid needs tracker: botsort",
-        "tracker: botsort\nwith_reid: true\n": "with_reid needs reid_model",
         "crop_size: [4, 2]\n": r"crop_size: bad value \[4, 2\]",
         "tracker: sort\n": r"tracker: bad value 'sort'",
         "buffer: 3\n": "buffer: unknown key",
@@ -188,6 +187,38 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
     stage = TrackStage(TrackConfig(tracker="botsort", with_reid=True, reid_model=str(tmp_path / "no.pt")),
                        StageContext("track"))
     with pytest.raises(FileNotFoundError, match="no.pt.*--set track.reid_model"):
+        stage.on_start()
+
+
+def test_botsort_with_reid_tracks_with_the_project_reid_network() -> None:
+    """with_reid: BoT-SORT matches on appearance with the shipped OAMN network (through our backend
+    layer): every detection gets an embedding and the walkers keep their ids."""
+    stage, _ = make_stage(tracker="botsort", with_reid=True)
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (240, 320, 3), dtype=np.uint8)
+    calls = []
+    encoder = stage._encoder
+    assert encoder is not None
+
+    def counting(img, dets):
+        calls.append(len(dets))
+        return encoder(img, dets)
+
+    for i in range(8):
+        for state in stage._streams.values():
+            state.tracker.tracker.encoder = counting
+        _, crops = step(stage, "cam", i, dets(walker(i), walker(i, x0=200, vx=-3)), image)
+        if i == 0:
+            assert stage._streams["cam"].tracker.tracker.args.with_reid
+    assert states(crops.tracks) == {1: UPDATED, 2: UPDATED}
+    assert sum(calls) >= 2 * 7, "an embedding per detection"
+
+
+def test_reid_weights_that_are_not_an_oamn_checkpoint_are_a_config_error(shared_dir: Path) -> None:
+    weights = shared_dir / "models" / "osnet_x0_25_msmt17.pth"  # torchreid layout, not ours
+    stage = TrackStage(TrackConfig(tracker="botsort", with_reid=True, reid_model=str(weights)),
+                       StageContext("track"))
+    with pytest.raises(ConfigError, match="track.reid_model .* is not an OAMN ReID checkpoint"):
         stage.on_start()
 
 

@@ -63,8 +63,10 @@ class _Boxes:
 class StreamTracker:
     """Track one stream; ``step`` returns the ``Tracks`` (with lifecycle states) of each frame."""
 
-    def __init__(self, kind: TrackerKind, args: dict[str, Any]) -> None:
-        namespace = SimpleNamespace(**args)
+    def __init__(self, kind: TrackerKind, args: dict[str, Any], encoder: Any = None) -> None:
+        """``encoder``: BoT-SORT's appearance model (``TrackerReidEncoder``); with it the tracker matches
+        on appearance too (``with_reid``), never loading a model of its own."""
+        namespace = SimpleNamespace(**{**args, "with_reid": False})
         if kind == "bytetrack":
             from ultralytics.trackers.byte_tracker import BYTETracker
 
@@ -73,6 +75,10 @@ class StreamTracker:
             from ultralytics.trackers.bot_sort import BOTSORT
 
             self.tracker = BOTSORT(namespace)
+            if encoder is not None:
+                namespace.with_reid = True
+                namespace.model = "external"  # not "auto": ultralytics then hands the encoder the frame
+                self.tracker.encoder = encoder
         else:
             raise ValueError(f"tracker must be 'bytetrack' or 'botsort', got {kind!r}")
         self._reported: dict[int, TrackState] = {}
