@@ -208,8 +208,17 @@ def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix, value)]
 
 
+def _preflight(graph: GraphConfig) -> None:
+    """Every file the graph names (weights, input videos) exists, before anything starts: exit 2
+    naming each key otherwise."""
+    problems = [p for spec in graph.stages for p in spec.stage_class.check_files(spec.config, spec.name)]
+    if problems:
+        raise _Fail(2, "; ".join(problems))
+
+
 def _check(args: argparse.Namespace) -> int:
     graph = load_graph(args.config, args.overrides)
+    _preflight(graph)
     desc = describe_graph(graph)
     if args.json:
         print(json.dumps(desc, indent=2))
@@ -334,6 +343,7 @@ def _replay(args: argparse.Namespace) -> int:
     if args.out:
         raw["output_dir"] = args.out
     graph = load_graph(data=raw, overrides=args.overrides)
+    _preflight(graph)
     setup_logging(args.log_level or graph.logging.level, graph.logging.format)
     progress = _Progress(_progress_stage(graph))
     totals = [_count_frames(p) for p in videos]

@@ -50,7 +50,12 @@ _REPLAY: dict[str, Any] = {
         {"name": "identify", "type": "identify", "inputs": ["describe"], "config": {"gallery": "gallery"}},
         {"name": "events", "type": "sqlite_sink", "inputs": ["identify"], "config": {"path": "events.db"}},
         {"name": "jsonl", "type": "jsonl_sink", "inputs": ["identify"], "config": {"path": "events.jsonl"}},
-        {"name": "video", "type": "video_sink", "inputs": ["track", "identify"], "config": {"directory": "."}},
+        {
+            "name": "video",
+            "type": "video_sink",
+            "inputs": ["track", "identify"],
+            "config": {"directory": "."},
+        },
     ],
 }
 

@@ -86,6 +86,13 @@ class Stage:
         """Build the stage from its validated config; override when the constructor takes plain args."""
         return cls(config, context)
 
+    @classmethod
+    def check_files(cls, config: Any, name: str) -> list[str]:
+        """Problems with the files ``config`` names (weights, input videos), one line each naming the
+        key as ``<stage name>.<key>``. ``amodal check`` and ``amodal replay`` run it before anything
+        starts, so a missing file is a config error (exit 2), not a failure after outputs exist."""
+        return []
+
     def on_start(self) -> None:
         """Load models, open files. Runs in the stage's own thread or process, before any message."""
 

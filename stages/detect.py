@@ -158,6 +158,15 @@ class DetectStage(Stage):
         self._seen: dict[str, int] = {}
         self._predict_args: dict[str, Any] = {}
 
+    @classmethod
+    def check_files(cls, config: Any, name: str) -> list[str]:
+        """The weights must be a local file or folder, or a name ultralytics can fetch when online."""
+        try:
+            resolve_weights(config.weights)
+        except (FileNotFoundError, ValueError) as exc:
+            return [f"{name}.weights: {exc}"]
+        return []
+
     def on_start(self) -> None:
         """Load the model (no download offline) and warm it up."""
         os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # never pip-install at run time

@@ -139,6 +139,17 @@ class IngestStage(SourceStage):
         super().__init__(config, context)
         self.config: IngestConfig = config
 
+    @classmethod
+    def check_files(cls, config: Any, name: str) -> list[str]:
+        """Every file source must exist (cameras are only known to be there once they answer)."""
+        problems = []
+        for index, stream in enumerate(config.streams):
+            try:
+                resolve_source(stream.source)
+            except ValueError as exc:
+                problems.append(f"{name}.streams[{index}].source: {scrub(str(exc))}")
+        return problems
+
     def decoder_options(self, stream: StreamConfig) -> DecoderOptions:
         """Map the stage + stream config onto the decoder's plain options."""
         cfg = self.config

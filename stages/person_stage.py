@@ -61,6 +61,21 @@ class PersonStage(Stage):
         self.max_wait_s = config.max_wait_ms / 1000.0
         self.scheduler = TrackScheduler(config.schedule)
 
+    @classmethod
+    def check_files(cls, config: Any, name: str) -> list[str]:
+        """The ``model`` block's weights (and ONNX file, when it names one) must exist."""
+        from models.weights_path import resolve_weights_path
+
+        model = getattr(config, "model", None)
+        problems = []
+        for key in ("weights", "onnx"):
+            value = getattr(model, key, None)
+            if value is None or (key == "onnx" and value == "auto"):
+                continue
+            if not resolve_weights_path(value).is_file():
+                problems.append(f"{name}.model.{key} '{value}' does not exist")
+        return problems
+
     # -- the runtime's entry points --------------------------------------------------------------
     def process(self, message: Any) -> Iterable[Any]:
         if isinstance(message, EndOfStream):

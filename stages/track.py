@@ -122,6 +122,18 @@ class TrackStage(Stage):
         self._streams: dict[str, _StreamState] = {}
         self._encoder: TrackerReidEncoder | None = None
 
+    @classmethod
+    def check_files(cls, config: Any, name: str) -> list[str]:
+        if not config.with_reid:
+            return []
+        from models.reid.predictor import DEFAULT_REID_WEIGHTS
+        from models.weights_path import resolve_weights_path
+
+        weights = config.reid_model or DEFAULT_REID_WEIGHTS
+        if resolve_weights_path(weights).is_file():
+            return []
+        return [f"{name}.reid_model '{weights}' does not exist"]
+
     def on_start(self) -> None:
         """Import the trackers now so the first frame does not pay for it; with ``with_reid``, load the
         ReID network BoT-SORT matches appearance with (ours, never one ultralytics would fetch)."""

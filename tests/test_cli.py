@@ -27,7 +27,8 @@ def test_builtin_basic_replay_graph_is_configs_replay_basic_yaml() -> None:
     assert load_yaml(REPO / "configs/replay_basic.yaml") == default_replay_graph(basic=True)
 
 
-def test_check_prints_the_resolved_graph_with_credentials_masked(capsys, monkeypatch) -> None:
+def test_check_prints_the_resolved_graph_with_credentials_masked(capsys, monkeypatch, shared_dir) -> None:
+    monkeypatch.setenv("AMODAL_DETECTOR", str(shared_dir / "models/yolov8n_int8_openvino_model"))
     monkeypatch.setenv("CAM1_URL", "rtsp://admin:s3cret@10.0.0.5:554/stream1")
     monkeypatch.setenv("CAM2_URL", "rtsp://10.0.0.6/stream1")
     assert main(["check", str(REPO / "configs/edge.yaml"), "--set", "detect.conf=0.5"]) == 0
@@ -41,7 +42,8 @@ def test_check_prints_the_resolved_graph_with_credentials_masked(capsys, monkeyp
 
 
 @pytest.mark.parametrize("json_out", [False, True])
-def test_check_masks_query_string_credentials(capsys, monkeypatch, json_out) -> None:
+def test_check_masks_query_string_credentials(capsys, monkeypatch, shared_dir, json_out) -> None:
+    monkeypatch.setenv("AMODAL_DETECTOR", str(shared_dir / "models/yolov8n_int8_openvino_model"))
     monkeypatch.setenv("CAM1_URL", "rtsp://10.0.0.5/live?token=abc123&channel=1")
     monkeypatch.setenv("CAM2_URL", "rtsp://u:pw1@10.0.0.6/x?user=admin&password=hunter2")
     args = ["check", str(REPO / "configs/edge.yaml")] + (["--json"] if json_out else [])
@@ -63,8 +65,21 @@ _SINKS = ["events", "jsonl", "video"]
         ("replay_basic.yaml", [*_TRACKING, *_SINKS]),
     ],
 )
-def test_check_replay_yaml_json(capsys, config: str, names: list[str]) -> None:
-    assert main(["check", str(REPO / "configs" / config), "--json"]) == 0
+def test_check_replay_yaml_json(
+    capsys, tmp_path: Path, shared_dir: Path, config: str, names: list[str]
+) -> None:
+    from stages.media.testclip import write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4", frames=5, width=64, height=48)
+    args = [
+        "check",
+        str(REPO / "configs" / config),
+        "--json",
+        "--set",
+        f"ingest.streams=[{{id: a, source: {clip}}}]",
+    ]
+    args += ["--set", f"detect.weights={shared_dir / 'models/yolov8n_int8_openvino_model'}"]
+    assert main(args) == 0
     import json
 
     desc = json.loads(capsys.readouterr().out)
@@ -105,10 +120,52 @@ def test_missing_default_weights_offline_exit_2_and_say_how_to_fix(tmp_path: Pat
     code = main(["replay", str(clip), "--out", str(tmp_path / "out"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert err[-1].startswith(
-        "amodal: config error: stage 'detect' failed to start: detector weights 'yolo11n.pt'"
-    )
+    assert err[-1].startswith("amodal: config error: detect.weights: detector weights 'yolo11n.pt'")
     assert "--set detect.weights=" in err[-1]
+    assert not (tmp_path / "out").exists(), "found out before anything started: no outputs"
+
+
+def test_check_and_replay_name_every_missing_file_before_starting(tmp_path: Path, capsys, shared_dir) -> None:
+    weights = str(shared_dir / "models/yolov8n_int8_openvino_model")
+    code = main(
+        [
+            "check",
+            str(REPO / "configs/replay.yaml"),
+            "--set",
+            f"detect.weights={weights}",
+            "--set",
+            "grade.model.weights=/nope/g.pt",
+            "--set",
+            "describe.model.onnx=/nope/d.onnx",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2
+    for key in (
+        "ingest.streams[0].source",
+        "grade.model.weights '/nope/g.pt'",
+        "describe.model.onnx '/nope/d.onnx'",
+    ):
+        assert key in err
+    clip = tmp_path / "clip.mp4"
+    from stages.media.testclip import write_clip
+
+    write_clip(clip, frames=5, width=64, height=48)
+    code = main(
+        [
+            "replay",
+            str(clip),
+            "--out",
+            str(tmp_path / "out"),
+            "--no-progress",
+            "--set",
+            f"detect.weights={weights}",
+            "--set",
+            "identify.model.weights=/nope/i.pt",
+        ]
+    )
+    assert code == 2 and "identify.model.weights '/nope/i.pt' does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_run_drains_on_sigint_and_exits_0(tmp_path: Path) -> None:
