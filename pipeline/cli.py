@@ -16,6 +16,7 @@ import argparse
 import json
 import logging
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -85,6 +86,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     replay.add_argument("--out", help="output folder for events.db, events.jsonl and videos (default: out)")
     replay.add_argument("--no-progress", action="store_true", help="no progress bar")
+    earlier = replay.add_mutually_exclusive_group()
+    earlier.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="the output folder holds an earlier run's results: delete them first",
+    )
+    earlier.add_argument(
+        "--append",
+        action="store_true",
+        help="the output folder holds an earlier run's results: add this run to them (same database, "
+        "JSONL and gallery; each run's tracks keep their own session)",
+    )
     replay.add_argument(
         "--basic",
         action="store_true",
@@ -216,6 +229,29 @@ def _preflight(graph: GraphConfig) -> None:
         raise _Fail(2, "; ".join(problems))
 
 
+def _earlier_results(graph: GraphConfig, overwrite: bool, append: bool) -> None:
+    """A replay never mixes its results with an earlier run's without being told: refuse (exit 2), or
+    delete them first (``--overwrite``), or add to them (``--append``)."""
+    out = Path(graph.output_dir)
+    found: list[Path] = []
+    for spec in graph.stages:
+        for pattern in spec.stage_class.output_files(spec.config, out):
+            found += sorted(pattern.parent.glob(pattern.name)) if "*" in pattern.name else [pattern]
+    found = [p for p in dict.fromkeys(found) if p.exists()]
+    if not found or append:
+        return
+    if not overwrite:
+        shown = ", ".join(str(p) for p in found[:6]) + (", ..." if len(found) > 6 else "")
+        raise _Fail(2, f"{out} already holds the results of an earlier run ({shown}); add --overwrite to "
+                    "replace them or --append to add this run to them")
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    logger.info("removed %d results of an earlier run from %s", len(found), out)
+
+
 def _check(args: argparse.Namespace) -> int:
     graph = load_graph(args.config, args.overrides)
     _preflight(graph)
@@ -344,6 +380,7 @@ def _replay(args: argparse.Namespace) -> int:
         raw["output_dir"] = args.out
     graph = load_graph(data=raw, overrides=args.overrides)
     _preflight(graph)
+    _earlier_results(graph, overwrite=args.overwrite, append=args.append)
     setup_logging(args.log_level or graph.logging.level, graph.logging.format)
     progress = _Progress(_progress_stage(graph))
     totals = [_count_frames(p) for p in videos]

@@ -93,6 +93,12 @@ class Stage:
         starts, so a missing file is a config error (exit 2), not a failure after outputs exist."""
         return []
 
+    @classmethod
+    def output_files(cls, config: Any, output_dir: Path) -> list[Path]:
+        """The files (glob patterns allowed) and folders this stage writes under ``output_dir``, so that
+        ``amodal replay`` can tell an earlier run's results apart (``--overwrite`` / ``--append``)."""
+        return []
+
     def on_start(self) -> None:
         """Load models, open files. Runs in the stage's own thread or process, before any message."""
 

@@ -49,7 +49,7 @@ from pipeline.registry import register_stage
 from pipeline.stage import StageContext
 from stages.person_stage import PersonStage, PersonStageConfig
 from stages.scheduling import ScheduleConfig
-from stages.sinks.common import output_path
+from stages.sinks.common import output_path, under
 
 __all__ = ["IdentifyStage", "IdentifyConfig", "NUM_VERSIONS"]
 
@@ -167,6 +167,13 @@ class IdentifyStage(PersonStage):
         self._kind = "needed"
 
     # -- lifecycle ---------------------------------------------------------------------------------
+    @classmethod
+    def output_files(cls, config: Any, output_dir: Path) -> list[Path]:
+        if config.gallery is None:
+            return []
+        base = under(output_dir, config.gallery).with_suffix("")
+        return [base.with_suffix(".npz"), base.with_suffix(".json")]
+
     def on_start(self) -> None:
         self.predictor = ReidPredictor.from_config(
             self.config.model, key=f"{self.context.name}.model.weights"

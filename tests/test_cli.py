@@ -201,3 +201,41 @@ def test_run_drains_on_sigint_and_exits_0(tmp_path: Path) -> None:
     rows = read_rows(tmp_path / "rows.jsonl")
     frames, eos = frames_and_eos(rows)
     assert len(frames) > 20 and eos == [("a", "stopped")] and rows[-1] == {"stopped": True}
+
+
+def test_replay_into_a_folder_with_earlier_results_refuses_appends_or_overwrites(
+    tmp_path: Path, capsys, shared_dir: Path
+) -> None:
+    import sqlite3
+
+    from stages.media.testclip import write_clip
+
+    clip = write_clip(tmp_path / "clip.mp4", frames=5, width=64, height=48)
+    out = tmp_path / "out"
+    base = [
+        "replay",
+        str(clip),
+        "--basic",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        f"detect.weights={shared_dir / 'models/yolov8n_int8_openvino_model'}",
+    ]
+
+    def frames() -> int:
+        with sqlite3.connect(out / "events.db") as db:
+            return db.execute("SELECT frames FROM streams").fetchone()[0]
+
+    assert main(base) == 0 and frames() == 5
+    jsonl = (out / "events.jsonl").read_text()
+    assert main(base) == 2
+    err = capsys.readouterr().err
+    assert "already holds the results of an earlier run" in err and "events.db" in err
+    assert "--overwrite" in err and "--append" in err
+    assert frames() == 5 and (out / "events.jsonl").read_text() == jsonl, "nothing touched"
+    assert main([*base, "--append"]) == 0 and frames() == 10
+    assert main([*base, "--overwrite"]) == 0 and frames() == 5
+    assert (out / "events.jsonl").read_text().count('"end_of_stream"') == 1, "the earlier lines are gone"
+    with pytest.raises(SystemExit):
+        main([*base, "--append", "--overwrite"])

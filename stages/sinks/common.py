@@ -22,6 +22,7 @@ from pipeline.stage import StageContext
 
 __all__ = [
     "output_path",
+    "under",
     "safe_name",
     "state_name",
     "grade_name",
@@ -39,14 +40,20 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 V = TypeVar("V")
 
 
+def under(output_dir: Path, path: str | Path) -> Path:
+    """``path`` resolved as a sink resolves it (relative paths live under ``output_dir``), created
+    nowhere."""
+    path = Path(path)
+    return path if path.is_absolute() else Path(output_dir) / path
+
+
 def output_path(context: StageContext, path: str | Path, directory: bool = False) -> Path:
     """Resolve a sink's output path and create the folder it needs.
 
     A relative path lives under the graph's ``output_dir`` (``amodal replay --out``); for a
     ``directory`` the folder itself is created, for a file its parent.
     """
-    path = Path(path)
-    path = path if path.is_absolute() else context.output_dir / path
+    path = under(context.output_dir, path)
     (path if directory else path.parent).mkdir(parents=True, exist_ok=True)
     return path
 

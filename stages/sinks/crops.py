@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import cv2
@@ -25,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.messages import EndOfStream, PersonCrops, TrackEnd, TrackState
 from pipeline.registry import register_stage
 from pipeline.stage import Stage
-from stages.sinks.common import RowBlocks, TrackTable, output_path, safe_name
+from stages.sinks.common import RowBlocks, TrackTable, output_path, safe_name, under
 
 __all__ = ["CropSink", "CropSinkConfig"]
 
@@ -73,6 +74,10 @@ class CropSink(Stage):
     Config: ClassVar[type[BaseModel]] = CropSinkConfig
     accepts: ClassVar[tuple[type, ...]] = (PersonCrops, TrackEnd)
     emits: ClassVar[tuple[type, ...] | None] = ()
+
+    @classmethod
+    def output_files(cls, config: Any, output_dir: Path) -> list[Path]:
+        return [under(output_dir, config.directory)]
 
     def on_start(self) -> None:
         self.directory = output_path(self.context, self.config.directory, directory=True)

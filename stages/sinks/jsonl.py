@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.messages import EndOfStream, PersonCrops, TrackEnd
 from pipeline.registry import register_stage
 from pipeline.stage import Stage
-from stages.sinks.common import TrackEndDedup, output_path, track_end_record, tracks_record
+from stages.sinks.common import TrackEndDedup, output_path, track_end_record, tracks_record, under
 
 __all__ = ["JsonlSink", "JsonlSinkConfig"]
 
@@ -59,6 +60,10 @@ class JsonlSink(Stage):
     Config: ClassVar[type[BaseModel]] = JsonlSinkConfig
     accepts: ClassVar[tuple[type, ...]] = (PersonCrops, TrackEnd)
     emits: ClassVar[tuple[type, ...] | None] = ()
+
+    @classmethod
+    def output_files(cls, config: Any, output_dir: Path) -> list[Path]:
+        return [under(output_dir, config.path)]
 
     def on_start(self) -> None:
         path = output_path(self.context, self.config.path)

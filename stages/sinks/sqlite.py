@@ -43,6 +43,7 @@ import time
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -50,7 +51,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.messages import Attributes, EndOfStream, PersonCrops, TrackEnd
 from pipeline.registry import register_stage
 from pipeline.stage import Stage
-from stages.sinks.common import RowBlocks, TrackTable, final_identities, output_path, row_index, state_name
+from stages.sinks.common import (
+    RowBlocks,
+    TrackTable,
+    final_identities,
+    output_path,
+    row_index,
+    state_name,
+    under,
+)
 
 __all__ = ["SqliteSink", "SqliteSinkConfig", "SCHEMA", "IDENTITY_TRACKS_QUERY"]
 
@@ -201,6 +210,11 @@ class SqliteSink(Stage):
     Config: ClassVar[type[BaseModel]] = SqliteSinkConfig
     accepts: ClassVar[tuple[type, ...]] = (PersonCrops, TrackEnd)
     emits: ClassVar[tuple[type, ...] | None] = ()
+
+    @classmethod
+    def output_files(cls, config: Any, output_dir: Path) -> list[Path]:
+        path = under(output_dir, config.path)
+        return [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
 
     def on_start(self) -> None:
         path = output_path(self.context, self.config.path)

@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.messages import GRADE_NAMES, EndOfStream, Frame, PersonCrops, TrackEnd, TrackState
 from pipeline.registry import register_stage
 from pipeline.stage import Stage
-from stages.sinks.common import RowBlocks, TrackTable, output_path, safe_name
+from stages.sinks.common import RowBlocks, TrackTable, output_path, safe_name, under
 
 __all__ = [
     "VideoSink",
@@ -300,6 +300,10 @@ class VideoSink(Stage):
     Config: ClassVar[type[BaseModel]] = VideoSinkConfig
     accepts: ClassVar[tuple[type, ...]] = (Frame, PersonCrops, TrackEnd)
     emits: ClassVar[tuple[type, ...] | None] = ()
+
+    @classmethod
+    def output_files(cls, config: Any, output_dir: Path) -> list[Path]:
+        return [under(output_dir, config.directory) / config.filename.replace("{stream_id}", "*")]
 
     def on_start(self) -> None:
         self.directory = output_path(self.context, self.config.directory, directory=True)
