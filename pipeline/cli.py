@@ -388,7 +388,7 @@ def _replay(args: argparse.Namespace) -> int:
     runtime = EmbeddedRuntime(graph, observer=progress)
     report = _run_with_signals(runtime, progress if not args.no_progress else None, total)
     _summary(graph, progress, report, ids)
-    return _finish(report)
+    return _finish(report) or _source_errors(progress.ended)
 
 
 def _run_with_signals(runtime: Any, progress: _Progress | None, total: int | None) -> RunReport:
@@ -471,6 +471,20 @@ def _summary(graph: GraphConfig, progress: _Progress, report: RunReport, ids: li
     if outputs:
         lines.append("outputs: " + ", ".join(outputs))
     print("\n".join(lines))
+
+
+#: exit code of a run that finished, but in which a source could not be read (each stream's row says why)
+EXIT_SOURCE_ERROR = 3
+
+
+def _source_errors(ended: list[EndOfStream]) -> int:
+    """``EXIT_SOURCE_ERROR`` when any stream ended with an error (the others were finished first)."""
+    failed = sorted({e.stream_id for e in ended if e.reason == "error"})
+    if not failed:
+        return 0
+    print(f"amodal: error: {len(failed)} source(s) could not be read: {', '.join(failed)} "
+          "(see the streams' ended_detail)", file=sys.stderr)
+    return EXIT_SOURCE_ERROR
 
 
 def _finish(report: RunReport) -> int:

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipeline.cli import main
@@ -239,3 +240,44 @@ def test_replay_into_a_folder_with_earlier_results_refuses_appends_or_overwrites
     assert (out / "events.jsonl").read_text().count('"end_of_stream"') == 1, "the earlier lines are gone"
     with pytest.raises(SystemExit):
         main([*base, "--append", "--overwrite"])
+
+
+def test_a_source_that_cannot_be_read_exits_3_after_the_others_and_keeps_its_row(
+    tmp_path: Path, capsys, shared_dir: Path
+) -> None:
+    import json
+    import sqlite3
+
+    from pipeline.cli import EXIT_SOURCE_ERROR
+    from stages.media.testclip import write_clip
+
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    write_clip(folder / "good.mp4", frames=5, width=64, height=48)
+    (folder / "noise.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 20000, np.uint8).tobytes())
+    out = tmp_path / "out"
+    weights = shared_dir / "models/yolov8n_int8_openvino_model"
+    code = main(
+        [
+            "replay",
+            str(folder),
+            "--basic",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--set",
+            f"detect.weights={weights}",
+        ]
+    )
+    assert code == EXIT_SOURCE_ERROR == 3
+    assert "1 source(s) could not be read: noise" in capsys.readouterr().err
+    with sqlite3.connect(out / "events.db") as db:
+        rows = {r[0]: r[1:] for r in db.execute("SELECT stream_id, frames, ended_reason FROM streams")}
+    assert rows == {"good": (5, "finished"), "noise": (0, "error")}, (
+        "every stream has its row, with the reason"
+    )
+    ends = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert {e["stream_id"]: e["reason"] for e in ends if e["type"] == "end_of_stream"} == {
+        "good": "finished",
+        "noise": "error",
+    }

@@ -250,9 +250,13 @@ class SqliteSink(Stage):
     def process(self, message: Any) -> Iterable[Any]:
         self._begin()
         if isinstance(message, EndOfStream):
+            # a stream that never sent a frame (a file that cannot be opened) still gets its row
+            now = time.time()
             self._db.execute(
-                "UPDATE streams SET ended_reason=?, ended_detail=? WHERE stream_id=?",
-                (message.reason, message.detail, message.stream_id),
+                "INSERT INTO streams (stream_id, first_seen, last_seen, frames, ended_reason, ended_detail) "
+                "VALUES (?, ?, ?, 0, ?, ?) ON CONFLICT(stream_id) DO UPDATE SET "
+                "ended_reason=excluded.ended_reason, ended_detail=excluded.ended_detail",
+                (message.stream_id, now, now, message.reason, message.detail),
             )
             self.commit()
             self._tracks.pop_stream(message.stream_id)
