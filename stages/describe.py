@@ -32,7 +32,7 @@ from models.attributes.predictor import AttributePredictor, AttributePredictorCo
 from pipeline.messages import GRADE_NAMES, Attributes, PersonCrops, TrackEnd
 from pipeline.registry import register_stage
 from pipeline.stage import StageContext
-from stages.person_stage import PersonStage, PersonStageConfig, split_rows
+from stages.person_stage import PersonStage, PersonStageConfig, evidence_schedule, split_rows
 from stages.scheduling import ScheduleConfig
 
 __all__ = ["DescribeStage", "DescribeConfig", "calibrate_probabilities", "GRADE_VISIBLE_LOSS"]
@@ -57,9 +57,7 @@ class DescribeConfig(PersonStageConfig):
     """The attribute net, the per-track aggregation, the schedule and batching."""
 
     schedule: ScheduleConfig = Field(
-        default_factory=lambda: ScheduleConfig(every_s=2.0),
-        description="When a track is run (its evidence accumulates, so every 2 s of stream time by "
-        "default; grade re-runs every second).",
+        default_factory=evidence_schedule, description="When a track is run (every 2 s of stream time)."
     )
 
     model: AttributePredictorConfig = Field(

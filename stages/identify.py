@@ -47,7 +47,7 @@ from models.reid.unification import unification_versions
 from pipeline.messages import Identities, PersonCrops, TrackEnd, TrackState
 from pipeline.registry import register_stage
 from pipeline.stage import StageContext
-from stages.person_stage import PersonStage, PersonStageConfig
+from stages.person_stage import PersonStage, PersonStageConfig, evidence_schedule
 from stages.scheduling import ScheduleConfig
 from stages.sinks.common import output_path, under
 
@@ -60,9 +60,7 @@ class IdentifyConfig(PersonStageConfig):
     """The gallery, the matching rule, the schedule and batching."""
 
     schedule: ScheduleConfig = Field(
-        default_factory=lambda: ScheduleConfig(every_s=2.0),
-        description="When a track is run (its evidence accumulates, so every 2 s of stream time by "
-        "default; grade re-runs every second).",
+        default_factory=evidence_schedule, description="When a track is run (every 2 s of stream time)."
     )
 
     model: ReidPredictorConfig = Field(

@@ -23,9 +23,15 @@ from pipeline.messages import EndOfStream, PersonCrops, TrackEnd
 from pipeline.stage import Stage, StageContext
 from stages.scheduling import ScheduleConfig, TrackScheduler
 
-__all__ = ["PersonStage", "PersonStageConfig", "gather_rows", "split_rows"]
+__all__ = ["PersonStage", "PersonStageConfig", "evidence_schedule", "gather_rows", "split_rows"]
 
 T = TypeVar("T")
+
+
+def evidence_schedule() -> ScheduleConfig:
+    """The default schedule of stages whose evidence accumulates per track (describe, identify): every
+    2 s of stream time; grade re-runs every second."""
+    return ScheduleConfig(every_s=2.0)
 
 
 class PersonStageConfig(BaseModel):
@@ -118,14 +124,9 @@ class PersonStage(Stage):
         return result
 
 
-def gather_rows(
-    messages: Sequence[PersonCrops],
-    rows: Sequence[np.ndarray],
-    pick: Callable[[PersonCrops, np.ndarray], np.ndarray] | None = None,
-) -> np.ndarray:
-    """One array of the chosen rows' crops across messages (``pick(message, rows)`` to choose other
-    pixels than ``message.crops[rows]``, e.g. restored crops)."""
-    parts = [(pick(m, r) if pick else m.crops[r]) for m, r in zip(messages, rows, strict=True) if len(r)]
+def gather_rows(messages: Sequence[PersonCrops], rows: Sequence[np.ndarray]) -> np.ndarray:
+    """One array of the chosen rows' crops across messages."""
+    parts = [m.crops[r] for m, r in zip(messages, rows, strict=True) if len(r)]
     if not parts:
         first = messages[0].crops
         return np.zeros((0, *first.shape[1:]), np.uint8)
