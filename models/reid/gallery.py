@@ -79,6 +79,8 @@ class OcclusionGallery:
         #: subtracted from unified similarities (``unification.similarity_offsets``); None = raw
         self.offsets = None if offsets is None else np.asarray(offsets, dtype=np.float32)
         self._emb = np.zeros((NUM_GRADES, capacity, embedding_dim), dtype=np.float32)
+        #: which versions of each entry were computed (non-zero rows), kept with ``_emb``
+        self._has = np.zeros((NUM_GRADES, capacity), dtype=bool)
         self._grades = np.zeros(capacity, dtype=np.int64)
         self._last_used = np.zeros(capacity, dtype=np.int64)
         self._valid = np.zeros(capacity, dtype=bool)
@@ -219,6 +221,7 @@ class OcclusionGallery:
                 self.evictions += 1
             self._clock += 1
             self._emb[:, slot] = emb[i]
+            self._has[:, slot] = np.any(emb[i] != 0, axis=1)
             self._grades[slot] = g[i]
             self._ids[slot] = ident
             self._valid[slot] = True
@@ -252,6 +255,7 @@ class OcclusionGallery:
         norms = np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         self._clock += 1
         self._emb[:, slot] = emb / norms
+        self._has[:, slot] = np.any(emb != 0, axis=1)
         self._grades[slot] = int(grade)
         self._ids[slot] = ident
         self._valid[slot] = True
@@ -296,6 +300,7 @@ class OcclusionGallery:
                 self._grades[:hi],
                 self.offsets,
                 plain_fallback,
+                self._has[:, :hi] if plain_fallback else None,
             )
         else:
             sims = q_emb[:, 0] @ self._emb[0, :hi].T
@@ -397,6 +402,7 @@ class OcclusionGallery:
         with np.load(npz_path, allow_pickle=False) as data:
             n = len(meta["ids"])
             gal._emb[:, :n] = data["embeddings"]
+            gal._has[:, :n] = np.any(gal._emb[:, :n] != 0, axis=2)
             gal._grades[:n] = data["grades"]
             gal._last_used[:n] = data["last_used"]
         gal._valid[:n] = True

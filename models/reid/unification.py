@@ -54,6 +54,7 @@ def unified_similarity(
     gallery_grades: np.ndarray,
     offsets: np.ndarray | None = None,
     plain_fallback: bool = False,
+    gallery_has: np.ndarray | None = None,
 ) -> np.ndarray:
     """``query`` (9, Nq, D) and ``gallery`` (9, Ng, D): each image's versions (``unification_versions``);
     grades are indices 0..8. Returns (Nq, Ng) similarities (embeddings assumed L2-normalised), less
@@ -62,7 +63,8 @@ def unified_similarity(
     ``plain_fallback``: a pair whose version on either side was not computed (an all-zero row, as
     ``unification_versions(versions=...)`` leaves them) is compared through version 0 of both (less
     ``offsets[0, 0]``) instead of scoring 0: the pipeline computes every version only for crops that
-    earned it (``stages/identify.py``).
+    earned it (``stages/identify.py``). ``gallery_has`` (9, Ng) says which gallery versions exist
+    when the caller keeps it (``OcclusionGallery`` does), instead of scanning the gallery per call.
 
     One matrix product per distinct query grade: G[a] (Ng, D) against all 9 versions of the
     queries graded a, then the column of each gallery entry's own grade is picked.
@@ -86,7 +88,7 @@ def unified_similarity(
             out[rows] -= offsets[a, gg]
     if plain_fallback:
         q_has = np.abs(query).sum(axis=2) > 0  # (9, Nq)
-        g_has = np.abs(gallery).sum(axis=2) > 0  # (9, Ng)
+        g_has = np.abs(gallery).sum(axis=2) > 0 if gallery_has is None else gallery_has  # (9, Ng)
         missing = ~(q_has[gg].T & g_has[qg])  # pair (q, j) needs query version gg[j] and entry version qg[q]
         if missing.any():
             plain = query[0] @ gallery[0].T - (0.0 if offsets is None else offsets[0, 0])
