@@ -77,8 +77,12 @@ def crop_quality(crop: np.ndarray, box_height: float, confidence: float, full_he
     on the half-resolution grey crop (cheap: a 128x64 image)."""
     grey = cv2.cvtColor(np.ascontiguousarray(crop[::2, ::2]), cv2.COLOR_BGR2GRAY)
     v = float(cv2.Laplacian(grey, cv2.CV_32F).var())
-    size = min(1.0, max(0.0, box_height / full_height))
-    return size * (v / (v + 100.0)) * min(1.0, max(0.0, confidence))
+    return _size_confidence(box_height, confidence, full_height) * (v / (v + 100.0))
+
+
+def _size_confidence(box_height: float, confidence: float, full_height: float) -> float:
+    """The size x confidence part of ``crop_quality``: an upper bound of it (sharpness is < 1)."""
+    return min(1.0, max(0.0, box_height / full_height)) * min(1.0, max(0.0, confidence))
 
 
 @dataclass
@@ -180,7 +184,12 @@ class TrackScheduler:
         if cfg.on_grade_change and grade is not None and state.last_grade >= 0 and grade != state.last_grade:
             return "grade"
         if cfg.better_ratio is not None:
-            if self._quality(message, row) >= cfg.better_ratio * max(state.best_quality, 1e-3):
+            wanted = cfg.better_ratio * max(state.best_quality, 1e-3)
+            # the Laplacian only when size x confidence alone could reach it: most rows of most frames
+            # are ruled out for free (every model stage asks this of every visible row)
+            x1, y1, x2, y2 = message.tracks.xyxy[row]
+            bound = _size_confidence(float(y2 - y1), float(message.tracks.confidence[row]), cfg.full_height)
+            if bound >= wanted and self._quality(message, row) >= wanted:
                 return "better"
         return None
 
