@@ -162,7 +162,6 @@ class IdentifyStage(PersonStage):
         self._last_save = time.monotonic()
         self._dirty = False
         self._path: Path | None = None
-        self._kind = "needed"
 
     # -- lifecycle ---------------------------------------------------------------------------------
     @classmethod
@@ -306,11 +305,17 @@ class IdentifyStage(PersonStage):
         top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
         return [sorted(set(grades[row].tolist()) | {0}) for row in top]
 
-    def _encode(self, images: Any) -> tuple[np.ndarray, np.ndarray]:
-        """The network, counting masked crops encoded (``version_passes``: the cost of unification)."""
+    def _counting_encoder(self, kind: str) -> Any:
+        """The network, counting the masked crops it encodes (``version_passes{versions=kind}``: the
+        cost of unification)."""
         assert self.predictor is not None
-        self.context.count("version_passes", float(len(images)), versions=self._kind)
-        return self.predictor.encoder(images)
+        encode = self.predictor.encoder
+
+        def counted(images: Any) -> tuple[np.ndarray, np.ndarray]:
+            self.context.count("version_passes", float(len(images)), versions=kind)
+            return encode(images)
+
+        return counted
 
     def _wants_all(self, track: _Track, weight: float) -> bool:
         """All nine versions (what occluded queries need of this track's entry) for the crop of the
@@ -332,9 +337,9 @@ class IdentifyStage(PersonStage):
         for i, w in enumerate(wanted):
             groups.setdefault(tuple(w), []).append(i)
         for versions, idx in groups.items():
-            self._kind = "all" if len(versions) == NUM_VERSIONS else "needed"
+            encode = self._counting_encoder("all" if len(versions) == NUM_VERSIONS else "needed")
             out[idx] = self.timed(
-                lambda xs, v=versions, ix=idx: unification_versions(self._encode, xs, own[ix], plain[ix], v),
+                lambda xs, v=versions, ix=idx, e=encode: unification_versions(e, xs, own[ix], plain[ix], v),
                 x[idx],
             )
         return out
