@@ -80,11 +80,15 @@ def resolve_onnx(
 ) -> Path | None:
     """The ONNX file a predictor's backend gets: None for ``None`` (torch only) or when no backend
     before torch needs one; the cached export for ``"auto"``; else the named file, which must exist
-    (``FileNotFoundError`` naming ``key``)."""
+    (``FileNotFoundError`` naming ``key``) and take images of the example's size (ValueError)."""
     if value is None:
         return None
     if str(value) != AUTO:
-        return require_file(value, key)
+        from models.predictor_io import check_onnx_image_size
+
+        path = require_file(value, key)
+        check_onnx_image_size(path, tuple(example[0].shape[-2:]), key, weights)
+        return path
     order = list(preference)
     before_torch = order[: order.index("torch")] if "torch" in order else order
     if not any(name in ("onnxruntime", "tensorrt") for name in before_torch):

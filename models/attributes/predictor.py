@@ -24,7 +24,6 @@ from models.data.transforms import resize
 from models.onnx_cache import resolve_onnx
 from models.predictor_io import (
     PredictorConfig,
-    check_onnx_image_size,
     network_input,
 )
 from models.weights_path import require_file, sibling_key
@@ -152,8 +151,6 @@ class AttributePredictor:
         example = [torch.zeros(2, 3, *bundle.input_size)]
         onnx_path = resolve_onnx(config.onnx, onnx_key, path, module, example, ["images"],
                                  ["logits", "probabilities"], config.backend.preference)
-        if onnx_path is not None:
-            check_onnx_image_size(onnx_path, bundle.input_size, onnx_key, config.weights)
         return cls(model, bundle, onnx_path=onnx_path, backend=config.backend)
 
     @property

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from models.backends import BackendConfig, InferenceBackend, create_backend_from_config
 from models.onnx_cache import resolve_onnx
-from models.predictor_io import PredictorConfig, check_crop_batch, check_onnx_image_size, resize_batch
+from models.predictor_io import PredictorConfig, check_crop_batch, resize_batch
 from models.weights_path import require_file, sibling_key
 
 from .checkpoint import load_generator
@@ -71,8 +71,6 @@ class DeocclusionPredictor:
         self.image_size: tuple[int, int] = (int(cfg.image_size[0]), int(cfg.image_size[1]))
         onnx_path = resolve_onnx(onnx, onnx_key, path, generator, [torch.zeros(2, 3, *self.image_size)],
                                  [INPUT_NAME], [OUTPUT_NAME], backend.preference)
-        if onnx_path is not None:
-            check_onnx_image_size(onnx_path, self.image_size, onnx_key, weights)
         self.backend: InferenceBackend = create_backend_from_config(
             backend,
             onnx_path=onnx_path,

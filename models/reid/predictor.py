@@ -23,7 +23,6 @@ from models.backends import BackendConfig, InferenceBackend, create_backend_from
 from models.onnx_cache import resolve_onnx
 from models.predictor_io import (
     PredictorConfig,
-    check_onnx_image_size,
     network_input,
 )
 from models.weights_path import require_file, sibling_key
@@ -79,8 +78,6 @@ class ReidPredictor:
         self.weights: Path = path
         self.model_config: OAMNModelConfig = cfg
         self.input_size: tuple[int, int] = (int(cfg.input_size[0]), int(cfg.input_size[1]))
-        if onnx_path is not None:
-            check_onnx_image_size(onnx_path, self.input_size, onnx_key, weights)
         self.embedding_dim = int(model.embedding_dim)
         #: eq. 8 thresholds calibrated on held-out identities when the checkpoint was trained
         self.thresholds = GradeThresholds(*cfg.grade_thresholds)
