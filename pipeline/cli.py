@@ -30,6 +30,7 @@ from pipeline.graph import GraphConfig, load_graph
 from pipeline.logs import setup_logging
 from pipeline.messages import EndOfStream, Frame, PersonCrops, TrackEnd
 from pipeline.runtime import EmbeddedRuntime, RunReport
+from pipeline.security import add_keys_parser, check_security, keys_command
 from pipeline.urls import mask_url, mask_urls_in
 
 __all__ = ["main", "describe_graph"]
@@ -117,6 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     common(run)
 
+    add_keys_parser(sub)
+
     check = sub.add_parser("check", help="validate a graph config and print the resolved graph")
     check.add_argument("config", help="graph YAML")
     check.add_argument("--json", action="store_true", help="print the resolved graph as JSON")
@@ -131,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             return _check(args)
         if args.command == "replay":
             return _replay(args)
+        if args.command == "keys":
+            return keys_command(args)
         return _run(args)
     except _Fail as exc:
         print(
@@ -221,10 +226,14 @@ def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix, value)]
 
 
-def _preflight(graph: GraphConfig) -> None:
-    """Every file the graph names (weights, input videos) exists, before anything starts: exit 2
-    naming each key otherwise."""
-    problems = [p for spec in graph.stages for p in spec.stage_class.check_files(spec.config, spec.name)]
+def _preflight(graph: GraphConfig, only: list[str] | None = None) -> None:
+    """Every file the graph names (weights, input videos, link keys) exists, before anything starts:
+    exit 2 naming each key otherwise. ``only``: the stages this host runs (their peers need only their
+    public keys here)."""
+    local = [spec for spec in graph.stages if not only or spec.name in only]
+    problems = [p for spec in local for p in spec.stage_class.check_files(spec.config, spec.name)]
+    peers = [spec.name for spec in graph.stages if spec not in local]
+    problems += check_security(graph.transport_kind, graph.security, [s.name for s in local], peers)
     if problems:
         raise _Fail(2, "; ".join(problems))
 
@@ -479,7 +488,10 @@ EXIT_SOURCE_ERROR = 3
 
 def _source_errors(ended: list[EndOfStream]) -> int:
     """``EXIT_SOURCE_ERROR`` when any stream ended with an error (the others were finished first)."""
-    failed = sorted({e.stream_id for e in ended if e.reason == "error"})
+    return _failed_sources(sorted({e.stream_id for e in ended if e.reason == "error"}))
+
+
+def _failed_sources(failed: list[str]) -> int:
     if not failed:
         return 0
     print(f"amodal: error: {len(failed)} source(s) could not be read: {', '.join(failed)} "
@@ -500,6 +512,7 @@ def _finish(report: RunReport) -> int:
 # -- run --------------------------------------------------------------------------------------------
 def _run(args: argparse.Namespace) -> int:
     graph = load_graph(args.config, args.overrides)
+    _preflight(graph, args.only or None)
     setup_logging(args.log_level or graph.logging.level, graph.logging.format)
     if graph.mode == "process" and not args.only:
         from pipeline.supervisor import ProcessRuntime
@@ -516,7 +529,7 @@ def _run(args: argparse.Namespace) -> int:
         f"done in {time.monotonic() - started:.1f} s; messages in per stage: {frames}"
         + (f"; restarts: {restarts}" if restarts else "")
     )
-    return _finish(report)
+    return _finish(report) or _failed_sources(report.failed_streams)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from pipeline.configfile import ConfigError, apply_overrides, interpolate_env, load_yaml, validate
 from pipeline.messages import CONTROL_TYPES
 from pipeline.registry import stage_types
+from pipeline.security import SecurityConfig, check_security
 from pipeline.stage import SourceStage
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "InputSpec",
     "TransportConfig",
     "LinkDefaults",
+    "DeliveryConfig",
     "MetricsConfig",
     "SupervisorConfig",
     "ShutdownConfig",
@@ -89,6 +91,33 @@ class LinkDefaults(_Strict):
 
     policy: Policy = Field(default="block", description="Default link policy: block or drop_oldest.")
     hwm: int = Field(default=16, ge=1, le=100_000, description="Default messages a link may buffer.")
+
+
+class DeliveryConfig(_Strict):
+    """Acknowledged delivery on every link (pipeline.delivery): what a sender keeps until it is done."""
+
+    window: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Messages a sender keeps unacknowledged per link before it waits (what a restarted "
+        "receiver gets again).",
+    )
+    window_mb: float = Field(
+        default=256.0, gt=0, description="The same bound in megabytes of kept message buffers per link."
+    )
+    flush_interval_s: float = Field(
+        default=0.25,
+        gt=0,
+        description="A sink makes what it took durable (flush/commit) at least this often while messages "
+        "flow, and whenever its inputs go quiet; only then are they acknowledged.",
+    )
+    ping_s: float = Field(
+        default=0.5,
+        gt=0,
+        description="A sender whose messages stay unacknowledged this long pings its receiver (a "
+        "restarted receiver then asks for them again).",
+    )
 
 
 class MetricsConfig(_Strict):
@@ -156,6 +185,8 @@ class StageSpecBase(_Strict):
 _TOP_LEVEL = (
     "mode",
     "transport",
+    "security",
+    "delivery",
     "links",
     "metrics",
     "supervisor",
@@ -181,6 +212,14 @@ class GraphConfig(_Strict):
     )
     transport: TransportConfig = Field(default_factory=TransportConfig, description="Link transport.")
     links: LinkDefaults = Field(default_factory=LinkDefaults, description="Default link policy and size.")
+    security: SecurityConfig = Field(
+        default_factory=SecurityConfig,
+        description="Who may connect to a link: CURVE keys for tcp:// links (or insecure: true); ipc:// "
+        "links use per-run secrets, inproc:// needs none.",
+    )
+    delivery: DeliveryConfig = Field(
+        default_factory=DeliveryConfig, description="Acknowledged delivery: windows and flush cadence."
+    )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus endpoint.")
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig, description="Process restarts.")
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig, description="Draining and errors.")
@@ -203,6 +242,8 @@ class GraphConfig(_Strict):
         kind = self.transport_kind
         if self.mode == "process" and kind == "inproc":
             raise ValueError("transport.kind 'inproc' only works with mode 'embedded'; use ipc or tcp")
+        for problem in check_security(kind, self.security, names, files=False):
+            raise ValueError(problem)
         for i, spec in enumerate(self.stages):
             is_source = issubclass(spec.stage_class, SourceStage)
             inputs = spec.input_specs()

@@ -7,6 +7,7 @@ Built-in series (label ``stage`` everywhere):
 ``amodal_messages_in_total{type}``, ``amodal_messages_out_total{type}``,
 ``amodal_process_seconds`` (histogram, one observation per process/process_batch call),
 ``amodal_batch_size``, ``amodal_queue_depth{link}``, ``amodal_dropped_total{link}``,
+``amodal_lost_total{link}`` (lost across a crash, see pipeline.delivery),
 ``amodal_rejected_total{reason}`` (malformed / unknown / unaccepted messages),
 ``amodal_errors_total`` (process() raised), ``amodal_capture_to_sink_seconds`` (terminal stages),
 ``amodal_stage_restarts_total`` (process mode). Stages add their own via ``StageContext.count`` /
@@ -63,6 +64,18 @@ class RuntimeMetrics(MetricSink):
         )
         self.dropped = Counter(
             "amodal_dropped", "Messages dropped by a drop_oldest link", ["stage", "link"], registry=r
+        )
+        self.lost = Counter(
+            "amodal_lost",
+            "Messages lost for good: a restarted receiver never got them (drop_oldest) or a sender gave up",
+            ["stage", "link"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "amodal_duplicates",
+            "Messages a restarted sender produced again, recognised and skipped",
+            ["stage"],
+            registry=r,
         )
         self.rejected = Counter(
             "amodal_rejected", "Malformed/unknown/unaccepted messages", ["stage", "reason"], registry=r

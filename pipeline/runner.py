@@ -19,20 +19,24 @@ The same runner runs a stage as a thread (embedded mode) or as the body of a sta
 
 from __future__ import annotations
 
+import collections
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import zmq
 
 from pipeline.configfile import ConfigError
+from pipeline.delivery import Sent
 from pipeline.graph import GraphConfig
 from pipeline.messages import DATA_TYPES, EndOfStream, StageDone, TrackEnd
 from pipeline.metrics import RuntimeMetrics
-from pipeline.stage import SourceStage, Stage, StageContext
+from pipeline.stage import RunInfo, SourceStage, Stage, StageContext
 from pipeline.transport import POLL_S, Inputs, Link, OnceLog, Outlet
 from pipeline.urls import mask_urls_in
 from pipeline.wire import encode, type_name
@@ -63,6 +67,8 @@ class StageResult:
     config_error: bool = False
     messages_in: int = 0
     messages_out: int = 0
+    failed_streams: list[str] = field(default_factory=list)  # a source's streams that ended with an error
+    lost: int = 0  # messages a lossless link had to give up (the receiver was gone at shutdown)
 
 
 class StageRunner:
@@ -82,6 +88,8 @@ class StageRunner:
         on_failure: Callable[[str, BaseException], None] | None = None,
         upstream_done: Iterable[str] = (),
         defer_close: bool = False,
+        run: RunInfo | None = None,
+        guard: Any = None,
     ) -> None:
         self.graph = graph
         self.spec = graph.stage(name)
@@ -97,10 +105,19 @@ class StageRunner:
         self._on_failure = on_failure
         self._upstream_done = set(upstream_done)
         self._defer_close = defer_close
+        self._run = run or RunInfo()
+        self._guard = guard
         self._log = logging.getLogger(f"amodal.stage.{name}")
         self._once = OnceLog(self._log)
-        self._send_lock = threading.Lock()
+        self._send_lock = threading.RLock()  # the outlets' sockets: stage thread, source threads, service
         self._outlets: list[Outlet] = []
+        self._service: threading.Thread | None = None
+        self._closing = threading.Event()
+        self._inflight: collections.deque[_InFlight] = collections.deque()
+        self._last_flush = time.monotonic()
+        self._dedup = _Dedup()
+        self._inputs: Inputs | None = None
+        self._progress: _SourceProgress | None = None
         self._failure: BaseException | None = None
         self._consecutive_errors = 0
         self.result = StageResult(name=name, ok=False)
@@ -113,12 +130,23 @@ class StageRunner:
         started = False
         try:
             linger = self.graph.shutdown.linger_s
-            self._outlets = [Outlet(self._zmq, link, self._metrics, linger) for link in self._out_links]
+            self._outlets = [
+                Outlet(self._zmq, link, self._metrics, linger, self.graph.delivery, self._guard)
+                for link in self._out_links
+            ]
             cls = self.spec.stage_class
+            if issubclass(cls, SourceStage) and self._run.state_dir:
+                self._progress = _SourceProgress(Path(self._run.state_dir) / f"{self.name}.progress.json")
+                self._run = replace(self._run, resume=self._progress.load())
+                for outlet in self._outlets:
+                    outlet.on_release = self._progress.released_by(outlet)
+            self._start_service()
             if self._in_links:
-                inputs = Inputs(self._zmq, self.name, self._in_links, cls.accepts, self._metrics, self._bound)
+                inputs = Inputs(
+                    self._zmq, self.name, self._in_links, cls.accepts, self._metrics, self._bound, self._guard
+                )
                 inputs.start()
-            context = StageContext(self.name, self._log, self._metrics, self.graph.output_dir)
+            context = StageContext(self.name, self._log, self._metrics, self.graph.output_dir, self._run)
             stage = cls.from_config(self.spec.config, context)
             stage.on_start()
             started = True
@@ -159,9 +187,35 @@ class StageRunner:
         libzmq drops the messages still queued on a link if the sender closes while the receiver's
         queue is at its high-water mark, and those are the last ones: EndOfStream and StageDone.
         """
-        for outlet in self._outlets:
-            outlet.close(abort=self._abort.is_set())
-        self._outlets = []
+        self._closing.set()
+        if self._service is not None and self._service is not threading.current_thread():
+            self._service.join(timeout=2)
+        with self._send_lock:
+            if self._progress is not None:
+                self._progress.save()
+            for outlet in self._outlets:
+                self.result.lost += outlet.gave_up
+                outlet.close(abort=self._abort.is_set())
+            self._outlets = []
+
+    def _start_service(self) -> None:
+        """A thread that takes the outlets' acknowledgements and resend requests while the stage thread
+        is busy or idle (and after the stage finished, until the outlets close)."""
+        if not self._outlets:
+            return
+
+        def serve() -> None:
+            while not self._closing.wait(POLL_S):
+                with self._send_lock:
+                    for outlet in self._outlets:
+                        outlet.service(self._abort)
+                    if self._inputs is not None:
+                        self._settle_sent()
+                    if self._progress is not None:
+                        self._progress.save_every(0.2)
+
+        self._service = threading.Thread(target=serve, name=f"{self.name}-outlets", daemon=True)
+        self._service.start()
 
     # -- sources ------------------------------------------------------------------------------
     def _run_source(self, stage: SourceStage) -> None:
@@ -172,6 +226,8 @@ class StageRunner:
             with self._send_lock:
                 if isinstance(message, EndOfStream):
                     ended.add(message.stream_id)
+                    if message.reason == "error":
+                        self.result.failed_streams.append(message.stream_id)
                 elif isinstance(message, DATA_TYPES):
                     streams.add(message.stream_id)
                 self._send(message)
@@ -192,9 +248,11 @@ class StageRunner:
         cls = self.spec.stage_class
         max_batch = max(1, int(getattr(stage, "max_batch", cls.max_batch) or 1))
         max_wait = float(getattr(stage, "max_wait_s", cls.max_wait_s) or 0.0)
+        self._inputs = inputs
         while pending and not self._abort.is_set():
             batch = inputs.get(max_batch, max_wait, POLL_S * 4)
             if not batch:
+                self._settle(stage, idle=True)
                 idle = time.monotonic() - inputs.last_activity
                 if self._stop.is_set() and idle > self.graph.shutdown.idle_drain_s:
                     self._log.warning(
@@ -205,32 +263,88 @@ class StageRunner:
                     )
                     break
                 continue
-            link, first = batch[0]
-            if isinstance(first, StageDone):
-                self._log.debug(
-                    "stage=%s link %s done; waiting for %s", self.name, link, sorted(pending - {link})
+            link, first, token = batch[0]
+            if isinstance(first, StageDone) and first.sender != inputs.links[link].upstream:
+                # only the link's own sender may finish it (a forged StageDone would end this stage)
+                self._metrics.rejected.labels(stage=self.name, reason="forged").inc()
+                self._once.warn(
+                    f"forged:{link}",
+                    "stage=%s link=%s: StageDone from %r ignored",
+                    self.name,
+                    link,
+                    first.sender,
                 )
-                pending.discard(link)
-                done_links.add(link)
-                for eos in streams.link_done(link, done_links):
-                    self._end_stream(stage, eos)
-                continue
-            if isinstance(first, EndOfStream):
-                eos = streams.end(link, first, done_links)
-                if eos is not None:
-                    self._end_stream(stage, eos)
-                continue
-            if isinstance(first, TrackEnd):
+            elif isinstance(first, StageDone):
+                if link in pending:
+                    self._log.debug(
+                        "stage=%s link %s done; waiting for %s", self.name, link, sorted(pending - {link})
+                    )
+                    pending.discard(link)
+                    done_links.add(link)
+                    for eos in streams.link_done(link, done_links):
+                        self._end_stream(stage, eos)
+            elif isinstance(first, EndOfStream):
+                if self._dedup.end(link, first.stream_id):
+                    eos = streams.end(link, first, done_links)
+                    if eos is not None:
+                        self._end_stream(stage, eos)
+            elif isinstance(first, TrackEnd):
                 self._end_tracks(stage, first)
-                continue
-            messages = [message for _, message in batch]
-            for owner, message in batch:
-                streams.seen(owner, message.stream_id)
-                self._metrics.messages_in.labels(stage=self.name, type=type_name(message)).inc()
-            self.result.messages_in += len(messages)
-            if stage is None or self._failure is not None:
-                continue  # failed: keep draining so nothing upstream blocks
-            self._process(stage, messages)
+            else:
+                fresh = [item for item in batch if self._dedup.data(item.link, item.message, item.token[1])]
+                if len(fresh) < len(batch):
+                    self._metrics.duplicates.labels(stage=self.name).inc(len(batch) - len(fresh))
+                for owner, message, _ in fresh:
+                    streams.seen(owner, message.stream_id)
+                    self._metrics.messages_in.labels(stage=self.name, type=type_name(message)).inc()
+                self.result.messages_in += len(fresh)
+                if fresh and stage is not None and self._failure is None:  # failed: keep draining
+                    self._process(stage, [message for _, message, _ in fresh])
+            with self._send_lock:
+                self._inflight.append(_InFlight([item.token for item in batch], self._marks()))
+            self._settle(stage, idle=False)
+        self._settle(stage, idle=True, final=True)
+
+    def _marks(self) -> tuple[int, ...]:
+        """Where each outlet stands now: what was just processed is done once these are acknowledged."""
+        return tuple(outlet.last_lseq for outlet in self._outlets)
+
+    def _settle(self, stage: Stage | None, idle: bool, final: bool = False) -> None:
+        """Acknowledge upstream every received message that is done (see pipeline.delivery).
+
+        With outlets: done = everything it caused was acknowledged downstream (the service thread
+        checks too, as acknowledgements arrive). Without (a sink): done = made durable by
+        ``stage.flush()``, called every ``delivery.flush_interval_s`` or when idle; a stage that has
+        nothing to make durable (no ``flush`` of its own) is done as soon as it processed a message.
+        """
+        if self._outlets:
+            with self._send_lock:
+                self._settle_sent()
+            return
+        if not self._inflight:
+            return
+        now = time.monotonic()
+        durable = type(stage).flush is not Stage.flush if stage is not None else False
+        if durable and not (idle or final or now - self._last_flush >= self.graph.delivery.flush_interval_s):
+            return
+        if durable and stage is not None and self._failure is None:
+            try:
+                stage.flush()
+            except Exception as exc:  # noqa: BLE001 - not durable: acknowledge nothing, try again later
+                self._stage_error(exc)
+                return
+        self._last_flush = now
+        self._inputs.done([token for item in self._inflight for token in item.tokens])
+        self._inflight.clear()
+
+    def _settle_sent(self) -> None:
+        """(Under the send lock.) Release the received messages whose outputs are all acknowledged."""
+        acked = [outlet.acked for outlet in self._outlets]
+        tokens: list[Any] = []
+        while self._inflight and all(a >= m for a, m in zip(acked, self._inflight[0].marks, strict=True)):
+            tokens.extend(self._inflight.popleft().tokens)
+        if tokens:
+            self._inputs.done(tokens)
 
     def _process(self, stage: Stage, messages: list[Any]) -> None:
         start = time.perf_counter()
@@ -319,14 +433,18 @@ class StageRunner:
         name = type_name(message)
         parts = None
         sent = False
-        for outlet in self._outlets:
-            if not outlet.wants(name):
-                continue
-            if parts is None:
-                parts = encode(message)
-            is_data = isinstance(message, DATA_TYPES)
-            give_up = self.graph.shutdown.idle_drain_s
-            sent = outlet.send(parts, is_data, self._abort, self._stop, give_up) or sent
+        stream = getattr(message, "stream_id", None)
+        seq = message.seq if isinstance(message, DATA_TYPES) else None
+        give_up = self.graph.shutdown.idle_drain_s
+        with self._send_lock:
+            for outlet in self._outlets:
+                if not outlet.wants(name):
+                    continue
+                if parts is None:
+                    parts = encode(message)
+                sent = outlet.send(parts, name, stream, seq, self._abort, self._stop, give_up) or sent
+            if self._progress is not None and seq is not None and stream is not None:
+                self._progress.sent(stream, seq)
         if sent and not isinstance(message, StageDone):
             self.result.messages_out += 1
             self._metrics.messages_out.labels(stage=self.name, type=name).inc()
@@ -341,6 +459,116 @@ class StageRunner:
         self._log.error("stage=%s %s: %s", self.name, what, line, exc_info=not self.result.config_error)
         if self._on_failure is not None:
             self._on_failure(self.name, exc)
+
+
+@dataclass
+class _InFlight:
+    """Received messages (their tokens) whose processing sent on up to ``marks`` (lseq per outlet)."""
+
+    tokens: list[Any]
+    marks: tuple[int, ...]
+
+
+class _Dedup:
+    """Recognises messages a restarted sender produced again (pipeline.delivery).
+
+    Frame numbers of a stream only grow, so data older than what a link already delivered is a
+    duplicate; the same number again is one only from another sender connection (a tracker sends a
+    second message for a stream's last frame at its end, from the same connection). A second
+    EndOfStream with no data in between is a duplicate too.
+    """
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], tuple[int, bytes]] = {}
+        self._ended: set[tuple[str, str]] = set()
+
+    def data(self, link: str, message: Any, peer: bytes) -> bool:
+        key = (link, message.stream_id)
+        last = self._last.get(key)
+        if last is not None and (message.seq < last[0] or (message.seq == last[0] and peer != last[1])):
+            return False
+        self._last[key] = (message.seq, peer)
+        self._ended.discard(key)
+        return True
+
+    def end(self, link: str, stream_id: str) -> bool:
+        key = (link, stream_id)
+        if key in self._ended:
+            return False
+        self._ended.add(key)
+        return True
+
+
+class _SourceProgress:
+    """What a source's outlets have had acknowledged per stream, kept in a file across its restarts.
+
+    ``{stream: {"acked": seq, "sent": seq, "ended": bool}}``: ``acked`` = every frame up to it is done in
+    every sink (on every outlet), ``ended`` = its EndOfStream is, ``sent`` = the highest frame number
+    handed out (a restarted live source numbers on above it). Written atomically, at most every 0.2 s.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._base: dict[str, dict[str, Any]] = {}
+        self._acked: list[dict[str, int]] = []
+        self._ended: list[set[str]] = []
+        self._sent: dict[str, int] = {}
+        self._dirty = False
+        self._saved_at = 0.0
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            data = {}
+        self._base = {str(k): dict(v) for k, v in data.items() if isinstance(v, dict)}
+        self._sent = {k: int(v.get("sent", -1)) for k, v in self._base.items()}
+        return self._base
+
+    def released_by(self, outlet: Outlet) -> Callable[[list[Sent]], None]:
+        acked: dict[str, int] = {}
+        ended: set[str] = set()
+        self._acked.append(acked)
+        self._ended.append(ended)
+
+        def released(entries: list[Sent]) -> None:
+            for entry in entries:
+                if entry.stream_id is None:
+                    continue
+                if entry.seq is not None:
+                    acked[entry.stream_id] = max(acked.get(entry.stream_id, -1), entry.seq)
+                elif entry.kind == "end_of_stream":
+                    ended.add(entry.stream_id)
+            self._dirty = True
+
+        return released
+
+    def sent(self, stream: str, seq: int) -> None:
+        if seq > self._sent.get(stream, -1):
+            self._sent[stream] = seq
+            self._dirty = True
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        streams = set(self._base) | set(self._sent)
+        state = {}
+        for stream in sorted(streams):
+            base = self._base.get(stream, {})
+            before = int(base.get("acked", -1))
+            acked = [a.get(stream, before) for a in self._acked] or [before]
+            ended = bool(base.get("ended")) or bool(self._ended) and all(stream in e for e in self._ended)
+            state[stream] = {"acked": min(acked), "sent": self._sent.get(stream, -1), "ended": ended}
+        return state
+
+    def save_every(self, interval_s: float) -> None:
+        if self._dirty and time.monotonic() - self._saved_at >= interval_s:
+            self.save()
+
+    def save(self) -> None:
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.snapshot()))
+        tmp.replace(self.path)
+        self._dirty = False
+        self._saved_at = time.monotonic()
 
 
 class _StreamEnds:

@@ -26,6 +26,8 @@ from pipeline.graph import GraphConfig
 from pipeline.links import resolve_links
 from pipeline.metrics import MetricsServer, RuntimeMetrics
 from pipeline.runner import Observer, StageResult, StageRunner
+from pipeline.security import LinkGuard, new_run_secrets
+from pipeline.stage import RunInfo
 from pipeline.transport import Link, bind_input
 
 __all__ = ["EmbeddedRuntime", "RunReport"]
@@ -48,11 +50,19 @@ class RunReport:
         failed = [r for r in results if not r.ok]
         code = 0
         error = None
+        lost = sum(r.lost for r in results)
         if failed:
             first = next((r for r in failed if r.config_error), failed[0])
             code = 2 if first.config_error else 1
             error = first.error
+        elif lost:
+            code, error = 1, f"{lost} messages were lost on lossless links (amodal_lost_total says where)"
         return cls(code, error, seconds, {r.name: r for r in results}, dict(restarts or {}))
+
+    @property
+    def failed_streams(self) -> list[str]:
+        """Streams a source could not read (or that ended with an error); their rows say why."""
+        return sorted({s for r in self.stages.values() for s in r.failed_streams})
 
 
 def check_subset(graph: GraphConfig, only: list[str] | None) -> set[str]:
@@ -109,6 +119,12 @@ class EmbeddedRuntime:
         self.stop_event.set()
         self.abort_event.set()
 
+    def _refused(self, link: str, reason: str) -> None:
+        """A peer failed a link's security handshake (pipeline.security): count it for the receiver."""
+        downstream = link.split("->", 1)[-1]
+        self.metrics.rejected.labels(stage=downstream, reason="auth").inc()
+        logger.warning("link=%s refused a peer (%s)", link, reason)
+
     def _failed(self, stage: str, exc: BaseException) -> None:
         logger.error("stage=%s failed; stopping the sources so the graph drains", stage)
         self.request_stop()
@@ -121,18 +137,23 @@ class EmbeddedRuntime:
         clean = False
         cleanup: list[str] = []
         bound: dict[str, zmq.Socket] = {}
+        guard: LinkGuard | None = None
         try:
             ipc_dir = None
             if self.graph.transport_kind == "ipc":
                 ipc_dir = self.graph.transport.ipc_dir or tempfile.mkdtemp(prefix="amodal-")
                 cleanup.append(ipc_dir)
             links = resolve_links(self.graph, self.run_id, ipc_dir)
+            secrets = new_run_secrets(s.name for s in self.graph.stages) if ipc_dir else None
+            guard = LinkGuard.from_config(
+                context, self.graph.security, links, self.only, secrets, self._refused
+            )
             resolved: list[Link] = []
             for link in links:
                 if link.downstream not in self.only:
                     resolved.append(link)  # another host binds it; we may only connect to it
                     continue
-                sock = bind_input(context, link)
+                sock = bind_input(context, link, guard)
                 endpoint = (
                     sock.getsockopt_string(zmq.LAST_ENDPOINT)
                     if link.endpoint.endswith(":*")
@@ -161,6 +182,8 @@ class EmbeddedRuntime:
                     observer=self._observer,
                     on_failure=self._failed,
                     defer_close=True,
+                    run=RunInfo(run_id=self.run_id),
+                    guard=guard,
                 )
                 for spec in self.graph.stages
                 if spec.name in self.only
@@ -185,6 +208,8 @@ class EmbeddedRuntime:
             for sock in bound.values():
                 if not sock.closed:
                     sock.close(linger=0)
+            if guard is not None:
+                guard.close()
             if clean:
                 context.term()
             else:

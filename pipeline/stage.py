@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from pipeline.messages import Frame
 
-__all__ = ["StageContext", "Stage", "SourceStage", "EmptyConfig", "MetricSink"]
+__all__ = ["RunInfo", "StageContext", "Stage", "SourceStage", "EmptyConfig", "MetricSink"]
 
 
 class EmptyConfig(BaseModel):
@@ -40,6 +41,22 @@ class MetricSink:
         """Record a value (histogram for ``*_seconds`` metrics, gauge otherwise)."""
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    """Which run a stage belongs to, and how often its process was restarted in it.
+
+    ``run_id`` is the same for every stage and every restart of one run (a sink keys its session on it,
+    so a restarted sink continues the same session); ``resume`` is what the run had acknowledged of
+    each stream before this (re)start: ``{stream_id: {"acked": seq, "sent": seq, "ended": bool}}``,
+    written by the runtime for source stages (pipeline.runner), empty on a first start.
+    """
+
+    run_id: str = ""
+    restarts: int = 0
+    state_dir: str | None = None
+    resume: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
 class StageContext:
     """Built by the runtime and handed to every stage: its name, logger, metrics and output folder.
 
@@ -54,10 +71,12 @@ class StageContext:
         logger: logging.Logger | None = None,
         metrics: MetricSink | None = None,
         output_dir: str | Path = ".",
+        run: RunInfo | None = None,
     ) -> None:
         self.name = name
         self.logger = logger or logging.getLogger(f"amodal.stage.{name}")
         self.output_dir = Path(output_dir)
+        self.run = run or RunInfo()
         self._metrics = metrics or MetricSink()
 
     def count(self, metric: str, amount: float = 1, **labels: str) -> None:
@@ -109,6 +128,12 @@ class Stage:
     def process_batch(self, messages: list[Any]) -> Iterable[Any]:
         """Handle up to ``max_batch`` data messages; the default chains ``process`` over each."""
         return _chain(self.process(m) for m in messages)
+
+    def flush(self) -> None:
+        """Make what was processed so far durable (a sink commits). The runtime acknowledges a terminal
+        stage's messages to their senders only after this returned: it is the "done" of at-least-once
+        delivery. Runs in the stage's thread, at least every ``delivery.flush_interval_s`` while
+        messages flow and whenever the inputs go quiet. The default has nothing to make durable."""
 
     def on_stop(self) -> Iterable[Any]:
         """Flush and close; return final messages. Runs once, after every input has ended."""

@@ -41,6 +41,7 @@ from pipeline.links import resolve_links
 from pipeline.metrics import MetricsServer, RuntimeMetrics
 from pipeline.runner import StageResult
 from pipeline.runtime import RunReport
+from pipeline.security import ensure_private_dir, job_secrets, new_run_secrets
 from pipeline.stage import SourceStage
 
 __all__ = ["ProcessRuntime"]
@@ -78,6 +79,14 @@ class ProcessRuntime:
         self._fatal: str | None = None
         self._fatal_code = 1
         self.metrics_port: int | None = None
+        self._children: list[_Child] = []
+
+    def stage_pid(self, name: str) -> int | None:
+        """The process id of a running stage (for operators' tools and the crash tests)."""
+        for child in self._children:
+            if child.name == name and child.process is not None and child.process.poll() is None:
+                return child.process.pid
+        return None
 
     def request_stop(self) -> None:
         if self._stop_at is None:
@@ -93,12 +102,15 @@ class ProcessRuntime:
         started = time.monotonic()
         run_dir = self._run_dir = Path(tempfile.mkdtemp(prefix="amodal-run-"))
         server = None
-        children = [_Child(spec.name, i) for i, spec in enumerate(self.graph.stages)]
+        children = self._children = [_Child(spec.name, i) for i, spec in enumerate(self.graph.stages)]
         try:
-            ipc_dir = self.graph.transport.ipc_dir or str(run_dir)
+            ipc_dir = self.graph.transport.ipc_dir or str(run_dir)  # mkdtemp: 0700 already
             if self.graph.transport.ipc_dir:
-                Path(ipc_dir).mkdir(parents=True, exist_ok=True)
+                ensure_private_dir(ipc_dir)  # only this user may reach the socket files
             links = resolve_links(self.graph, self.run_id, ipc_dir)
+            self._links = links
+            # one secret per stage for the whole run: a restarted stage gets the same one
+            self._secrets = new_run_secrets(spec.name for spec in self.graph.stages)
             graph_json = self.graph.model_dump(mode="json")
             link_json = [vars(link) for link in links]
             if self.graph.metrics.port:
@@ -154,6 +166,10 @@ class ProcessRuntime:
             base_job,
             upstream_done=upstream_done,
             metrics_port=port,
+            run_id=self.run_id,
+            restarts=child.restarts,
+            secrets=job_secrets(child.name, self._links, self._secrets),
+            state_dir=str(run_dir),
             status_file=str(run_dir / f"{child.name}.status.json"),
             release_file=str(run_dir / f"{child.name}.release"),
         )
@@ -191,6 +207,8 @@ class ProcessRuntime:
             code = proc.returncode
             child.process = None
             if child.done and child.result is not None and child.result.ok:
+                final = self._status(child)  # rewritten after the release if a message was given up
+                child.result.lost = final.lost if final is not None else child.result.lost
                 continue  # it had finished its work; how it exited after release does not matter
             status = self._status(child)
             if code == 0:
@@ -265,6 +283,8 @@ class ProcessRuntime:
             config_error=bool(data.get("config_error")),
             messages_in=int(data.get("messages_in", 0)),
             messages_out=int(data.get("messages_out", 0)),
+            failed_streams=[str(s) for s in data.get("failed_streams", [])],
+            lost=int(data.get("lost", 0)),
         )
 
     def _handle_stop(self, children: list[_Child]) -> None:

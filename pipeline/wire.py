@@ -4,7 +4,8 @@ Header: ``{"v": SCHEMA_VERSION, "type": "frame", "f": {scalar fields}, "a": [[pa
 Nested blocks (``Frame.detections``, ``PersonCrops.grades``, ...) are flattened into dotted paths
 (arrays ``grades.embedding``, scalars ``attributes.names``) and a presence flag ``has_<block>`` in
 ``f``. Which paths exist and their exact dtypes are read from the message definitions' field
-metadata (``messages.array_field`` / ``block_field``), so a new block needs no table here. Arrays are sent as their own buffers (``copy=False`` on send) and
+metadata (``messages.array_field`` / ``block_field``), so a new block needs no table here.
+Arrays are sent as their own buffers (``copy=False`` on send) and
 decoded with ``np.frombuffer`` on the received frame's buffer, so a 640x360 image is never copied
 by the transport in-process and only once by the kernel across processes. No pickle anywhere: a
 header is plain JSON and a buffer is only ever interpreted with a dtype from an allow-list.

@@ -28,6 +28,8 @@ from pipeline.graph import load_graph
 from pipeline.logs import setup_logging
 from pipeline.metrics import MetricsServer, RuntimeMetrics
 from pipeline.runner import StageRunner
+from pipeline.security import LinkGuard
+from pipeline.stage import RunInfo
 from pipeline.transport import Link
 
 __all__ = ["main", "run_job"]
@@ -57,7 +59,21 @@ def run_job(name: str, job: dict[str, Any]) -> int:
         except OSError as exc:
             logger.warning("stage=%s metrics port %s unavailable: %s", name, job["metrics_port"], exc)
     context = zmq.Context()
+    guard: LinkGuard | None = None
     try:
+
+        def refused(link: str, reason: str) -> None:
+            metrics.rejected.labels(stage=name, reason="auth").inc()
+            logger.warning("stage=%s link=%s refused a peer (%s)", name, link, reason)
+
+        try:
+            guard = LinkGuard.from_config(
+                context, graph.security, links, name, job.get("secrets") or {}, refused
+            )
+        except (ValueError, OSError) as exc:  # a missing key or secret: restarting cannot help
+            logger.error("stage=%s cannot secure its links: %s", name, exc)
+            _write_status(job, {"ok": False, "error": f"stage {name!r}: {exc}", "config_error": True})
+            return 2
         runner = StageRunner(
             graph,
             name,
@@ -68,6 +84,12 @@ def run_job(name: str, job: dict[str, Any]) -> int:
             abort,
             upstream_done=job.get("upstream_done", ()),
             defer_close=True,
+            guard=guard,
+            run=RunInfo(
+                run_id=str(job.get("run_id", "")),
+                restarts=int(job.get("restarts", 0)),
+                state_dir=job.get("state_dir"),
+            ),
         )
         result = runner.run()
         status = {
@@ -76,20 +98,30 @@ def run_job(name: str, job: dict[str, Any]) -> int:
             "config_error": result.config_error,
             "messages_in": result.messages_in,
             "messages_out": result.messages_out,
+            "failed_streams": result.failed_streams,
         }
-        if job.get("status_file"):
-            tmp = Path(job["status_file"] + ".tmp")
-            tmp.write_text(json.dumps(status))
-            tmp.replace(job["status_file"])
+        _write_status(job, status)
         _wait_for_release(job.get("release_file"), abort, graph.shutdown.drain_timeout_s)
         runner.close_outlets()
+        if result.lost:  # known once the outlets closed: the supervisor reads it again at exit
+            _write_status(job, dict(status, lost=result.lost))
     finally:
+        if guard is not None:
+            guard.close()
         context.destroy(linger=0) if abort.is_set() else context.term()
         if server is not None:
             server.close()
     if result.ok:
         return 0
     return 2 if result.config_error else 1
+
+
+def _write_status(job: dict[str, Any], status: dict[str, Any]) -> None:
+    """The one-line status the supervisor reads when this process has done its work."""
+    if job.get("status_file"):
+        tmp = Path(job["status_file"] + ".tmp")
+        tmp.write_text(json.dumps(status))
+        tmp.replace(job["status_file"])
 
 
 def _wait_for_release(path: str | None, abort: threading.Event, timeout_s: float) -> None:

@@ -108,6 +108,10 @@ class _StreamState:
     last: PersonCrops | None = None
 
 
+#: track ids of the n-th restart of the track stage start above n x this
+TRACK_ID_STRIDE = 1_000_000
+
+
 @register_stage("track")
 class TrackStage(Stage):
     """Per-stream tracking; emits the Frame with tracks and a PersonCrops per frame."""
@@ -165,7 +169,7 @@ class TrackStage(Stage):
             state = self._streams[frame.stream_id] = _StreamState(
                 StreamTracker(self.config.tracker, self.config.tracker_args(), self._encoder))
             self.context.logger.info("stream %s: %s tracker started", frame.stream_id, self.config.tracker)
-        tracks = state.tracker.step(frame.detections, frame.image)
+        tracks = self._renumber(state.tracker.step(frame.detections, frame.image))
         crops = cut_crops(frame.image, tracks.xyxy, self.config.crop_size, self.config.crop_padding,
                           self.config.crop_mode, keep=tracks.state != TrackState.ENDED)
         height, width = frame.image.shape[:2]
@@ -183,7 +187,7 @@ class TrackStage(Stage):
         state = self._streams.pop(stream_id, None)
         if state is None or state.last is None:
             return []
-        tracks = state.tracker.end_all()
+        tracks = self._renumber(state.tracker.end_all())
         self.context.logger.info("stream %s ended: %d open tracks closed", stream_id, len(tracks))
         if not len(tracks):
             return []
@@ -193,6 +197,12 @@ class TrackStage(Stage):
         return [PersonCrops(stream_id, last.seq, last.pts, last.capture_time, last.frame_size, tracks,
                             np.zeros((len(tracks), h, w, 3), np.uint8)),
                 TrackEnd(stream_id, last.seq, last.capture_time, tracks.track_id)]
+
+    def _renumber(self, tracks: Tracks) -> Tracks:
+        """A restarted tracker starts its ids at 1 again; lift them above any id an earlier process of
+        this run gave out, so its new tracks never merge into old ones downstream."""
+        base = self.context.run.restarts * TRACK_ID_STRIDE
+        return replace(tracks, track_id=tracks.track_id + base) if base and len(tracks) else tracks
 
     def _count_states(self, stream_id: str, tracks: Tracks) -> None:
         if not len(tracks):

@@ -184,6 +184,8 @@ def test_a_crashed_stage_process_is_restarted_and_counted(tmp_path: Path) -> Non
     assert report.exit_code == 0, report.error
     frames, eos = frames_and_eos(read_rows(rows_path))
     assert max(seq for _, seq in frames) > 20 and eos == [("a", "stopped")]
+    # nothing the crash held was lost, nothing was delivered twice (pipeline.delivery)
+    assert [seq for _, seq in frames] == list(range(len(frames)))
 
 
 def test_a_stage_that_keeps_crashing_ends_the_run_with_exit_1(tmp_path: Path) -> None:

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import zmq
 
+from pipeline.delivery import MARKER, MESSAGE, envelope
 from pipeline.graph import load_graph
 from pipeline.links import free_tcp_port
 from pipeline.runtime import EmbeddedRuntime
+from pipeline.security import make_keys
 from pipeline.supervisor import ProcessRuntime
 from tests.test_pipeline_support import chain_graph, frames_and_eos, read_rows
 
@@ -26,7 +28,10 @@ def _expect_complete(rows: list[dict], streams=("a", "b"), frames: int = 20) -> 
 
 @pytest.mark.parametrize("kind", ["inproc", "ipc", "tcp"])
 def test_embedded_mode_over_each_transport(tmp_path: Path, kind: str) -> None:
-    graph = load_graph(data=chain_graph(tmp_path, relay={"batch": 4}, transport={"kind": kind}))
+    security = {"insecure": True} if kind == "tcp" else {}
+    graph = load_graph(
+        data=chain_graph(tmp_path, relay={"batch": 4}, transport={"kind": kind}, security=security)
+    )
     runtime = EmbeddedRuntime(graph)
     report = runtime.run()
     assert report.exit_code == 0, report.error
@@ -84,14 +89,17 @@ def test_garbage_on_a_link_is_rejected_counted_and_survived(tmp_path: Path) -> N
     port = free_tcp_port()
     endpoint = f"tcp://127.0.0.1:{port}"
     data = chain_graph(
-        tmp_path, source={"frames": 0, "fps": 100, "streams": ["a"]}, transport={"kind": "tcp"}
+        tmp_path,
+        source={"frames": 0, "fps": 100, "streams": ["a"]},
+        transport={"kind": "tcp"},
+        security={"insecure": True},  # a plain tcp peer may connect: what does it get through?
     )
     data["stages"][1]["inputs"] = [{"source": "src", "endpoint": endpoint}]
     runtime = EmbeddedRuntime(load_graph(data=data))
     thread = threading.Thread(target=lambda: setattr(runtime, "report", runtime.run()))
     thread.start()
     ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
+    push = ctx.socket(zmq.DEALER)
     try:
         push.connect(endpoint)
         time.sleep(0.3)
@@ -108,8 +116,11 @@ def test_garbage_on_a_link_is_rejected_counted_and_survived(tmp_path: Path) -> N
             [b'{"v": 1, "type": "rm -rf", "f": {}, "a": []}'],
             encode(wrong_type),
         ]
-        for parts in garbage * 3:
+        for parts in garbage:  # without the link envelope: rejected before decoding
             push.send_multipart(parts, copy=True)
+        push.send(envelope(MARKER, 1))
+        for lseq, parts in enumerate(garbage * 3, start=1):  # in the protocol, but not valid messages
+            push.send_multipart([envelope(MESSAGE, lseq), *parts], copy=True)
         time.sleep(0.5)
     finally:
         push.close(linger=0)
@@ -119,7 +130,7 @@ def test_garbage_on_a_link_is_rejected_counted_and_survived(tmp_path: Path) -> N
     assert not thread.is_alive()
     assert runtime.report.exit_code == 0, runtime.report.error
     m = runtime.metrics
-    assert m.value("amodal_rejected_total", stage="relay", reason="malformed") == 9
+    assert m.value("amodal_rejected_total", stage="relay", reason="malformed") == 9 + 5
     assert m.value("amodal_rejected_total", stage="relay", reason="unknown_type") == 3
     assert m.value("amodal_rejected_total", stage="relay", reason="unaccepted") == 3
     rows = read_rows(tmp_path / "rows.jsonl")
@@ -131,7 +142,8 @@ def test_garbage_on_a_link_is_rejected_counted_and_survived(tmp_path: Path) -> N
 def test_stages_split_over_two_hosts_with_tcp_endpoints(tmp_path: Path) -> None:
     """Two runtimes ('hosts') each run part of one graph; the crossing link has an explicit tcp endpoint."""
     endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
-    data = chain_graph(tmp_path, transport={"kind": "tcp"})
+    make_keys(tmp_path / "keys", ["host"])  # one pair shared by both "hosts"
+    data = chain_graph(tmp_path, transport={"kind": "tcp"}, security={"keys_dir": str(tmp_path / "keys")})
     data["stages"][1]["inputs"] = [{"source": "src", "endpoint": endpoint}]
     graph = load_graph(data=data)
     with pytest.raises(Exception, match="the link relay -> sink crosses to another host"):

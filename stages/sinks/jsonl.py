@@ -19,6 +19,10 @@ model stages' final word (identity null / attributes absent when there is none);
 
 Each line is flushed to the OS as it is written; the file is fsync'ed at every end of stream and
 when the stage stops, so a drained pipeline leaves every line on disk.
+
+A sink process restarted within a run (process mode) is sent again what it had not acknowledged
+(pipeline.delivery); it reads back what it wrote in this run (from the file offset it noted at its
+first start) and skips those messages, so no line is written twice.
 """
 
 from __future__ import annotations
@@ -68,10 +72,54 @@ class JsonlSink(Stage):
     def on_start(self) -> None:
         path = output_path(self.context, self.config.path)
         self.path = path
+        self._written = self._written_this_run()
         self._file = path.open("a", encoding="utf-8")
         self._ended = TrackEndDedup(self.config.track_idle_s)
 
+    def _written_this_run(self) -> dict[str, list[Any]]:
+        """Per stream, [last seq, lines of it, ended] written by earlier processes of this run."""
+        run = self.context.run
+        if not run.state_dir:
+            return {}
+        mark = Path(run.state_dir) / f"{self.context.name}.jsonl-offset"
+        if run.restarts == 0 or not mark.exists():
+            mark.write_text(str(self.path.stat().st_size if self.path.exists() else 0))
+            return {}
+        with self.path.open("rb+") as file:
+            file.seek(int(mark.read_text()))
+            data = file.read()
+            cut = data.rfind(b"\n") + 1
+            if cut < len(data):  # a line the killed process did not finish
+                file.truncate(file.tell() - (len(data) - cut))
+        written: dict[str, list[Any]] = {}
+        for line in data[:cut].splitlines():
+            record = json.loads(line)
+            state = written.setdefault(record["stream_id"], [-1, 0, False])
+            if record["type"] == "tracks":
+                state[:] = [record["seq"], state[1] + 1 if record["seq"] == state[0] else 1, False]
+            elif record["type"] == "end_of_stream":
+                state[2] = True
+        return written
+
+    def _seen_before(self, message: Any) -> bool:
+        """Written by this run's earlier process (sent again after the restart): skip it."""
+        state = self._written.get(message.stream_id)
+        if state is None:
+            return False
+        if isinstance(message, EndOfStream):
+            del self._written[message.stream_id]
+            return bool(state[2])
+        if isinstance(message, PersonCrops) and (len(message.tracks) or self.config.include_empty):
+            if message.seq < state[0] or (message.seq == state[0] and state[1] > 0):
+                state[1] -= message.seq == state[0]
+                return True
+            if message.seq > state[0]:
+                del self._written[message.stream_id]
+        return False
+
     def process(self, message: Any) -> Iterable[Any]:
+        if self._written and self._seen_before(message):
+            return ()
         if isinstance(message, EndOfStream):
             record = {
                 "type": "end_of_stream",

@@ -27,6 +27,12 @@ upgraded in place by adding the missing columns):
   track's aggregated attribute probability and decision (1 yes, 0 no, NULL undecided), upserted when
   the track's decisions change and finally from the TrackEnd's attributes.
 
+* ``sink_progress(session, stream_id, last_seq, at_last)``: the last frame number this session committed
+  per stream and how many messages of that frame: written in the same transaction as the frame, so a
+  sink process restarted in the same run (process mode, ``session`` = the run id) skips exactly what
+  it had already committed when its upstream sends it again (pipeline.delivery): every frame is in
+  the database once.
+
 Times are ``capture_time`` (wall clock seconds; for replay, start time + pts). Durability: WAL
 journal, writes grouped in transactions of ``batch_size`` messages (or ``commit_interval_s``), a
 commit at every EndOfStream and in ``on_stop``; ``events_committed`` is only counted after the
@@ -107,6 +113,13 @@ CREATE TABLE IF NOT EXISTS identities (
     last_seen REAL NOT NULL,
     tracks INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS sink_progress (
+    session TEXT NOT NULL,
+    stream_id TEXT NOT NULL,
+    last_seq INTEGER NOT NULL,
+    at_last INTEGER NOT NULL,
+    PRIMARY KEY (session, stream_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS track_attributes (
     track INTEGER NOT NULL REFERENCES tracks(id),
     name TEXT NOT NULL,
@@ -225,7 +238,21 @@ class SqliteSink(Stage):
         added = upgrade_schema(self._db)
         if added:
             self.context.logger.info("sqlite_sink upgraded %s: added %s", path, ", ".join(added))
-        self.session = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+        # one session per run: a restarted sink process of the same run continues it
+        self.session = self.context.run.run_id or (
+            time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+        )
+        self._committed = {
+            stream: [last, at_last]
+            for stream, last, at_last in self._db.execute(
+                "SELECT stream_id, last_seq, at_last FROM sink_progress WHERE session=?", (self.session,)
+            )
+        }
+        if self._committed:
+            self.context.logger.info(
+                "sqlite_sink continues session %s (%d streams already committed)", self.session,
+                len(self._committed),
+            )
         self._tracks: TrackTable[_TrackRow] = TrackTable(self.config.track_idle_s)
         self._last_seq: dict[str, int] = {}
         self._pending = 0
@@ -247,7 +274,25 @@ class SqliteSink(Stage):
         self._pending = 0
         self._last_commit = time.monotonic()
 
+    def flush(self) -> None:
+        """Commit: the runtime acknowledges the messages upstream only after this (pipeline.delivery)."""
+        self.commit()
+
+    def _already_committed(self, msg: PersonCrops) -> bool:
+        """A message this session committed before a restart, sent again: skip it (exactly once)."""
+        done = self._committed.get(msg.stream_id)
+        if done is None:
+            return False
+        if msg.seq < done[0] or (msg.seq == done[0] and done[1] > 0):
+            if msg.seq == done[0]:
+                done[1] -= 1
+            return True
+        del self._committed[msg.stream_id]  # past what was committed: from here on everything is new
+        return False
+
     def process(self, message: Any) -> Iterable[Any]:
+        if isinstance(message, PersonCrops) and self._already_committed(message):
+            return ()
         self._begin()
         if isinstance(message, EndOfStream):
             # a stream that never sent a frame (a file that cannot be opened) still gets its row
@@ -257,6 +302,11 @@ class SqliteSink(Stage):
                 "VALUES (?, ?, ?, 0, ?, ?) ON CONFLICT(stream_id) DO UPDATE SET "
                 "ended_reason=excluded.ended_reason, ended_detail=excluded.ended_detail",
                 (message.stream_id, now, now, message.reason, message.detail),
+            )
+            # every track of the stream ends with it, also those a restarted tracker never ended
+            self._db.execute(
+                "UPDATE tracks SET state='ended' WHERE stream_id=? AND session=? AND state != 'ended'",
+                (message.stream_id, self.session),
             )
             self.commit()
             self._tracks.pop_stream(message.stream_id)
@@ -318,6 +368,12 @@ class SqliteSink(Stage):
         # A tracker may send a second message for a frame (tracks ended at end of stream): count frames once.
         new_frame = int(self._last_seq.get(stream, -1) != msg.seq)
         self._last_seq[stream] = msg.seq
+        db.execute(
+            "INSERT INTO sink_progress (session, stream_id, last_seq, at_last) VALUES (?, ?, ?, 1) "
+            "ON CONFLICT(session, stream_id) DO UPDATE SET at_last=CASE WHEN last_seq=excluded.last_seq "
+            "THEN at_last+1 ELSE 1 END, last_seq=excluded.last_seq",
+            (self.session, stream, msg.seq),
+        )
         db.execute(
             "INSERT INTO streams (stream_id, first_seen, last_seen, frames, frame_height, frame_width) "
             "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(stream_id) DO UPDATE SET last_seen=excluded.last_seen, "
