@@ -139,6 +139,12 @@ class SupervisorConfig(_Strict):
     max_restarts: int = Field(default=5, ge=0, description="Restarts per stage before the pipeline gives up.")
     backoff_initial_s: float = Field(default=0.5, gt=0, description="Wait before the first restart.")
     backoff_max_s: float = Field(default=30.0, gt=0, description="Longest wait between restarts (doubling).")
+    healthy_after_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A stage that ran this long before it crashed starts a new count: max_restarts and the "
+        "backoff limit crashes in a row, not over the life of a box.",
+    )
 
 
 class ShutdownConfig(_Strict):

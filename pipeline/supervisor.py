@@ -7,11 +7,14 @@ session, so Ctrl-C reaches only the supervisor), hands it its job on stdin and w
 * exit 2: a config error (missing weights, bad option): restarting cannot help, the run stops with 2;
 * anything else (a crash, a kill): the stage is restarted after an exponential backoff
   (``supervisor.backoff_initial_s`` doubling up to ``backoff_max_s``), at most
-  ``supervisor.max_restarts`` times; restarts are counted in ``amodal_stage_restarts_total`` and in
-  the run report. A restarted stage is told which of its upstream stages already finished, so it
+  ``supervisor.max_restarts`` times in a row (a stage that ran ``healthy_after_s`` before it crashed
+  starts a new count); restarts are counted in ``amodal_stage_restarts_total`` and in the run report.
+  A restarted stage is told which of its upstream stages already finished, so it
   does not wait for their end markers again. Its sockets rebind the same endpoints and the peers'
-  ZeroMQ sockets reconnect by themselves; messages queued inside the crashed process are lost
-  (that is what ``drop_oldest`` live links accept anyway).
+  ZeroMQ sockets reconnect by themselves; what the crashed process held is sent to it again by its
+  upstream stages (pipeline.delivery), and its restart count, the run id and the run's state folder
+  (a source's acknowledged progress) are in its job, so sinks continue their session and a file
+  source resumes where the sinks' committed state says.
 
 ``request_stop()`` (SIGINT/SIGTERM) sends SIGTERM to every stage: sources stop reading, the others
 drain until their inputs end (or go silent for ``shutdown.idle_drain_s``), sinks commit, all exit 0.
@@ -57,8 +60,10 @@ class _Child:
     name: str
     index: int
     process: subprocess.Popen | None = None
-    restarts: int = 0
+    restarts: int = 0  # over the whole run (its restarted processes number their tracks by it)
+    crashes: int = 0  # in a row, without a healthy_after_s stretch between: what max_restarts limits
     start_at: float = 0.0
+    started_at: float = 0.0
     done: bool = False
     result: StageResult | None = None
     finished_work: bool = False  # its process wrote a status and waits to be released
@@ -184,6 +189,7 @@ class ProcessRuntime:
             env=env,
         )
         child.finished_work = False
+        child.started_at = time.monotonic()
         assert child.process.stdin is not None
         child.process.stdin.write(json.dumps(job).encode())
         child.process.stdin.close()
@@ -230,20 +236,26 @@ class ProcessRuntime:
                     child.name, ok=False, error=f"stage {child.name!r} killed at shutdown"
                 )
                 continue
+            if self._term_sent and code == -signal.SIGTERM:  # our stop reached it before its handler
+                child.done, child.result = True, StageResult(child.name, ok=True)
+                continue
             why = status.error if status and status.error else f"exit code {code}"
-            if child.restarts >= self.graph.supervisor.max_restarts:
+            if time.monotonic() - child.started_at >= self.graph.supervisor.healthy_after_s:
+                child.crashes = 0  # it ran fine for a long time: this crash starts a new count
+            if child.crashes >= self.graph.supervisor.max_restarts:
                 child.done = True
                 child.result = StageResult(
                     child.name,
                     ok=False,
-                    error=f"stage {child.name!r} failed {child.restarts + 1} times; giving up (last: {why})",
+                    error=f"stage {child.name!r} failed {child.crashes + 1} times; giving up (last: {why})",
                 )
                 self._fatal, self._fatal_code = child.result.error, 1
                 logger.error("%s", child.result.error)
                 self.request_stop()
                 continue
             cfg = self.graph.supervisor
-            backoff = min(cfg.backoff_max_s, cfg.backoff_initial_s * (2**child.restarts))
+            backoff = min(cfg.backoff_max_s, cfg.backoff_initial_s * (2**child.crashes))
+            child.crashes += 1
             child.restarts += 1
             child.start_at = time.monotonic() + backoff
             self.metrics.restarts.labels(stage=child.name).inc()
@@ -251,7 +263,7 @@ class ProcessRuntime:
                 "stage=%s exited (%s); restart %d/%d in %.1fs",
                 child.name,
                 why,
-                child.restarts,
+                child.crashes,
                 cfg.max_restarts,
                 backoff,
             )

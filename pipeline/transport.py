@@ -1,17 +1,22 @@
-"""ZeroMQ links between stages: one PUSH -> PULL socket pair per link, with a per-link policy.
+"""ZeroMQ links between stages: one DEALER -> ROUTER socket pair per link, with a per-link policy.
 
-* Sending (:class:`Outlet`): ``copy=False`` multipart sends of the encoded message. ``block`` waits
-  (behind a POLLOUT poll, so an abort can interrupt it) while the link is full: nothing is lost.
-  ``drop_oldest`` never lets a slow consumer stall the producer: if the peer stops reading
-  altogether (its process died) the new message is dropped and counted instead of blocking.
-* Receiving (:class:`Inputs`): a reader thread per stage polls every input socket, decodes
-  (zero-copy, ``np.frombuffer`` on the zmq frame buffers) and queues messages in one bounded inbox.
-  On a ``block`` link a full inbox stops the reader from reading that socket, so backpressure
-  reaches the sender through the ZeroMQ high-water marks. On a ``drop_oldest`` link the reader keeps
-  draining the socket and evicts the oldest queued *data* message of that link (control messages,
-  ``messages.CONTROL_TYPES``: EndOfStream, StageDone, TrackEnd, are never dropped), counting each
-  eviction: queued latency is bounded by ``hwm``.
-  Malformed, unknown or unaccepted messages are counted and logged once per kind, never raised.
+* Sending (:class:`Outlet`): ``copy=False`` multipart sends of the encoded message behind a link
+  envelope (pipeline.delivery: numbered, acknowledged, sent again to a restarted receiver). ``block``
+  waits (behind a POLLOUT poll, so an abort can interrupt it) while the link or the window of
+  unacknowledged messages is full: nothing is lost. ``drop_oldest`` never lets a slow consumer stall
+  the producer: if the peer stops reading altogether (its process died) the new message is dropped
+  and counted instead of blocking.
+* Receiving (:class:`Inputs`): a reader thread per stage polls every input socket, checks the
+  envelope (in order, once: duplicates and gaps are handled there), decodes (zero-copy,
+  ``np.frombuffer`` on the zmq frame buffers) and queues messages in one bounded inbox; it also sends
+  the acknowledgements for what the stage reports done (``Inputs.done``). On a ``block`` link a full
+  inbox stops the reader from reading that socket, so backpressure reaches the sender through the
+  ZeroMQ high-water marks. On a ``drop_oldest`` link the reader keeps draining the socket and evicts
+  the oldest queued *data* message of that link (control messages, ``messages.CONTROL_TYPES``:
+  EndOfStream, StageDone, TrackEnd, are never dropped), counting each eviction: queued latency is
+  bounded by ``hwm``. Malformed, unknown or unaccepted messages are counted and logged once per kind,
+  never raised.
+* Who may connect is decided by ``pipeline.security.LinkGuard`` (``guard``), before bind/connect.
 
 Sockets are closed with ``linger=0`` on abort, and with a short linger (``shutdown.linger_s``, set
 before connecting, which is when libzmq reads it) on a clean exit so the final EndOfStream/StageDone
@@ -555,6 +560,9 @@ class Inputs:
 
     def _pop(self) -> Received:
         item = self._items.popleft()
+        if self.links[item.link].policy == "drop_oldest" and isinstance(item.message, DATA_TYPES):
+            # never resent, so "done" means taken: a sender counts as lost only what never got here
+            self._done.append(item.token)
         self._counts[item.link] -= 1
         self._metrics.queue_depth.labels(stage=self.stage, link=item.link).set(self._counts[item.link])
         return item

@@ -39,9 +39,6 @@ logger = logging.getLogger(__name__)
 
 def run_job(name: str, job: dict[str, Any]) -> int:
     """Run stage ``name`` as described by ``job``; returns the process exit code."""
-    graph = load_graph(data=job["graph"])
-    setup_logging(graph.logging.level, graph.logging.format)
-    links = [Link(**item) for item in job["links"]]
     stop, abort = threading.Event(), threading.Event()
 
     def on_term(signum: int, frame: Any) -> None:
@@ -49,8 +46,13 @@ def run_job(name: str, job: dict[str, Any]) -> int:
             abort.set()
         stop.set()
 
+    # before loading the graph (which imports the stages' libraries, seconds): a stop that arrives
+    # while a restarted stage is still starting is then a stop, not a crash
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    graph = load_graph(data=job["graph"])
+    setup_logging(graph.logging.level, graph.logging.format)
+    links = [Link(**item) for item in job["links"]]
     metrics = RuntimeMetrics()
     server = None
     if job.get("metrics_port"):
