@@ -2,10 +2,14 @@
 
 One output file per stream (``{stream_id}.mp4`` under ``directory``), opened on the stream's first
 frame (that is when its size is known) and closed at its EndOfStream, so a replay of several files
-produces several playable videos as soon as each one ends. Frames are written at their own
-timestamps (pts, or capture time for sources without pts) in a 1/1000 s time base, so frames
-dropped upstream on a ``drop_oldest`` link leave a gap in time instead of speeding the video up.
-Drawing uses OpenCV on a copy of the frame (received frames are read-only views of the wire buffer).
+produces several playable videos as soon as each one ends. A video sink process restarted within a
+run (process mode) cannot append to the file its killed predecessor left without an index: it writes
+the rest of the stream to ``{stream_id}.part2.mp4`` (part3, ... for later restarts).
+
+Frames are written at their own timestamps (pts, or capture time for sources without pts) in a
+1/1000 s time base, so frames dropped upstream on a ``drop_oldest`` link leave a gap in time instead
+of speeding the video up. Drawing uses OpenCV on a copy of the frame (received frames are read-only
+views of the wire buffer).
 
 **Labels.** Frames come from the track stage; the model stages' PersonCrops (wire the last one, e.g.
 ``inputs: [track, identify]``) update a per-(stream, track) label cache: latest occlusion grade,
@@ -481,6 +485,9 @@ class VideoSink(Stage):
     def _open(self, frame: Frame) -> _Output:
         name = self.config.filename.replace("{stream_id}", safe_name(frame.stream_id))
         path = self.directory / name
+        restarts = self.context.run.restarts
+        if restarts:  # the killed process's file has no index: keep it, go on in a new part
+            path = path.with_name(f"{path.stem}.part{restarts + 1}{path.suffix}")
         height, width = frame.image.shape[:2]
         container = av.open(str(path), mode="w")
         codec = self.config.codec
