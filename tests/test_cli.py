@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -277,6 +278,36 @@ def test_a_source_that_cannot_be_read_exits_3_after_the_others_and_keeps_its_row
         "every stream has its row, with the reason"
     )
     ends = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert {e["stream_id"]: e["reason"] for e in ends if e["type"] == "end_of_stream"} == {
+        "good": "finished",
+        "noise": "error",
+    }
+
+
+def test_run_in_process_mode_exits_3_when_a_source_cannot_be_read(tmp_path: Path, capsys) -> None:
+    """``amodal run`` finishes the readable streams, then says which one failed (exit 3)."""
+    from pipeline.cli import EXIT_SOURCE_ERROR
+    from stages.media.testclip import write_clip
+
+    write_clip(tmp_path / "good.mp4", frames=5, width=64, height=48)
+    (tmp_path / "noise.mp4").write_bytes(np.random.default_rng(1).integers(0, 256, 20000, np.uint8).tobytes())
+    config = tmp_path / "graph.yaml"
+    config.write_text(
+        f"plugins: [{PLUGIN}]\n"
+        "mode: process\n"
+        f"output_dir: {tmp_path}\n"
+        "stages:\n"
+        "  - name: ingest\n"
+        "    type: ingest\n"
+        f"    config: {{streams: [{{id: good, source: {tmp_path / 'good.mp4'}}}, "
+        f"{{id: noise, source: {tmp_path / 'noise.mp4'}}}]}}\n"
+        "  - {name: relay, type: test_relay, inputs: [ingest], config: {to_crops: true}}\n"
+        "  - {name: events, type: jsonl_sink, inputs: [relay], config: {path: events.jsonl}}\n"
+    )
+    code = main(["run", str(config)])
+    assert code == EXIT_SOURCE_ERROR == 3
+    assert "1 source(s) could not be read: noise" in capsys.readouterr().err
+    ends = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     assert {e["stream_id"]: e["reason"] for e in ends if e["type"] == "end_of_stream"} == {
         "good": "finished",
         "noise": "error",

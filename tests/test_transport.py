@@ -105,7 +105,7 @@ def test_garbage_on_a_link_is_rejected_counted_and_survived(tmp_path: Path) -> N
         time.sleep(0.3)
         import numpy as np
 
-        from pipeline.messages import PersonCrops, Tracks
+        from pipeline.messages import PersonCrops, StageDone, Tracks
         from pipeline.wire import encode
 
         wrong_type = PersonCrops("a", 1, None, 0.0, (4, 4), Tracks.empty(), np.zeros((0, 2, 2, 3), np.uint8))
@@ -115,6 +115,7 @@ def test_garbage_on_a_link_is_rejected_counted_and_survived(tmp_path: Path) -> N
             [b'{"v": 7, "type": "frame"}'],
             [b'{"v": 1, "type": "rm -rf", "f": {}, "a": []}'],
             encode(wrong_type),
+            encode(StageDone(sender="mallory")),  # not the link's sender: must not finish the relay
         ]
         for parts in garbage:  # without the link envelope: rejected before decoding
             push.send_multipart(parts, copy=True)
@@ -130,7 +131,8 @@ def test_garbage_on_a_link_is_rejected_counted_and_survived(tmp_path: Path) -> N
     assert not thread.is_alive()
     assert runtime.report.exit_code == 0, runtime.report.error
     m = runtime.metrics
-    assert m.value("amodal_rejected_total", stage="relay", reason="malformed") == 9 + 5
+    assert m.value("amodal_rejected_total", stage="relay", reason="malformed") == 9 + 6
+    assert m.value("amodal_rejected_total", stage="relay", reason="forged") == 3
     assert m.value("amodal_rejected_total", stage="relay", reason="unknown_type") == 3
     assert m.value("amodal_rejected_total", stage="relay", reason="unaccepted") == 3
     rows = read_rows(tmp_path / "rows.jsonl")
@@ -162,3 +164,47 @@ def test_stages_split_over_two_hosts_with_tcp_endpoints(tmp_path: Path) -> None:
     assert reports["edge"].exit_code == 0 and reports["server"].exit_code == 0
     assert set(reports["edge"].stages) == {"src"} and set(reports["server"].stages) == {"relay", "sink"}
     _expect_complete(read_rows(tmp_path / "rows.jsonl"))
+
+
+def test_a_peer_without_the_run_secret_is_refused_on_ipc_and_changes_nothing(tmp_path: Path) -> None:
+    """A forged StageDone, EndOfStream and Frames of an unknown stream from a process that is not the
+    link's declared sender: the connection is refused (counted), the run completes unchanged."""
+    import numpy as np
+
+    from pipeline.messages import EndOfStream, Frame, StageDone
+    from pipeline.wire import encode
+
+    data = chain_graph(
+        tmp_path, source={"frames": 150, "fps": 100, "streams": ["a"]}, transport={"kind": "ipc"}
+    )
+    runtime = EmbeddedRuntime(load_graph(data=data))
+    thread = threading.Thread(target=lambda: setattr(runtime, "report", runtime.run()))
+    thread.start()
+    ctx = zmq.Context()
+    forger = ctx.socket(zmq.DEALER)
+    try:
+        deadline = time.monotonic() + 20
+        while not runtime.links and time.monotonic() < deadline:
+            time.sleep(0.01)
+        link = next(link for link in runtime.links if link.downstream == "relay")
+        forger.plain_username, forger.plain_password = b"src", b"guessed"  # the right name, no secret
+        forger.connect(link.endpoint)
+        image = np.zeros((4, 4, 3), np.uint8)
+        forged = [StageDone(sender="src"), EndOfStream("a", "finished")]
+        forged += [Frame("evil", seq, 0.0, 0.0, image) for seq in range(5)]
+        attempts = [[envelope(MARKER, 1)]]
+        attempts += [[envelope(MESSAGE, lseq), *encode(m)] for lseq, m in enumerate(forged, start=1)]
+        for parts in attempts:  # once refused, the socket has no connection to queue them on
+            try:
+                forger.send_multipart(parts, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+        thread.join(timeout=60)
+    finally:
+        forger.close(linger=0)
+        ctx.term()
+    assert not thread.is_alive()
+    assert runtime.report.exit_code == 0, runtime.report.error
+    assert runtime.metrics.value("amodal_rejected_total", stage="relay", reason="auth") >= 1
+    got, eos = frames_and_eos(read_rows(tmp_path / "rows.jsonl"))
+    assert got == [("a", seq) for seq in range(150)] and eos == [("a", "finished")]
