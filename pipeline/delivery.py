@@ -143,6 +143,11 @@ class ReceiveWindow:
         self.watermark = start - 1
         self.acked = start - 1  # last acknowledgement actually sent
 
+    @property
+    def idle(self) -> bool:
+        """Nothing of this sender is in progress here."""
+        return not self._pending
+
     def offer(self, lseq: int) -> str:
         """'new' (deliver it), 'duplicate' (already had it: skip) or 'gap' (some were lost: resync)."""
         if lseq < self.expect:

@@ -428,9 +428,14 @@ class EndOfStream:
     stream_id: str
     reason: EosReason
     detail: str = ""
+    #: messages of this stream lost for good on the way (a drop_oldest link whose receiver was
+    #: restarted: pipeline.delivery); each stage adds its own before sending it on
+    lost: int = 0
 
     def __post_init__(self) -> None:
         _check_stream("EndOfStream", self.stream_id)
+        if isinstance(self.lost, bool) or not isinstance(self.lost, int | np.integer) or self.lost < 0:
+            raise MessageError(f"EndOfStream.lost must be an integer >= 0, got {self.lost!r}")
         if self.reason not in get_args(EosReason):
             raise MessageError(
                 f"EndOfStream.reason must be one of {get_args(EosReason)}, got {self.reason!r}"

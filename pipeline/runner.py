@@ -437,6 +437,10 @@ class StageRunner:
         seq = message.seq if isinstance(message, DATA_TYPES) else None
         give_up = self.graph.shutdown.idle_drain_s
         with self._send_lock:
+            if isinstance(message, EndOfStream):  # the stream's row says what it lost on the way
+                lost = sum(outlet.lost.pop(message.stream_id, 0) for outlet in self._outlets)
+                if lost:
+                    message = replace(message, lost=message.lost + lost)
             for outlet in self._outlets:
                 if not outlet.wants(name):
                     continue

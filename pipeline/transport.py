@@ -30,7 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import zmq
@@ -48,9 +48,9 @@ from pipeline.delivery import (
     parse_envelope,
 )
 from pipeline.graph import DeliveryConfig
-from pipeline.messages import CONTROL_TYPES, DATA_TYPES, MessageError
+from pipeline.messages import CONTROL_TYPES, DATA_TYPES
 from pipeline.metrics import RuntimeMetrics
-from pipeline.wire import decode, wire_names
+from pipeline.wire import decode, encode, wire_names
 
 __all__ = ["Link", "Outlet", "Inputs", "Received", "OnceLog", "POLL_S", "bind_input"]
 
@@ -59,6 +59,7 @@ logger = logging.getLogger(__name__)
 POLL_S = 0.05  # every blocking wait wakes this often to look at stop/abort flags
 _CONTROL_NAMES = frozenset(wire_names(CONTROL_TYPES))
 _DATA_NAMES = frozenset(wire_names(DATA_TYPES))
+_MAX_PEERS = 8  # sender connections a link remembers (a restarted sender's old ones are forgotten)
 
 
 @dataclass(frozen=True)
@@ -234,6 +235,10 @@ class Outlet:
             )
         if kept:
             logger.info("link=%s receiver restarted: resending %d messages", self.link.name, len(kept))
+        for entry in kept:  # an EndOfStream sent again carries what its stream just lost
+            if entry.kind == "end_of_stream" and self.lost.get(entry.stream_id or ""):
+                eos = decode(entry.parts)
+                entry.parts = encode(replace(eos, lost=eos.lost + self.lost.pop(entry.stream_id or "")))
         self._marker_due = start
         self._last_progress = time.monotonic()
         for entry in kept:
@@ -417,10 +422,11 @@ class Inputs:
         peers = self._peers[link]
         window = peers.get(peer)
         if kind == MARKER:
+            if window is None and len(peers) >= _MAX_PEERS and not self._forget_idle_peer(peers):
+                self._reject(link, "peers", f"a marker from a {_MAX_PEERS + 1}th sender with work pending")
+                return
             peers[peer] = ReceiveWindow(lseq)
             peers.move_to_end(peer)
-            while len(peers) > 8:  # old connections of a restarted sender; nothing of theirs is acked anyway
-                peers.popitem(last=False)
             return
         if window is None:
             self._ask_resend(link, sock, peer)
@@ -444,8 +450,21 @@ class Inputs:
             return
         self._put(Received(link, message, (link, peer, lseq)))
 
+    @staticmethod
+    def _forget_idle_peer(peers: collections.OrderedDict[bytes, ReceiveWindow]) -> bool:
+        """Make room by forgetting the oldest sender connection with nothing of it in progress (an old
+        connection of a restarted sender). One with messages in progress is never forgotten: that would
+        deliver them again."""
+        for peer, window in peers.items():
+            if window.idle:
+                del peers[peer]
+                return True
+        return False
+
     def _ask_resend(self, link: str, sock: zmq.Socket, peer: bytes) -> None:
         now = time.monotonic()
+        if len(self._asked) > 4 * _MAX_PEERS:
+            self._asked = {key: at for key, at in self._asked.items() if now - at < 0.5}
         if now - self._asked.get((link, peer), 0.0) < 0.5:
             return
         self._asked[(link, peer)] = now
@@ -483,7 +502,7 @@ class Inputs:
     def _decode(self, link: str, parts: list[Any]) -> Any | None:
         try:
             message = decode(parts)
-        except MessageError as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever a peer sends, the reader thread survives
             reason = "unknown_type" if "unknown message type" in str(exc) else "malformed"
             self._reject(link, reason, exc)
             return None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import threading
 import time
 import urllib.request
@@ -325,3 +328,37 @@ def test_each_runtime_has_its_own_registry_and_endpoint(tmp_path: Path) -> None:
         first.request_stop()
         thread.join(timeout=30)
     assert first.metrics.value("amodal_messages_in_total", stage="sink", type="frame") > 5
+
+
+def test_what_a_restarted_receiver_on_a_drop_oldest_link_never_got_is_counted_in_the_stream_row(
+    tmp_path: Path,
+) -> None:
+    """drop_oldest links keep nothing to send again: the messages the killed relay still had queued are
+    lost, and that number reaches the stream's end-of-stream record (pipeline.delivery)."""
+    data = chain_graph(
+        tmp_path,
+        source={"frames": 300, "fps": 100, "streams": ["a"]},
+        relay={"delay_s": 0.02, "to_crops": True},  # half the source's rate: its queue stays full
+        mode="process",
+        supervisor={"backoff_initial_s": 0.1, "max_restarts": 2},
+    )
+    data["stages"][1]["inputs"] = [{"source": "src", "policy": "drop_oldest", "hwm": 4}]
+    data["stages"][2] = {"name": "sink", "type": "jsonl_sink", "inputs": ["relay"], "config": {}}
+    runtime = ProcessRuntime(load_graph(data=data))
+    holder: dict = {}
+    thread = threading.Thread(target=lambda: holder.setdefault("report", runtime.run()))
+    thread.start()
+    events = tmp_path / "events.jsonl"
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and not (events.exists() and len(events.read_text().splitlines()) > 9):
+        time.sleep(0.02)
+    os.kill(runtime.stage_pid("relay"), signal.SIGKILL)
+    thread.join(timeout=60)
+    report = holder["report"]
+    assert report.exit_code == 0, report.error
+    assert report.restarts["relay"] == 1
+    lines = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    delivered = [line["seq"] for line in lines if line["type"] == "tracks"]
+    (end,) = [line for line in lines if line["type"] == "end_of_stream"]
+    assert end["reason"] == "finished" and end["lost"] >= 1  # the relay's queue when it was killed
+    assert delivered == sorted(set(delivered)) and len(delivered) + end["lost"] <= 300

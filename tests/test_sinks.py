@@ -134,6 +134,7 @@ def test_jsonl_lines(tmp_path: Path) -> None:
         "stream_id": "cam1",
         "reason": "error",
         "detail": "truncated",
+        "lost": 0,
     }
 
 

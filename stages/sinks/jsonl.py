@@ -9,7 +9,7 @@ Line shapes (``type`` says which)::
     {"type": "track_end", "stream_id": "cam1", "seq": 40, "capture_time": 1.7e9,
      "tracks": [{"track_id": 3, "identity": 7,
                  "attributes": {"personalMale": {"decision": true, "probability": 0.91}}}]}
-    {"type": "end_of_stream", "stream_id": "cam1", "reason": "finished", "detail": ""}
+    {"type": "end_of_stream", "stream_id": "cam1", "reason": "finished", "detail": "", "lost": 0}
 
 In a ``tracks`` line, ``grade``/``grade_name`` (``pipeline.messages.GRADE_NAMES``), ``restored``,
 ``identity``/``identity_score`` and ``attributes`` are present only when a model stage reported them
@@ -126,6 +126,7 @@ class JsonlSink(Stage):
                 "stream_id": message.stream_id,
                 "reason": message.reason,
                 "detail": message.detail,
+                "lost": message.lost,
             }
             self._write(record)
             self._sync()

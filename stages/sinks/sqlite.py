@@ -4,7 +4,7 @@ Schema (created if missing; one file can collect many runs; a file made by an ol
 upgraded in place by adding the missing columns):
 
 * ``streams(stream_id PK, first_seen, last_seen, frames, frame_height, frame_width, ended_reason,
-  ended_detail)``
+  ended_detail, lost)``; ``lost``: messages of the stream lost for good on the way (pipeline.delivery)
 * ``tracks(id PK, stream_id, session, track_id, first_seen, last_seen, first_seq, last_seq,
   observations, state, identity)``: one row per track; ``session`` identifies this sink's run, because a
   tracker restarts its ids at 1 after a restart. ``state`` is the last reported state, ``'ended'`` once
@@ -78,7 +78,8 @@ CREATE TABLE IF NOT EXISTS streams (
     frame_height INTEGER,
     frame_width INTEGER,
     ended_reason TEXT,
-    ended_detail TEXT
+    ended_detail TEXT,
+    lost INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS tracks (
     id INTEGER PRIMARY KEY,
@@ -131,6 +132,7 @@ CREATE TABLE IF NOT EXISTS track_attributes (
 
 #: Columns added since the first schema: ``ALTER TABLE ... ADD COLUMN`` when an older file lacks them.
 ADDED_COLUMNS: dict[str, dict[str, str]] = {
+    "streams": {"lost": "INTEGER NOT NULL DEFAULT 0"},
     "tracks": {"identity": "INTEGER"},
     "observations": {"grade": "INTEGER", "restored": "INTEGER NOT NULL DEFAULT 0", "identity": "INTEGER"},
 }
@@ -298,10 +300,10 @@ class SqliteSink(Stage):
             # a stream that never sent a frame (a file that cannot be opened) still gets its row
             now = time.time()
             self._db.execute(
-                "INSERT INTO streams (stream_id, first_seen, last_seen, frames, ended_reason, ended_detail) "
-                "VALUES (?, ?, ?, 0, ?, ?) ON CONFLICT(stream_id) DO UPDATE SET "
-                "ended_reason=excluded.ended_reason, ended_detail=excluded.ended_detail",
-                (message.stream_id, now, now, message.reason, message.detail),
+                "INSERT INTO streams (stream_id, first_seen, last_seen, frames, ended_reason, ended_detail, "
+                "lost) VALUES (?, ?, ?, 0, ?, ?, ?) ON CONFLICT(stream_id) DO UPDATE SET "
+                "ended_reason=excluded.ended_reason, ended_detail=excluded.ended_detail, lost=excluded.lost",
+                (message.stream_id, now, now, message.reason, message.detail, message.lost),
             )
             # every track of the stream ends with it, also those a restarted tracker never ended
             self._db.execute(
