@@ -25,8 +25,9 @@ messages continue at lseq N"). A receiver that gets anything else from a peer it
 was restarted, or the sender's reconnect got a new identity) drops it and answers ``Q`` (resend
 request); the sender then sends a marker for its oldest unacknowledged message followed by all of
 them, in order. Acknowledgements (kind ``A``) are cumulative: "everything up to lseq N is done". A
-sender with unacknowledged messages and no progress pings (kind ``P``) so a restarted receiver learns
-about it even when nothing new is sent.
+sender pings (kind ``P``, carrying the last acknowledgement it saw) every ``delivery.ping_s``: a
+heartbeat that tells a receiver its upstream is alive though busy, lets a restarted receiver learn about
+it when nothing new is sent, and is answered with the latest acknowledgement if the sender missed it.
 """
 
 from __future__ import annotations
@@ -147,6 +148,14 @@ class ReceiveWindow:
     def idle(self) -> bool:
         """Nothing of this sender is in progress here."""
         return not self._pending
+
+    def resync(self, lseq: int) -> None:
+        """A marker on a connection we know: what follows from ``lseq`` on may repeat what we have (those
+        are duplicates); numbers it skips were given up by the sender (drop_oldest data)."""
+        if lseq > self.expect:
+            self.expect = lseq
+            if not self._pending:
+                self.watermark = max(self.watermark, lseq - 1)
 
     def offer(self, lseq: int) -> str:
         """'new' (deliver it), 'duplicate' (already had it: skip) or 'gap' (some were lost: resync)."""

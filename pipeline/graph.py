@@ -115,8 +115,8 @@ class DeliveryConfig(_Strict):
     ping_s: float = Field(
         default=0.5,
         gt=0,
-        description="A sender whose messages stay unacknowledged this long pings its receiver (a "
-        "restarted receiver then asks for them again).",
+        description="A sender's heartbeat: it pings its receiver this often (alive though busy; a "
+        "restarted receiver then asks for what is unacknowledged).",
     )
 
 
@@ -156,8 +156,8 @@ class ShutdownConfig(_Strict):
     idle_drain_s: float = Field(
         default=10.0,
         gt=0,
-        description="After a stop request, a stage whose inputs stay silent this long finishes on its own "
-        "(an upstream that died cannot keep it waiting).",
+        description="After a stop request, a stage whose inputs stay silent this long (no message and no "
+        "heartbeat: the upstream is gone) finishes on its own; a busy upstream keeps it waiting.",
     )
     linger_s: float = Field(
         default=2.0,
@@ -250,6 +250,11 @@ class GraphConfig(_Strict):
             raise ValueError("transport.kind 'inproc' only works with mode 'embedded'; use ipc or tcp")
         for problem in check_security(kind, self.security, names, files=False):
             raise ValueError(problem)
+        if self.delivery.ping_s * 2 > self.shutdown.idle_drain_s:
+            raise ValueError(
+                f"delivery.ping_s {self.delivery.ping_s:g} must be at most half of shutdown.idle_drain_s "
+                f"{self.shutdown.idle_drain_s:g}: a busy upstream's heartbeat would pass for silence"
+            )
         for i, spec in enumerate(self.stages):
             is_source = issubclass(spec.stage_class, SourceStage)
             inputs = spec.input_specs()

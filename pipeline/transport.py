@@ -124,7 +124,6 @@ class Outlet:
         self._wants = set(link.accepts)
         self.window = SendWindow()
         self._marker_due: int | None = 1  # every connection starts with a marker
-        self._last_progress = time.monotonic()
         self._last_ping = 0.0
         #: called with the entries an acknowledgement released (oldest first)
         self.on_release: Callable[[list[Sent]], None] | None = None
@@ -203,18 +202,16 @@ class Outlet:
             kind, lseq = signal
             if kind == ACK:
                 released = self.window.ack(lseq)
-                if released:
-                    self._last_progress = time.monotonic()
-                    if self.on_release is not None:
-                        self.on_release(released)
+                if released and self.on_release is not None:
+                    self.on_release(released)
             elif kind == RESEND:
                 self._resend(abort)
+        if self._marker_due is not None:  # open the connection even before there is anything to send
+            self._send_marker(abort, None, 0.0, wait=False)
         now = time.monotonic()
-        if (
-            self.window.unacked()
-            and now - self._last_progress > self._delivery.ping_s
-            and now - self._last_ping > self._delivery.ping_s
-        ):
+        # A heartbeat: the receiver learns this sender is alive even while it is busy (so a stop does
+        # not make it give up on a slow upstream), and a restarted receiver learns it exists.
+        if self._marker_due is None and now - self._last_ping > self._delivery.ping_s:
             self._last_ping = now
             try:
                 self._socket.send(envelope(PING, self.window.acked), flags=zmq.NOBLOCK)
@@ -240,7 +237,6 @@ class Outlet:
                 eos = decode(entry.parts)
                 entry.parts = encode(replace(eos, lost=eos.lost + self.lost.pop(entry.stream_id or "")))
         self._marker_due = start
-        self._last_progress = time.monotonic()
         for entry in kept:
             assert entry.parts is not None
             if not self._send_marker(abort, None, 0.0) or not self._put(
@@ -422,17 +418,21 @@ class Inputs:
         peers = self._peers[link]
         window = peers.get(peer)
         if kind == MARKER:
-            if window is None and len(peers) >= _MAX_PEERS and not self._forget_idle_peer(peers):
+            if window is not None:  # a resend we did not need (crossed with the first marker)
+                window.resync(lseq)
+                return
+            if len(peers) >= _MAX_PEERS and not self._forget_idle_peer(peers):
                 self._reject(link, "peers", f"a marker from a {_MAX_PEERS + 1}th sender with work pending")
                 return
             peers[peer] = ReceiveWindow(lseq)
-            peers.move_to_end(peer)
             return
         if window is None:
             self._ask_resend(link, sock, peer)
             return
         if kind == PING:
-            self._send_signal(sock, peer, ACK, window.watermark)
+            self.last_activity = time.monotonic()  # the sender is alive, if busy
+            if window.watermark > lseq:  # it has not seen our latest acknowledgement
+                self._send_signal(sock, peer, ACK, window.watermark)
             return
         if kind != MESSAGE:
             self._reject(link, "malformed", f"an unexpected link signal {kind!r}")

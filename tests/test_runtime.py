@@ -362,3 +362,29 @@ def test_what_a_restarted_receiver_on_a_drop_oldest_link_never_got_is_counted_in
     (end,) = [line for line in lines if line["type"] == "end_of_stream"]
     assert end["reason"] == "finished" and end["lost"] >= 1  # the relay's queue when it was killed
     assert delivered == sorted(set(delivered)) and len(delivered) + end["lost"] <= 300
+
+
+def test_a_busy_upstream_keeps_its_downstream_from_giving_up_after_a_stop(tmp_path: Path) -> None:
+    """After a stop, a stage gives up on inputs that stay silent for idle_drain_s; an upstream that is
+    alive but busy sends heartbeats, so nothing it still produces is lost."""
+    data = chain_graph(
+        tmp_path,
+        source={"frames": 4, "fps": 100, "streams": ["a"]},
+        relay={"delay_s": 1.2},  # far longer than idle_drain_s per message
+        shutdown={"idle_drain_s": 0.4, "drain_timeout_s": 30.0, "linger_s": 1.0},
+        delivery={"ping_s": 0.1},
+    )
+    runtime = EmbeddedRuntime(load_graph(data=data))
+    holder: dict = {}
+    thread = threading.Thread(target=lambda: holder.setdefault("report", runtime.run()))
+    thread.start()
+    rows_path = tmp_path / "rows.jsonl"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not (rows_path.exists() and read_rows(rows_path)):
+        time.sleep(0.02)
+    runtime.request_stop()
+    thread.join(timeout=60)
+    report = holder["report"]
+    assert report.exit_code == 0, report.error
+    frames, eos = frames_and_eos(read_rows(rows_path))
+    assert frames == [("a", seq) for seq in range(4)] and len(eos) == 1
