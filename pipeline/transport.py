@@ -237,12 +237,18 @@ class Outlet:
                 eos = decode(entry.parts)
                 entry.parts = encode(replace(eos, lost=eos.lost + self.lost.pop(entry.stream_id or "")))
         self._marker_due = start
+        expect = start
         for entry in kept:
             assert entry.parts is not None
+            if entry.lseq != expect:  # numbers of lost entries in between: the receiver skips them
+                self._marker_due = entry.lseq
             if not self._send_marker(abort, None, 0.0) or not self._put(
                 [envelope(MESSAGE, entry.lseq), *entry.parts], abort, None, 0.0
             ):
                 return  # aborted; a later request starts over
+            expect = entry.lseq + 1
+        if expect != self.window.next_lseq:  # lost entries after the last kept one
+            self._marker_due = self.window.next_lseq
 
     def _send_marker(
         self, abort: threading.Event, stop: threading.Event | None, give_up_s: float, wait: bool = True

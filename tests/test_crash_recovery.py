@@ -95,18 +95,18 @@ def test_every_stage_killed_once_loses_and_repeats_nothing(tmp_path: Path, share
 
     db = sqlite3.connect(tmp_path / "events.db")
     frames, reason = db.execute("SELECT frames, ended_reason FROM streams WHERE stream_id='video'").fetchone()
-    assert (frames, reason) == (FRAMES, "finished")
+    assert (frames, reason) == (FRAMES, "finished"), killed
     assert db.execute("SELECT COUNT(DISTINCT session) FROM tracks").fetchone()[0] == 1
     assert db.execute("SELECT COUNT(*) FROM tracks WHERE state != 'ended'").fetchone()[0] == 0
     repeated = db.execute(
         "SELECT track, seq, state, COUNT(*) FROM observations GROUP BY track, seq, state HAVING COUNT(*) > 1"
     ).fetchall()
-    assert repeated == []
+    assert repeated == [], killed
     assert db.execute("SELECT MAX(seq) FROM observations").fetchone()[0] <= FRAMES - 1
 
     lines = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
     seqs = [line["seq"] for line in lines if line["type"] == "tracks"]
     # one line per frame (include_empty), plus the tracker's closing line for the last frame
-    assert sorted(set(seqs)) == list(range(FRAMES))
+    assert sorted(set(seqs)) == list(range(FRAMES)), killed
     assert len(seqs) - len(set(seqs)) <= 1 and all(s == FRAMES - 1 for s in seqs if seqs.count(s) > 1)
     assert [line["reason"] for line in lines if line["type"] == "end_of_stream"] == ["finished"]
