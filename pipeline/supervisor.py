@@ -164,7 +164,11 @@ class ProcessRuntime:
 
     def _start(self, child: _Child, base_job: dict[str, Any], run_dir: Path, children: list[_Child]) -> None:
         spec = self.graph.stage(child.name)
-        finished = {c.name for c in children if c.done and c.result is not None and c.result.ok}
+        # An upstream whose process still runs (finished, waiting to be released) sends what this stage
+        # had not acknowledged again, its StageDone included; only one that is gone cannot.
+        finished = {
+            c.name for c in children if c.done and c.result is not None and c.result.ok and c.process is None
+        }
         upstream_done = [i.source for i in spec.input_specs() if i.source in finished]
         port = self.graph.metrics.port + 1 + child.index if self.graph.metrics.port else 0
         job = dict(

@@ -109,7 +109,7 @@ class _StreamState:
 
 
 #: track ids of the n-th restart of the track stage start above n x this
-TRACK_ID_STRIDE = 1_000_000
+TRACK_ID_STRIDE = 1_000_000_000  # a tracker process gives out far fewer in its life
 
 
 @register_stage("track")
