@@ -221,6 +221,9 @@ class ProcessRuntime:
                 child.result.lost = final.lost if final is not None else child.result.lost
                 continue  # it had finished its work; how it exited after release does not matter
             status = self._status(child)
+            if status is not None and status.ok:  # it finished its work, then died before we saw it
+                child.done, child.result = True, status
+                continue
             if code == 0:
                 child.done = True
                 child.result = child.result or status or StageResult(child.name, ok=True)
