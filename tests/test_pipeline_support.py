@@ -157,6 +157,29 @@ class Collect(Stage):
         return []
 
 
+class Background:
+    """A runtime running in a thread, for tests that act on a run while it goes (kill, stop, forge)."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+        self._holder: dict = {}
+        self.thread = threading.Thread(target=lambda: self._holder.setdefault("report", runtime.run()))
+        self.thread.start()
+
+    def wait_for_lines(self, path: Path, count: int, timeout_s: float = 40.0) -> None:
+        """Until ``path`` has ``count`` lines (or the timeout: the assertions that follow say what is off)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if path.exists() and len(path.read_text().splitlines()) >= count:
+                return
+            time.sleep(0.01)
+
+    def report(self, timeout_s: float = 60.0) -> Any:
+        self.thread.join(timeout=timeout_s)
+        assert not self.thread.is_alive(), "the run did not finish"
+        return self._holder["report"]
+
+
 def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 

@@ -17,7 +17,7 @@ from pipeline.graph import load_graph
 from pipeline.links import free_tcp_port
 from pipeline.runtime import EmbeddedRuntime
 from pipeline.supervisor import ProcessRuntime
-from tests.test_pipeline_support import PLUGIN, chain_graph, frames_and_eos, read_rows
+from tests.test_pipeline_support import PLUGIN, Background, chain_graph, frames_and_eos, read_rows
 
 
 # -- the stage contract -----------------------------------------------------------------------------
@@ -344,17 +344,10 @@ def test_what_a_restarted_receiver_on_a_drop_oldest_link_never_got_is_counted_in
     )
     data["stages"][1]["inputs"] = [{"source": "src", "policy": "drop_oldest", "hwm": 4}]
     data["stages"][2] = {"name": "sink", "type": "jsonl_sink", "inputs": ["relay"], "config": {}}
-    runtime = ProcessRuntime(load_graph(data=data))
-    holder: dict = {}
-    thread = threading.Thread(target=lambda: holder.setdefault("report", runtime.run()))
-    thread.start()
-    events = tmp_path / "events.jsonl"
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline and not (events.exists() and len(events.read_text().splitlines()) > 9):
-        time.sleep(0.02)
-    os.kill(runtime.stage_pid("relay"), signal.SIGKILL)
-    thread.join(timeout=60)
-    report = holder["report"]
+    run = Background(ProcessRuntime(load_graph(data=data)))
+    run.wait_for_lines(tmp_path / "events.jsonl", 10)
+    os.kill(run.runtime.stage_pid("relay"), signal.SIGKILL)
+    report = run.report()
     assert report.exit_code == 0, report.error
     assert report.restarts["relay"] == 1
     lines = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
@@ -374,17 +367,11 @@ def test_a_busy_upstream_keeps_its_downstream_from_giving_up_after_a_stop(tmp_pa
         shutdown={"idle_drain_s": 0.4, "drain_timeout_s": 30.0, "linger_s": 1.0},
         delivery={"ping_s": 0.1},
     )
-    runtime = EmbeddedRuntime(load_graph(data=data))
-    holder: dict = {}
-    thread = threading.Thread(target=lambda: holder.setdefault("report", runtime.run()))
-    thread.start()
+    run = Background(EmbeddedRuntime(load_graph(data=data)))
     rows_path = tmp_path / "rows.jsonl"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not (rows_path.exists() and read_rows(rows_path)):
-        time.sleep(0.02)
-    runtime.request_stop()
-    thread.join(timeout=60)
-    report = holder["report"]
+    run.wait_for_lines(rows_path, 1)
+    run.runtime.request_stop()
+    report = run.report()
     assert report.exit_code == 0, report.error
     frames, eos = frames_and_eos(read_rows(rows_path))
     assert frames == [("a", seq) for seq in range(4)] and len(eos) == 1
@@ -400,17 +387,11 @@ def test_a_sink_killed_after_its_upstream_finished_still_gets_everything(tmp_pat
         mode="process",
         supervisor={"backoff_initial_s": 0.1, "max_restarts": 2},
     )
-    runtime = ProcessRuntime(load_graph(data=data))
-    holder: dict = {}
-    thread = threading.Thread(target=lambda: holder.setdefault("report", runtime.run()))
-    thread.start()
+    run = Background(ProcessRuntime(load_graph(data=data)))
     rows_path = tmp_path / "rows.jsonl"
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline and not (rows_path.exists() and len(read_rows(rows_path)) >= 10):
-        time.sleep(0.01)
-    os.kill(runtime.stage_pid("sink"), signal.SIGKILL)
-    thread.join(timeout=60)
-    report = holder["report"]
+    run.wait_for_lines(rows_path, 10)
+    os.kill(run.runtime.stage_pid("sink"), signal.SIGKILL)
+    report = run.report()
     assert report.exit_code == 0, report.error
     assert report.restarts["sink"] == 1
     seqs = [seq for _, seq in frames_and_eos(read_rows(rows_path))[0]]
