@@ -251,8 +251,11 @@ def _earlier_results(graph: GraphConfig, overwrite: bool, append: bool) -> None:
         return
     if not overwrite:
         shown = ", ".join(str(p) for p in found[:6]) + (", ..." if len(found) > 6 else "")
-        raise _Fail(2, f"{out} already holds the results of an earlier run ({shown}); add --overwrite to "
-                    "replace them or --append to add this run to them")
+        raise _Fail(
+            2,
+            f"{out} already holds the results of an earlier run ({shown}); add --overwrite to "
+            "replace them or --append to add this run to them",
+        )
     for path in found:
         if path.is_dir():
             shutil.rmtree(path)
@@ -494,8 +497,11 @@ def _source_errors(ended: list[EndOfStream]) -> int:
 def _failed_sources(failed: list[str]) -> int:
     if not failed:
         return 0
-    print(f"amodal: error: {len(failed)} source(s) could not be read: {', '.join(failed)} "
-          "(see the streams' ended_detail)", file=sys.stderr)
+    print(
+        f"amodal: error: {len(failed)} source(s) could not be read: {', '.join(failed)} "
+        "(see the streams' ended_detail)",
+        file=sys.stderr,
+    )
     return EXIT_SOURCE_ERROR
 
 

@@ -81,7 +81,11 @@ def block_field(block: type, optional: bool = True) -> Any:
 
 
 def _array(
-    owner: str, name: str, value: Any, dtype: np.dtype | type | str, shape: tuple[int | None, ...],
+    owner: str,
+    name: str,
+    value: Any,
+    dtype: np.dtype | type | str,
+    shape: tuple[int | None, ...],
     exact: bool = False,
 ) -> np.ndarray:
     """Check ``value`` against a shape pattern (None = any length) and return it C-contiguous in ``dtype``."""

@@ -41,29 +41,52 @@ class DetectConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    weights: str = Field("yolo11n.pt", description="YOLO weights: a .pt, .onnx or .engine file or an "
-                         "OpenVINO export directory (*_openvino_model/). A bare official name such as "
-                         "yolo11n.pt is downloaded by ultralytics only on a connected machine.")
+    weights: str = Field(
+        "yolo11n.pt",
+        description="YOLO weights: a .pt, .onnx or .engine file or an "
+        "OpenVINO export directory (*_openvino_model/). A bare official name such as "
+        "yolo11n.pt is downloaded by ultralytics only on a connected machine.",
+    )
     conf: float = Field(0.25, ge=0, le=1, description="Minimum detection confidence.")
     iou: float = Field(0.7, ge=0, le=1, description="IoU threshold of non-maximum suppression.")
-    imgsz: int | list[int] = Field(640, description="Inference size: one side (square) or [h, w]. Fixed-"
-                                   "shape exports (OpenVINO/ONNX/TensorRT) use their export size.")
-    device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda, cuda:N, or "
-                        "an ultralytics device string such as intel:gpu for OpenVINO.")
+    imgsz: int | list[int] = Field(
+        640,
+        description="Inference size: one side (square) or [h, w]. Fixed-"
+        "shape exports (OpenVINO/ONNX/TensorRT) use their export size.",
+    )
+    device: str = Field(
+        "auto",
+        description="auto (CUDA when available, else CPU), cpu, cuda, cuda:N, or "
+        "an ultralytics device string such as intel:gpu for OpenVINO.",
+    )
     half: bool = Field(False, description="FP16 inference (CUDA/TensorRT; ignored on CPU).")
-    classes: list[int] | None = Field(default_factory=lambda: [0], description="COCO class ids to keep "
-                                      "(0 = person); null keeps every class.")
+    classes: list[int] | None = Field(
+        default_factory=lambda: [0],
+        description="COCO class ids to keep (0 = person); null keeps every class.",
+    )
     max_det: int = Field(300, ge=1, description="Maximum detections per frame.")
     max_batch: int = Field(8, ge=1, le=256, description="Frames per forward pass (across streams).")
     max_wait_ms: float = Field(5.0, ge=0, description="How long to wait for a batch to fill, in ms.")
-    interval: int = Field(1, ge=1, description="Run the detector on every Nth frame of each stream; "
-                          "frames in between carry detections=None and the tracker predicts them.")
-    threads: int = Field(0, ge=0, le=256, description="CPU threads for OpenVINO inference; 0 = its "
-                         "default (all cores). On a small box, leaving cores to decoding, tracking and "
-                         "encoding keeps the graph as fast as its detector. torch models are not capped "
-                         "(torch's thread pool is process-wide).")
-    warmup: bool = Field(True, description="Run one dummy inference in on_start so the first real frame "
-                         "does not pay for model initialisation.")
+    interval: int = Field(
+        1,
+        ge=1,
+        description="Run the detector on every Nth frame of each stream; "
+        "frames in between carry detections=None and the tracker predicts them.",
+    )
+    threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="CPU threads for OpenVINO inference; 0 = its "
+        "default (all cores). On a small box, leaving cores to decoding, tracking and "
+        "encoding keeps the graph as fast as its detector. torch models are not capped "
+        "(torch's thread pool is process-wide).",
+    )
+    warmup: bool = Field(
+        True,
+        description="Run one dummy inference in on_start so the first real frame "
+        "does not pay for model initialisation.",
+    )
 
     @field_validator("classes")
     @classmethod
@@ -110,8 +133,10 @@ def resolve_weights(weights: str) -> str:
         return str(path)
     if path.is_file():
         if path.suffix.lower() not in _WEIGHT_SUFFIXES:
-            raise ValueError(f"detector weights {str(path)!r}: unsupported format {path.suffix!r}; use "
-                             ".pt, .onnx, .engine or an OpenVINO export directory")
+            raise ValueError(
+                f"detector weights {str(path)!r}: unsupported format {path.suffix!r}; use "
+                ".pt, .onnx, .engine or an OpenVINO export directory"
+            )
         return str(path)
     if path.name == weights:  # bare name: ultralytics' own weights folder, or its download
         from ultralytics.utils import SETTINGS
@@ -181,12 +206,26 @@ class DetectStage(Stage):
             device = str(pick_device("auto"))
         self._model = YOLO(weights, task="detect")
         cfg = self.config
-        self._predict_args = {"conf": cfg.conf, "iou": cfg.iou, "imgsz": cfg.imgsz, "device": device,
-                              "classes": cfg.classes, "max_det": cfg.max_det, "verbose": False}
+        self._predict_args = {
+            "conf": cfg.conf,
+            "iou": cfg.iou,
+            "imgsz": cfg.imgsz,
+            "device": device,
+            "classes": cfg.classes,
+            "max_det": cfg.max_det,
+            "verbose": False,
+        }
         if cfg.half:
             self._predict_args.update(_half_precision())
-        self.context.logger.info("detector %s on %s (conf=%.2f, classes=%s, interval=%d, max_batch=%d)",
-                                 weights, device, cfg.conf, cfg.classes, cfg.interval, cfg.max_batch)
+        self.context.logger.info(
+            "detector %s on %s (conf=%.2f, classes=%s, interval=%d, max_batch=%d)",
+            weights,
+            device,
+            cfg.conf,
+            cfg.classes,
+            cfg.interval,
+            cfg.max_batch,
+        )
         if cfg.warmup or cfg.threads:
             self.detect([np.zeros((64, 64, 3), np.uint8)])  # builds ultralytics' predictor + backend
         if cfg.threads:
@@ -213,8 +252,12 @@ class DetectStage(Stage):
             return
         # torch's thread pool belongs to the whole process (every stage of an embedded graph): a stage
         # must not resize it behind the others' backs, so the cap applies to OpenVINO models only.
-        self.context.logger.warning("detect.threads=%d applies to OpenVINO exports; %s runs on torch, whose "
-                                    "thread pool is process-wide and is left as it is", threads, weights)
+        self.context.logger.warning(
+            "detect.threads=%d applies to OpenVINO exports; %s runs on torch, whose "
+            "thread pool is process-wide and is left as it is",
+            threads,
+            weights,
+        )
 
     def detect(self, images: list[np.ndarray]) -> list[Detections]:
         """One batched forward pass over BGR images; one ``Detections`` per image, in order."""

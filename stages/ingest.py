@@ -65,8 +65,14 @@ from stages.media.decoder import DecodedFrame, DecoderOptions, StreamDecoder, St
 from stages.media.sources import mask_url, resolve_source, scrub
 from stages.media.watch import WatchedFile
 
-__all__ = ["IngestStage", "IngestConfig", "StreamConfig", "ReconnectConfig", "load_streams_file",
-           "parse_streams_file"]
+__all__ = [
+    "IngestStage",
+    "IngestConfig",
+    "StreamConfig",
+    "ReconnectConfig",
+    "load_streams_file",
+    "parse_streams_file",
+]
 
 REMOVED_DETAIL = "removed from streams file"
 CHANGED_DETAIL = "changed in streams file"
@@ -80,11 +86,20 @@ class ReconnectConfig(BaseModel):
     initial_s: float = Field(0.5, gt=0, description="First retry delay in seconds.")
     max_s: float = Field(30.0, gt=0, description="Ceiling of the exponential backoff, in seconds.")
     multiplier: float = Field(2.0, ge=1, description="Delay growth per consecutive failure.")
-    jitter: float = Field(0.5, ge=0, le=1, description="Each delay is scaled by a random factor in "
-                          "[1 - jitter, 1] so many cameras do not retry in lock-step.")
-    max_attempts: int | None = Field(None, ge=1, description="Consecutive connection attempts that yield "
-                                     "no frame before the stream ends with reason 'error'; null retries for "
-                                     "ever.")
+    jitter: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Each delay is scaled by a random factor in "
+        "[1 - jitter, 1] so many cameras do not retry in lock-step.",
+    )
+    max_attempts: int | None = Field(
+        None,
+        ge=1,
+        description="Consecutive connection attempts that yield "
+        "no frame before the stream ends with reason 'error'; null retries for "
+        "ever.",
+    )
 
     @model_validator(mode="after")
     def _ceiling(self) -> ReconnectConfig:
@@ -98,13 +113,18 @@ class StreamConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Stream id carried by every "
-                    "message and event (letters, digits, '_', '.', '-').")
-    source: str | list[str] = Field(description="rtsp://user:${CAM_PASS}@host/path (or another FFmpeg "
-                                    "URL), a video file (mp4, mkv, avi, raw .264/.265, ...), a directory "
-                                    "(its videos in natural order) or a list of files played in order.")
-    rtsp_transport: Literal["tcp", "udp"] | None = Field(None, description="Override of the stage's "
-                                                         "rtsp_transport for this stream.")
+    id: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Stream id carried by every message and event (letters, digits, '_', '.', '-').",
+    )
+    source: str | list[str] = Field(
+        description="rtsp://user:${CAM_PASS}@host/path (or another FFmpeg "
+        "URL), a video file (mp4, mkv, avi, raw .264/.265, ...), a directory "
+        "(its videos in natural order) or a list of files played in order."
+    )
+    rtsp_transport: Literal["tcp", "udp"] | None = Field(
+        None, description="Override of the stage's rtsp_transport for this stream."
+    )
     max_fps: float | None = Field(None, gt=0, description="Override of the stage's max_fps.")
     realtime: bool | None = Field(None, description="Override of the stage's realtime.")
 
@@ -121,50 +141,100 @@ class IngestConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    streams: list[StreamConfig] = Field(default_factory=list, description="The streams this stage "
-                                        "decodes, each on its own worker thread. At least one unless "
-                                        "streams_file is set.")
-    streams_file: str | None = Field(None, description="A YAML file listing more streams, in the streams "
-                                     "schema ([{id, source, ...}], ${ENV} interpolated), watched while "
-                                     "the stage runs: a stream added to it starts, one removed from it "
-                                     "ends (EndOfStream 'stopped'), one changed in it restarts; the "
-                                     "others are untouched. Ids must differ from those in streams. A "
-                                     "missing or invalid file is logged and the running streams are "
-                                     "kept. With it the stage runs until stopped. null = no file.")
-    watch_interval_s: float = Field(1.0, gt=0, le=3600, description="How often streams_file is polled "
-                                    "(mtime, size and content hash), in seconds.")
-    realtime: bool = Field(False, description="Replay files at their native frame rate (true) or as fast "
-                           "as downstream takes them (false). Live sources are never paced.")
-    max_fps: float | None = Field(None, gt=0, description="Frame-rate cap: frames closer than 1/max_fps "
-                                  "in stream time are skipped at the source. null = every frame.")
-    rtsp_transport: Literal["tcp", "udp"] = Field("tcp", description="RTP over the RTSP TCP connection "
-                                                  "(robust through NAT/firewalls) or over UDP.")
+    streams: list[StreamConfig] = Field(
+        default_factory=list,
+        description="The streams this stage "
+        "decodes, each on its own worker thread. At least one unless "
+        "streams_file is set.",
+    )
+    streams_file: str | None = Field(
+        None,
+        description="A YAML file listing more streams, in the streams "
+        "schema ([{id, source, ...}], ${ENV} interpolated), watched while "
+        "the stage runs: a stream added to it starts, one removed from it "
+        "ends (EndOfStream 'stopped'), one changed in it restarts; the "
+        "others are untouched. Ids must differ from those in streams. A "
+        "missing or invalid file is logged and the running streams are "
+        "kept. With it the stage runs until stopped. null = no file.",
+    )
+    watch_interval_s: float = Field(
+        1.0,
+        gt=0,
+        le=3600,
+        description="How often streams_file is polled (mtime, size and content hash), in seconds.",
+    )
+    realtime: bool = Field(
+        False,
+        description="Replay files at their native frame rate (true) or as fast "
+        "as downstream takes them (false). Live sources are never paced.",
+    )
+    max_fps: float | None = Field(
+        None,
+        gt=0,
+        description="Frame-rate cap: frames closer than 1/max_fps "
+        "in stream time are skipped at the source. null = every frame.",
+    )
+    rtsp_transport: Literal["tcp", "udp"] = Field(
+        "tcp", description="RTP over the RTSP TCP connection (robust through NAT/firewalls) or over UDP."
+    )
     open_timeout_s: float = Field(10.0, gt=0, description="Give up opening a source after this long.")
-    read_timeout_s: float = Field(5.0, gt=0, description="Abort a blocking read after this long (the "
-                                  "socket timeout for RTSP/HTTP and PyAV's interrupt callback).")
-    stall_timeout_s: float = Field(10.0, gt=0, description="Drop and reconnect a live source that keeps "
-                                   "sending data but no decodable frame for this long.")
-    probe_s: float = Field(1.0, gt=0, description="Seconds of a live stream FFmpeg may analyse while "
-                           "opening it (its default of 5 s delays every (re)connect).")
-    reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig, description="Live-source retry "
-                                       "policy.")
-    buffer_frames: int = Field(4, ge=1, le=1024, description="Decoded frames buffered per stream between "
-                               "its decode thread and the stage's output.")
-    live_drop_oldest: bool = Field(True, description="When a live stream's buffer is full, drop its oldest "
-                                   "frame (bounded latency) instead of pausing the decoder.")
+    read_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="Abort a blocking read after this long (the "
+        "socket timeout for RTSP/HTTP and PyAV's interrupt callback).",
+    )
+    stall_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Drop and reconnect a live source that keeps "
+        "sending data but no decodable frame for this long.",
+    )
+    probe_s: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds of a live stream FFmpeg may analyse while "
+        "opening it (its default of 5 s delays every (re)connect).",
+    )
+    reconnect: ReconnectConfig = Field(
+        default_factory=ReconnectConfig, description="Live-source retry policy."
+    )
+    buffer_frames: int = Field(
+        4,
+        ge=1,
+        le=1024,
+        description="Decoded frames buffered per stream between its decode thread and the stage's output.",
+    )
+    live_drop_oldest: bool = Field(
+        True,
+        description="When a live stream's buffer is full, drop its oldest "
+        "frame (bounded latency) instead of pausing the decoder.",
+    )
     decode_threads: int = Field(0, ge=0, le=64, description="FFmpeg decoder threads per stream; 0 = auto.")
-    ffmpeg_options: dict[str, str] = Field(default_factory=dict, description="Extra FFmpeg demuxer "
-                                           "options passed to every open, e.g. {fflags: nobuffer}.")
-    capture_clock: Literal["pts", "wall"] = Field("pts", description="capture_time of file frames: pts = "
-                                                  "stream start + pts (reproducible event times); wall = "
-                                                  "the wall clock at decode, as a camera gives (latency "
-                                                  "measurements). Live sources always use wall.")
-    max_frames: int | None = Field(None, ge=1, description="End each stream after this many frames "
-                                   "(quick trials, benchmarks); null = all.")
-    stop_grace_s: float = Field(2.0, ge=0, description="After shutdown is requested (or a stream is "
-                                "removed from streams_file), how long to wait for its decode thread before "
-                                "ending the stream anyway (a read blocked in FFmpeg ends within "
-                                "read_timeout_s; later output of that thread is dropped).")
+    ffmpeg_options: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra FFmpeg demuxer options passed to every open, e.g. {fflags: nobuffer}.",
+    )
+    capture_clock: Literal["pts", "wall"] = Field(
+        "pts",
+        description="capture_time of file frames: pts = "
+        "stream start + pts (reproducible event times); wall = "
+        "the wall clock at decode, as a camera gives (latency "
+        "measurements). Live sources always use wall.",
+    )
+    max_frames: int | None = Field(
+        None,
+        ge=1,
+        description="End each stream after this many frames (quick trials, benchmarks); null = all.",
+    )
+    stop_grace_s: float = Field(
+        2.0,
+        ge=0,
+        description="After shutdown is requested (or a stream is "
+        "removed from streams_file), how long to wait for its decode thread before "
+        "ending the stream anyway (a read blocked in FFmpeg ends within "
+        "read_timeout_s; later output of that thread is dropped).",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -175,8 +245,12 @@ class IngestConfig(BaseModel):
         if "streams" not in data:
             error: dict[str, Any] = {"type": "missing", "loc": ("streams",), "input": dict(data)}
         elif isinstance(data["streams"], list) and not data["streams"]:
-            error = {"type": "too_short", "loc": ("streams",), "input": [],
-                     "ctx": {"field_type": "List", "min_length": 1, "actual_length": 0}}
+            error = {
+                "type": "too_short",
+                "loc": ("streams",),
+                "input": [],
+                "ctx": {"field_type": "List", "min_length": 1, "actual_length": 0},
+            }
         else:
             return data
         raise ValidationError.from_exception_data(cls.__name__, [error])  # type: ignore[list-item]
@@ -196,8 +270,9 @@ class _StreamList(RootModel[list[StreamConfig]]):
     """The content of a streams file."""
 
 
-def parse_streams_file(data: str | bytes, source: str, taken: Collection[str] = (),
-                       env: Mapping[str, str] | None = None) -> list[StreamConfig]:
+def parse_streams_file(
+    data: str | bytes, source: str, taken: Collection[str] = (), env: Mapping[str, str] | None = None
+) -> list[StreamConfig]:
     """Streams listed by a streams file's content; ConfigError naming ``source`` and the bad key.
 
     ``taken``: ids already used by the stage's ``streams`` (a file may not reuse them). ``${NAME}``
@@ -214,8 +289,10 @@ def parse_streams_file(data: str | bytes, source: str, taken: Collection[str] = 
     if raw is None:
         raise ConfigError(f"{source}: the file is empty; write [] to remove every stream it listed")
     if not isinstance(raw, list):
-        raise ConfigError(f"{source}: the top level must be a list of streams ([{{id, source, ...}}]), "
-                          f"got a {type(raw).__name__}")
+        raise ConfigError(
+            f"{source}: the top level must be a list of streams ([{{id, source, ...}}]), "
+            f"got a {type(raw).__name__}"
+        )
     try:
         raw = interpolate_env(raw, env)
     except ConfigError as exc:
@@ -224,17 +301,20 @@ def parse_streams_file(data: str | bytes, source: str, taken: Collection[str] = 
     seen: set[str] = set(taken)
     for index, stream in enumerate(streams):
         if stream.id in taken:
-            raise ConfigError(f"{source}: [{index}].id: stream id {stream.id!r} is already used by the "
-                              "stage's streams")
+            raise ConfigError(
+                f"{source}: [{index}].id: stream id {stream.id!r} is already used by the stage's streams"
+            )
         if stream.id in seen:
-            raise ConfigError(f"{source}: [{index}].id: stream id {stream.id!r} is used by more than one "
-                              "stream")
+            raise ConfigError(
+                f"{source}: [{index}].id: stream id {stream.id!r} is used by more than one stream"
+            )
         seen.add(stream.id)
     return streams
 
 
-def load_streams_file(path: str | Path, taken: Collection[str] = (),
-                      env: Mapping[str, str] | None = None) -> list[StreamConfig]:
+def load_streams_file(
+    path: str | Path, taken: Collection[str] = (), env: Mapping[str, str] | None = None
+) -> list[StreamConfig]:
     """Read and parse a streams file (see ``parse_streams_file``); ConfigError when it cannot be used."""
     try:
         data = Path(path).read_bytes()
@@ -305,8 +385,9 @@ class IngestStage(SourceStage):
                 try:
                     resolve_source(stream.source)
                 except ValueError as exc:
-                    problems.append(f"{name}.streams_file: {config.streams_file}: [{index}].source: "
-                                    f"{scrub(str(exc))}")
+                    problems.append(
+                        f"{name}.streams_file: {config.streams_file}: [{index}].source: {scrub(str(exc))}"
+                    )
         return problems
 
     def decoder_options(self, stream: StreamConfig) -> DecoderOptions:
@@ -379,14 +460,18 @@ class IngestStage(SourceStage):
         except (OSError, ConfigError) as exc:
             problem = _unreadable(watcher.path, exc) if isinstance(exc, OSError) else str(exc)
             self.context.count("streams_file_errors")
-            log.error("streams file not applied: %s; the running streams are kept (%s)", scrub(problem),
-                      ", ".join(sorted(streams.running)) or "none")
+            log.error(
+                "streams file not applied: %s; the running streams are kept (%s)",
+                scrub(problem),
+                ", ".join(sorted(streams.running)) or "none",
+            )
         except Exception:  # a bug here must not end every stream of the stage
             self.context.count("streams_file_errors")
             log.exception("streams file %s: could not be applied", watcher.path)
 
-    def _decode_stream(self, stream: StreamConfig, buffer: StreamBuffer, key: str,
-                       stop: threading.Event) -> None:
+    def _decode_stream(
+        self, stream: StreamConfig, buffer: StreamBuffer, key: str, stop: threading.Event
+    ) -> None:
         log = self.context.logger
         end: StreamEnded | None = None
         try:
@@ -469,8 +554,12 @@ class _LiveStreams:
         stop = threading.Event() if from_file else self.stop
         self.buffer.add_stream(key)
         self.running[config.id] = _Running(config, key, stop, from_file, base=base, skip_through=skip_through)
-        thread = threading.Thread(target=self.stage._decode_stream, args=(config, self.buffer, key, stop),
-                                  name=f"ingest-{config.id}", daemon=True)
+        thread = threading.Thread(
+            target=self.stage._decode_stream,
+            args=(config, self.buffer, key, stop),
+            name=f"ingest-{config.id}",
+            daemon=True,
+        )
         thread.start()
 
     def number(self, stream_id: str, frame: int) -> int | None:
@@ -501,12 +590,22 @@ class _LiveStreams:
         for stream_id in changed:
             old, new = self.wanted[stream_id], wanted[stream_id]
             keys = [k for k in StreamConfig.model_fields if getattr(old, k) != getattr(new, k)]
-            self.log.info("stream %s: %s changed in %s; restarting it on %s", stream_id, ", ".join(keys),
-                          source, _describe(new))
+            self.log.info(
+                "stream %s: %s changed in %s; restarting it on %s",
+                stream_id,
+                ", ".join(keys),
+                source,
+                _describe(new),
+            )
         if added or removed or changed:
-            self.log.info("streams file %s: %d streams; added: %s; removed: %s; changed: %s", source,
-                          len(wanted), ", ".join(added) or "-", ", ".join(removed) or "-",
-                          ", ".join(changed) or "-")
+            self.log.info(
+                "streams file %s: %d streams; added: %s; removed: %s; changed: %s",
+                source,
+                len(wanted),
+                ", ".join(added) or "-",
+                ", ".join(removed) or "-",
+                ", ".join(changed) or "-",
+            )
         self.wanted = wanted
         self.reconcile()
 
@@ -538,11 +637,13 @@ class _LiveStreams:
         """End removed streams whose decoder is still blocked after ``grace_s`` (a read stuck in FFmpeg
         ends within read_timeout_s; its late output is discarded)."""
         now = time.monotonic()
-        late = [s for s in self.running.values()
-                if s.removing is not None and now - s.removing_since > grace_s]
+        late = [
+            s for s in self.running.values() if s.removing is not None and now - s.removing_since > grace_s
+        ]
         for stream in late:
-            self.log.warning("stream %s: decoder did not stop within stop_grace_s; ending it anyway",
-                             stream.config.id)
+            self.log.warning(
+                "stream %s: decoder did not stop within stop_grace_s; ending it anyway", stream.config.id
+            )
             self.end(StreamEnded(stream.config.id, "stopped"))
 
     def stop_all(self) -> None:

@@ -40,38 +40,68 @@ class TrackConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tracker: Literal["bytetrack", "botsort"] = Field("bytetrack", description="ByteTrack (IoU + two-stage "
-                                                     "association) or BoT-SORT (adds camera-motion "
-                                                     "compensation and optional ReID).")
-    track_high_thresh: float = Field(0.25, ge=0, le=1, description="Detections at or above this score "
-                                     "take part in the first association.")
-    track_low_thresh: float = Field(0.1, ge=0, le=1, description="Detections between this and "
-                                    "track_high_thresh are used in the second association only.")
-    new_track_thresh: float = Field(0.25, ge=0, le=1, description="An unmatched detection starts a new "
-                                    "track only at or above this score.")
-    track_buffer: int = Field(30, ge=1, description="Frames a lost track is kept for re-association "
-                              "before it is ENDED.")
-    match_thresh: float = Field(0.8, ge=0, le=1, description="Maximum association cost (1 - IoU, fused "
-                                "with score) for a match.")
+    tracker: Literal["bytetrack", "botsort"] = Field(
+        "bytetrack",
+        description="ByteTrack (IoU + two-stage "
+        "association) or BoT-SORT (adds camera-motion "
+        "compensation and optional ReID).",
+    )
+    track_high_thresh: float = Field(
+        0.25, ge=0, le=1, description="Detections at or above this score take part in the first association."
+    )
+    track_low_thresh: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Detections between this and track_high_thresh are used in the second association only.",
+    )
+    new_track_thresh: float = Field(
+        0.25, ge=0, le=1, description="An unmatched detection starts a new track only at or above this score."
+    )
+    track_buffer: int = Field(
+        30, ge=1, description="Frames a lost track is kept for re-association before it is ENDED."
+    )
+    match_thresh: float = Field(
+        0.8, ge=0, le=1, description="Maximum association cost (1 - IoU, fused with score) for a match."
+    )
     fuse_score: bool = Field(True, description="Fuse detection scores into the IoU cost.")
     gmc_method: Literal["sparseOptFlow", "orb", "sift", "ecc", "none"] = Field(
-        "sparseOptFlow", description="BoT-SORT global motion compensation; 'none' for static cameras.")
+        "sparseOptFlow", description="BoT-SORT global motion compensation; 'none' for static cameras."
+    )
     proximity_thresh: float = Field(0.5, ge=0, le=1, description="BoT-SORT: minimum IoU for a ReID match.")
-    appearance_thresh: float = Field(0.8, ge=0, le=1, description="BoT-SORT: minimum appearance "
-                                     "similarity for a ReID match.")
-    with_reid: bool = Field(False, description="BoT-SORT: also match on appearance, with this project's "
-                            "OAMN ReID network through the backend layer; off by default (one network pass "
-                            "per detection).")
-    reid_model: str | None = Field(None, description="BoT-SORT ReID weights: an OAMN checkpoint (path or "
-                                   "a file shipped in models/weights/); null = the shipped one.")
+    appearance_thresh: float = Field(
+        0.8, ge=0, le=1, description="BoT-SORT: minimum appearance similarity for a ReID match."
+    )
+    with_reid: bool = Field(
+        False,
+        description="BoT-SORT: also match on appearance, with this project's "
+        "OAMN ReID network through the backend layer; off by default (one network pass "
+        "per detection).",
+    )
+    reid_model: str | None = Field(
+        None,
+        description="BoT-SORT ReID weights: an OAMN checkpoint (path or "
+        "a file shipped in models/weights/); null = the shipped one.",
+    )
     crop_size: tuple[int, int] = Field((256, 128), description="Output crop size [height, width].")
-    crop_padding: float = Field(0.1, ge=0, le=1, description="Padding added on every side of a box, as a "
-                                "fraction of its width/height, before cropping.")
-    crop_mode: Literal["resize", "letterbox"] = Field("resize", description="resize: stretch to crop_size "
-                                                      "(ReID/attribute convention); letterbox: keep aspect, "
-                                                      "pad with gray.")
-    emit_frames: bool = Field(True, description="Also send the annotated Frame downstream (needed by the "
-                              "video sink; turn off when there is none to save bandwidth).")
+    crop_padding: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Padding added on every side of a box, as a "
+        "fraction of its width/height, before cropping.",
+    )
+    crop_mode: Literal["resize", "letterbox"] = Field(
+        "resize",
+        description="resize: stretch to crop_size "
+        "(ReID/attribute convention); letterbox: keep aspect, "
+        "pad with gray.",
+    )
+    emit_frames: bool = Field(
+        True,
+        description="Also send the annotated Frame downstream (needed by the "
+        "video sink; turn off when there is none to save bandwidth).",
+    )
 
     @field_validator("crop_size")
     @classmethod
@@ -83,8 +113,10 @@ class TrackConfig(BaseModel):
     @model_validator(mode="after")
     def _checks(self) -> TrackConfig:
         if self.track_low_thresh > self.track_high_thresh:
-            raise ValueError(f"track_low_thresh ({self.track_low_thresh}) must be <= track_high_thresh "
-                             f"({self.track_high_thresh})")
+            raise ValueError(
+                f"track_low_thresh ({self.track_low_thresh}) must be <= track_high_thresh "
+                f"({self.track_high_thresh})"
+            )
         if self.with_reid and self.tracker != "botsort":
             raise ValueError("with_reid needs tracker: botsort")
         return self
@@ -92,13 +124,19 @@ class TrackConfig(BaseModel):
     def tracker_args(self) -> dict[str, Any]:
         """The namespace ultralytics' tracker constructors read."""
         return {
-            "tracker_type": self.tracker, "track_high_thresh": self.track_high_thresh,
-            "track_low_thresh": self.track_low_thresh, "new_track_thresh": self.new_track_thresh,
-            "track_buffer": self.track_buffer, "match_thresh": self.match_thresh,
+            "tracker_type": self.tracker,
+            "track_high_thresh": self.track_high_thresh,
+            "track_low_thresh": self.track_low_thresh,
+            "new_track_thresh": self.new_track_thresh,
+            "track_buffer": self.track_buffer,
+            "match_thresh": self.match_thresh,
             "fuse_score": self.fuse_score,
             "gmc_method": None if self.gmc_method == "none" else self.gmc_method,
-            "proximity_thresh": self.proximity_thresh, "appearance_thresh": self.appearance_thresh,
-            "with_reid": False, "model": "auto", "device": "cpu",  # appearance: TrackerReidEncoder
+            "proximity_thresh": self.proximity_thresh,
+            "appearance_thresh": self.appearance_thresh,
+            "with_reid": False,
+            "model": "auto",
+            "device": "cpu",  # appearance: TrackerReidEncoder
         }
 
 
@@ -149,13 +187,17 @@ class TrackStage(Stage):
 
             weights = self.config.reid_model or DEFAULT_REID_WEIGHTS
             if not resolve_weights_path(weights).is_file():
-                raise FileNotFoundError(f"track.reid_model {weights!r} does not exist; point --set "
-                                        "track.reid_model=PATH at an OAMN checkpoint or set with_reid: false")
+                raise FileNotFoundError(
+                    f"track.reid_model {weights!r} does not exist; point --set "
+                    "track.reid_model=PATH at an OAMN checkpoint or set with_reid: false"
+                )
             try:
                 predictor = ReidPredictor(weights, key="track.reid_model")
             except (ValueError, KeyError, RuntimeError) as exc:
-                raise ConfigError(f"track.reid_model {weights!r} is not an OAMN ReID checkpoint of this "
-                                  f"project (tools/train_reid.py): {exc}") from exc
+                raise ConfigError(
+                    f"track.reid_model {weights!r} is not an OAMN ReID checkpoint of this "
+                    f"project (tools/train_reid.py): {exc}"
+                ) from exc
             self._encoder = TrackerReidEncoder(predictor, self.config.crop_padding)
 
     def process(self, message: Any) -> Iterable[Any]:
@@ -167,14 +209,22 @@ class TrackStage(Stage):
         state = self._streams.get(frame.stream_id)
         if state is None:
             state = self._streams[frame.stream_id] = _StreamState(
-                StreamTracker(self.config.tracker, self.config.tracker_args(), self._encoder))
+                StreamTracker(self.config.tracker, self.config.tracker_args(), self._encoder)
+            )
             self.context.logger.info("stream %s: %s tracker started", frame.stream_id, self.config.tracker)
         tracks = self._renumber(state.tracker.step(frame.detections, frame.image))
-        crops = cut_crops(frame.image, tracks.xyxy, self.config.crop_size, self.config.crop_padding,
-                          self.config.crop_mode, keep=tracks.state != TrackState.ENDED)
+        crops = cut_crops(
+            frame.image,
+            tracks.xyxy,
+            self.config.crop_size,
+            self.config.crop_padding,
+            self.config.crop_mode,
+            keep=tracks.state != TrackState.ENDED,
+        )
         height, width = frame.image.shape[:2]
-        person = PersonCrops(frame.stream_id, frame.seq, frame.pts, frame.capture_time, (height, width),
-                             tracks, crops)
+        person = PersonCrops(
+            frame.stream_id, frame.seq, frame.pts, frame.capture_time, (height, width), tracks, crops
+        )
         state.last = person
         self._count_states(frame.stream_id, tracks)
         out: list[Any] = [replace(frame, tracks=tracks), person] if self.config.emit_frames else [person]
@@ -194,9 +244,18 @@ class TrackStage(Stage):
         self._count_states(stream_id, tracks)
         last = state.last
         h, w = self.config.crop_size
-        return [PersonCrops(stream_id, last.seq, last.pts, last.capture_time, last.frame_size, tracks,
-                            np.zeros((len(tracks), h, w, 3), np.uint8)),
-                TrackEnd(stream_id, last.seq, last.capture_time, tracks.track_id)]
+        return [
+            PersonCrops(
+                stream_id,
+                last.seq,
+                last.pts,
+                last.capture_time,
+                last.frame_size,
+                tracks,
+                np.zeros((len(tracks), h, w, 3), np.uint8),
+            ),
+            TrackEnd(stream_id, last.seq, last.capture_time, tracks.track_id),
+        ]
 
     def _renumber(self, tracks: Tracks) -> Tracks:
         """A restarted tracker starts its ids at 1 again; lift them above any id an earlier process of

@@ -26,13 +26,19 @@ from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 def build_launch(args: argparse.Namespace) -> str:
     width, height = (int(v) for v in args.size.lower().split("x"))
-    encode = (f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={args.fps} bitrate=800 "
-              f"! rtph264pay name=pay0 pt=96 config-interval=1")
+    encode = (
+        f"x264enc tune=zerolatency speed-preset=ultrafast key-int-max={args.fps} bitrate=800 "
+        f"! rtph264pay name=pay0 pt=96 config-interval=1"
+    )
     if args.file:
-        return (f"( filesrc location={args.file} ! decodebin ! videoconvert ! videoscale "
-                f"! video/x-raw,width={width},height={height},format=I420 ! {encode} )")
-    return (f"( videotestsrc is-live=true pattern=ball "
-            f"! video/x-raw,width={width},height={height},framerate={args.fps}/1,format=I420 ! {encode} )")
+        return (
+            f"( filesrc location={args.file} ! decodebin ! videoconvert ! videoscale "
+            f"! video/x-raw,width={width},height={height},format=I420 ! {encode} )"
+        )
+    return (
+        f"( videotestsrc is-live=true pattern=ball "
+        f"! video/x-raw,width={width},height={height},framerate={args.fps}/1,format=I420 ! {encode} )"
+    )
 
 
 class StallingFactory(GstRtspServer.RTSPMediaFactory):

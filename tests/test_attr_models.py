@@ -18,7 +18,6 @@ NAMES = list(PETA_35_ATTRIBUTES)
 UNUSED = ("backbone.fc.", "backbone.global_avgpool")  # the backbone's ReID head, not used for attributes
 
 
-
 @pytest.mark.parametrize("arch", ["part", "mask"])
 @pytest.mark.parametrize("backbone", list_backbones())
 def test_forward_backward_every_backbone(arch, backbone):

@@ -61,8 +61,12 @@ def test_run_stream_batches_like_the_runtime():
 
 
 def test_truncate_stream_closes_the_stream():
-    stream = [*map(_frame, range(4)), TrackEnd("cam", 3, 1000.1, np.array([1])), _frame(4),
-              EndOfStream("cam", "finished")]
+    stream = [
+        *map(_frame, range(4)),
+        TrackEnd("cam", 3, 1000.1, np.array([1])),
+        _frame(4),
+        EndOfStream("cam", "finished"),
+    ]
     cut = truncate_stream(stream, 4)
     assert [type(m).__name__ for m in cut] == ["Frame"] * 4 + ["TrackEnd", "EndOfStream"]
     assert truncate_stream(stream, 100) == stream

@@ -22,7 +22,6 @@ def _tool(name: str):
     return module
 
 
-
 def _make_subset(root: Path, subset: str, persons: int, per_person: int, seed: int) -> None:
     folder = root / subset / "archive"
     folder.mkdir(parents=True)

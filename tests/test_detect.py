@@ -75,8 +75,9 @@ def yaml_weights(tmp_path_factory) -> Path:
 
 
 def test_pt_weights_built_from_yaml_run_batched(yaml_weights: Path) -> None:
-    stage = make_stage(weights=str(yaml_weights), imgsz=64, conf=0.001, classes=None, max_batch=4,
-                       warmup=False)
+    stage = make_stage(
+        weights=str(yaml_weights), imgsz=64, conf=0.001, classes=None, max_batch=4, warmup=False
+    )
     assert stage.max_batch == 4 and stage.max_wait_s == pytest.approx(0.005)
     stage.on_start()
     frames = [frame("a", i, synthetic_frame(i, 160, 96)) for i in range(3)]
@@ -99,18 +100,24 @@ def crosswalk(shared_dir: Path) -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def openvino_stage(shared_dir: Path) -> DetectStage:
-    stage = make_stage(weights=str(shared_dir / "models" / "yolov8n_int8_openvino_model"), interval=2,
-                       max_batch=4, threads=1)
+    stage = make_stage(
+        weights=str(shared_dir / "models" / "yolov8n_int8_openvino_model"), interval=2, max_batch=4, threads=1
+    )
     stage.on_start()
     return stage
 
 
 @pytest.mark.shared_assets
-def test_openvino_finds_people_and_interval_skips_per_stream(openvino_stage: DetectStage,
-                                                             crosswalk: list[np.ndarray]) -> None:
+def test_openvino_finds_people_and_interval_skips_per_stream(
+    openvino_stage: DetectStage, crosswalk: list[np.ndarray]
+) -> None:
     stage = openvino_stage
-    batch = [frame("a", 0, crosswalk[0]), frame("b", 0, crosswalk[1]), frame("a", 1, crosswalk[1]),
-             frame("b", 1, crosswalk[2])]
+    batch = [
+        frame("a", 0, crosswalk[0]),
+        frame("b", 0, crosswalk[1]),
+        frame("a", 1, crosswalk[1]),
+        frame("b", 1, crosswalk[2]),
+    ]
     out = list(stage.process_batch(batch))
     assert [(f.stream_id, f.seq) for f in out] == [("a", 0), ("b", 0), ("a", 1), ("b", 1)]
     a0, b0, a1, b1 = out

@@ -179,9 +179,16 @@ def test_scrub_removes_passwords() -> None:
 def test_stage_emits_frames_then_one_eos_per_stream(tmp_path: Path) -> None:
     a = write_clip(tmp_path / "a.mp4", frames=12)
     b = write_clip(tmp_path / "b.264", frames=7)
-    out, metrics = run_stage({"streams": [{"id": "a", "source": str(a)}, {"id": "b", "source": [str(b)]},
-                                          {"id": "gone", "source": str(tmp_path / "missing.mp4")}],
-                              "buffer_frames": 2})
+    out, metrics = run_stage(
+        {
+            "streams": [
+                {"id": "a", "source": str(a)},
+                {"id": "b", "source": [str(b)]},
+                {"id": "gone", "source": str(tmp_path / "missing.mp4")},
+            ],
+            "buffer_frames": 2,
+        }
+    )
     for stream_id, count in (("a", 12), ("b", 7)):
         frames = [m for m in out if isinstance(m, Frame) and m.stream_id == stream_id]
         assert [f.seq for f in frames] == list(range(count))
@@ -195,8 +202,10 @@ def test_stage_emits_frames_then_one_eos_per_stream(tmp_path: Path) -> None:
 
 def test_stage_stop_ends_every_stream_with_stopped(tmp_path: Path) -> None:
     path = str(write_clip(tmp_path / "a.mp4", frames=100, fps=10))
-    stage = IngestStage(IngestConfig.model_validate({"streams": [{"id": "a", "source": path}],
-                                                     "realtime": True}), StageContext("ingest"))
+    stage = IngestStage(
+        IngestConfig.model_validate({"streams": [{"id": "a", "source": path}], "realtime": True}),
+        StageContext("ingest"),
+    )
     out: list = []
     stop = threading.Event()
     threading.Timer(0.4, stop.set).start()

@@ -41,15 +41,19 @@ CHANGED = "changed in streams file"
 @pytest.fixture(scope="module")
 def long_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
     """12 s at 25 fps, 64x48: in realtime mode it outlasts every test that uses it."""
-    return str(write_clip(tmp_path_factory.mktemp("clips") / "long.mp4", frames=12 * FPS, width=64,
-                          height=48, fps=FPS))
+    return str(
+        write_clip(
+            tmp_path_factory.mktemp("clips") / "long.mp4", frames=12 * FPS, width=64, height=48, fps=FPS
+        )
+    )
 
 
 @pytest.fixture(scope="module")
 def short_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
     """10 frames, played as fast as possible: a stream that ends on its own."""
-    return str(write_clip(tmp_path_factory.mktemp("clips") / "short.mp4", frames=10, width=64,
-                          height=48, fps=FPS))
+    return str(
+        write_clip(tmp_path_factory.mktemp("clips") / "short.mp4", frames=10, width=64, height=48, fps=FPS)
+    )
 
 
 def write_streams(path: Path, streams: list[dict[str, Any]]) -> None:
@@ -86,8 +90,11 @@ class LiveIngest:
         return [m for _, m in list(self.out)]
 
     def frames(self, stream_id: str, after: int = -1) -> list[Frame]:
-        return [m for i, m in enumerate(self.messages())
-                if isinstance(m, Frame) and m.stream_id == stream_id and i > after]
+        return [
+            m
+            for i, m in enumerate(self.messages())
+            if isinstance(m, Frame) and m.stream_id == stream_id and i > after
+        ]
 
     def eos(self, stream_id: str) -> list[EndOfStream]:
         return [m for m in self.messages() if isinstance(m, EndOfStream) and m.stream_id == stream_id]
@@ -122,7 +129,8 @@ def consecutive(frames: list[Frame]) -> bool:
 
 
 def test_a_stream_added_to_the_file_starts_and_the_others_do_not_notice(
-        tmp_path: Path, long_clip: str, ingest) -> None:
+    tmp_path: Path, long_clip: str, ingest
+) -> None:
     listing = tmp_path / "cameras.yaml"
     write_streams(listing, [{"id": "a", "source": long_clip}])
     run = ingest(listing)
@@ -134,8 +142,9 @@ def test_a_stream_added_to_the_file_starts_and_the_others_do_not_notice(
     first_b = next(t for t, m in list(run.out) if isinstance(m, Frame) and m.stream_id == "b")
     assert first_b - written < 2.0, "an added stream starts within about one poll interval"
     a_then = len(run.frames("a"))
-    wait_until(lambda: len(run.frames("a")) >= a_then + 10 and len(run.frames("b")) >= 10,
-               "both streams playing")
+    wait_until(
+        lambda: len(run.frames("a")) >= a_then + 10 and len(run.frames("b")) >= 10, "both streams playing"
+    )
     run.close()
 
     a_frames, b_frames = run.frames("a"), run.frames("b")
@@ -181,8 +190,8 @@ def test_a_removed_stream_ends_once_and_can_be_added_again(tmp_path: Path, long_
 
 
 def test_a_changed_stream_restarts_with_credentials_masked(
-        tmp_path: Path, long_clip: str, ingest, caplog: pytest.LogCaptureFixture,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, long_clip: str, ingest, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     caplog.set_level(logging.INFO)
     monkeypatch.setenv("CAM_PW", "s3cretpw")
     port = free_tcp_port()  # nothing listens there: the camera is refused and retried
@@ -212,7 +221,8 @@ def test_a_changed_stream_restarts_with_credentials_masked(
 
 
 def test_an_invalid_or_missing_file_is_logged_and_changes_nothing(
-        tmp_path: Path, long_clip: str, ingest, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, long_clip: str, ingest, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO)
     listing = tmp_path / "cameras.yaml"
     a = {"id": "a", "source": long_clip}
@@ -221,8 +231,9 @@ def test_an_invalid_or_missing_file_is_logged_and_changes_nothing(
     wait_until(lambda: len(run.frames("a")) >= 3, "frames of a")
 
     def errors(text: str) -> list[str]:
-        return [r.getMessage() for r in caplog.records
-                if r.levelno == logging.ERROR and text in r.getMessage()]
+        return [
+            r.getMessage() for r in caplog.records if r.levelno == logging.ERROR and text in r.getMessage()
+        ]
 
     listing.write_text(f"- {{id: a, source: {long_clip}}}\n- {{id: b, source: {long_clip}\n")
     wait_until(lambda: errors("not valid YAML"), "the YAML error")
@@ -245,7 +256,8 @@ def test_an_invalid_or_missing_file_is_logged_and_changes_nothing(
 
 
 def test_with_a_streams_file_the_stage_runs_until_stopped(
-        tmp_path: Path, short_clip: str, ingest, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, short_clip: str, ingest, caplog: pytest.LogCaptureFixture
+) -> None:
     """Streams that end on their own end the way they always did; the stage keeps watching the file,
     and a file stream that finished is not replayed while the file lists it unchanged."""
     caplog.set_level(logging.INFO)
@@ -274,14 +286,17 @@ def test_with_a_streams_file_the_stage_runs_until_stopped(
 
 
 def test_stream_ids_must_be_unique_across_streams_and_the_file(
-        tmp_path: Path, long_clip: str, ingest, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, long_clip: str, ingest, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO)
     listing = tmp_path / "cameras.yaml"
     write_streams(listing, [{"id": "x", "source": long_clip}, {"id": "s", "source": long_clip}])
     run = ingest(listing, streams=[{"id": "s", "source": long_clip}])
     wait_until(lambda: len(run.frames("s")) >= 3, "the static stream playing")
-    message = wait_until(lambda: [r.getMessage() for r in caplog.records if "already used" in r.getMessage()],
-                         "the duplicate-id error")[0]
+    message = wait_until(
+        lambda: [r.getMessage() for r in caplog.records if "already used" in r.getMessage()],
+        "the duplicate-id error",
+    )[0]
     assert "[1].id: stream id 's' is already used by the stage's streams" in message
     assert run.frames("x") == [], "an invalid file is not applied in part"
     run.close()
@@ -303,7 +318,8 @@ def test_check_files_reports_the_streams_file(tmp_path: Path, short_clip: str) -
     listing = tmp_path / "cameras.yaml"
     config = IngestConfig.model_validate({"streams_file": str(listing)})
     assert IngestStage.check_files(config, "ingest") == [
-        f"ingest.streams_file: streams file '{listing}' does not exist"]
+        f"ingest.streams_file: streams file '{listing}' does not exist"
+    ]
     listing.write_text("- {id: a, source: 'rtsp://u:hunter22@cam/1', fps: 5}\n")
     (problem,) = IngestStage.check_files(config, "ingest")
     assert problem.startswith(f"ingest.streams_file: {listing}: [0].fps: unknown key")
@@ -313,8 +329,9 @@ def test_check_files_reports_the_streams_file(tmp_path: Path, short_clip: str) -
     assert "nope.mp4" in problem
     listing.write_text("- {id: a, source: 'rtsp://u:${NO_SUCH_CAM_PW_XYZ}@cam/1'}\n")
     (problem,) = IngestStage.check_files(config, "ingest")
-    assert problem == (f"ingest.streams_file: {listing}: [0].source: environment variable "
-                       "${NO_SUCH_CAM_PW_XYZ} is not set")
+    assert problem == (
+        f"ingest.streams_file: {listing}: [0].source: environment variable ${{NO_SUCH_CAM_PW_XYZ}} is not set"
+    )
     listing.write_text(f"- {{id: a, source: {short_clip}}}\n")
     assert IngestStage.check_files(config, "ingest") == []
     assert [s.id for s in load_streams_file(listing)] == ["a"]
@@ -371,8 +388,11 @@ def test_a_stream_added_at_run_time_reaches_the_sink(tmp_path: Path, long_clip: 
         "output_dir": str(tmp_path),
         "shutdown": {"linger_s": 1.0, "idle_drain_s": 3.0, "drain_timeout_s": 20.0},
         "stages": [
-            {"name": "ingest", "type": "ingest",
-             "config": {"streams_file": str(listing), "watch_interval_s": 0.1, "realtime": True}},
+            {
+                "name": "ingest",
+                "type": "ingest",
+                "config": {"streams_file": str(listing), "watch_interval_s": 0.1, "realtime": True},
+            },
             {"name": "relay", "type": "test_relay", "inputs": ["ingest"], "config": {"to_crops": True}},
             {"name": "events", "type": "jsonl_sink", "inputs": ["relay"], "config": {"path": "events.jsonl"}},
         ],

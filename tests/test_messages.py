@@ -229,7 +229,10 @@ def test_encode_rejects_foreign_objects() -> None:
         ("rtsp://cam/live?token=abc123&channel=1", "rtsp://cam/live?token=***&channel=1"),
         ("rtsp://u:pw@cam/x?user=admin&password=hunter2", "rtsp://u:***@cam/x?user=admin&password=***"),
         ("rtsp://cam/x?pwd=1&passwd=2&pass=3", "rtsp://cam/x?pwd=***&passwd=***&pass=***"),
-        ("https://cam/a?apiKey=K&access_token=T;sig=S#f", "https://cam/a?apiKey=***&access_token=***;sig=***#f"),
+        (
+            "https://cam/a?apiKey=K&access_token=T;sig=S#f",
+            "https://cam/a?apiKey=***&access_token=***;sig=***#f",
+        ),
         ("rtsp://cam/x?Auth=Basic&secret=", "rtsp://cam/x?Auth=***&secret=***"),
         ("rtsp://cam/x?channel=1&subtype=0", "rtsp://cam/x?channel=1&subtype=0"),
         ("/data/a?token=x.mp4", "/data/a?token=x.mp4"),  # a file name, not a URL

@@ -127,9 +127,7 @@ def test_sigint_during_replay_leaves_consistent_outputs(tmp_path: Path, untraine
         "--basic", "--set", f"detect.weights={untrained_weights}", "--set", "detect.imgsz=64",
         "--set", "ingest.realtime=true",
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen(command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (out / "long.mp4").exists() and proc.poll() is None:

@@ -147,15 +147,23 @@ class Recorder(MetricSink):
 
 class RunningIngest:
     def __init__(self, url: str, **overrides) -> None:
-        config = {"streams": [{"id": "cam", "source": url}], "open_timeout_s": 3.0, "read_timeout_s": 1.0,
-                  "stall_timeout_s": 1.0, "probe_s": 0.3, "reconnect": {"initial_s": 0.2, "max_s": 0.5}}
+        config = {
+            "streams": [{"id": "cam", "source": url}],
+            "open_timeout_s": 3.0,
+            "read_timeout_s": 1.0,
+            "stall_timeout_s": 1.0,
+            "probe_s": 0.3,
+            "reconnect": {"initial_s": 0.2, "max_s": 0.5},
+        }
         config.update(overrides)
         self.recorder = Recorder()
-        self.stage = IngestStage(IngestConfig.model_validate(config),
-                                 StageContext("ingest", metrics=self.recorder))
+        self.stage = IngestStage(
+            IngestConfig.model_validate(config), StageContext("ingest", metrics=self.recorder)
+        )
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.stage.run, args=(self.recorder.emit, self.stop),
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.stage.run, args=(self.recorder.emit, self.stop), daemon=True
+        )
         self.thread.start()
 
     def finish(self, timeout: float = 10.0) -> None:
@@ -226,8 +234,10 @@ def test_stream_that_goes_silent_is_dropped_by_the_watchdog_and_reconnected(rtsp
     ingest = RunningIngest(server.url())
     try:
         # Each session sends ~0.8 s then goes silent: frames from a second session prove the reconnect.
-        ok = ingest.recorder.wait(lambda ms: ingest.recorder.total("reconnects") >= 1 and any(
-            isinstance(m, Frame) for m in ms), timeout=20)
+        ok = ingest.recorder.wait(
+            lambda ms: ingest.recorder.total("reconnects") >= 1 and any(isinstance(m, Frame) for m in ms),
+            timeout=20,
+        )
         first_reconnect = time.time()
         more = ingest.wait_frames(3, timeout=10, after=first_reconnect)
     finally:
@@ -243,8 +253,9 @@ def test_port_that_accepts_but_never_answers_times_out() -> None:
         listener.listen(4)
         url = f"rtsp://127.0.0.1:{listener.getsockname()[1]}/test"
         started = time.monotonic()
-        ingest = RunningIngest(url, open_timeout_s=1.0, reconnect={"initial_s": 0.1, "max_s": 0.1,
-                                                                     "max_attempts": 1})
+        ingest = RunningIngest(
+            url, open_timeout_s=1.0, reconnect={"initial_s": 0.1, "max_s": 0.1, "max_attempts": 1}
+        )
         ingest.recorder.wait(lambda ms: any(isinstance(m, EndOfStream) for m in ms), timeout=15)
         ingest.finish()
     assert time.monotonic() - started < 10
@@ -272,14 +283,20 @@ def test_credentials_never_reach_logs_metrics_or_events(rtsp_server, caplog) -> 
         assert len(good.wait_frames(5, timeout=15)) >= 5, "the right credentials must be accepted"
     finally:
         good.finish()
-    bad = RunningIngest(server.url("admin:WrongPass1@"), reconnect={"initial_s": 0.1, "max_s": 0.1,
-                                                                     "max_attempts": 1})
+    bad = RunningIngest(
+        server.url("admin:WrongPass1@"), reconnect={"initial_s": 0.1, "max_s": 0.1, "max_attempts": 1}
+    )
     bad.recorder.wait(lambda ms: any(isinstance(m, EndOfStream) for m in ms), timeout=15)
     bad.finish()
     (end,) = bad.recorder.ends()
     assert end.reason == "error" and "401" in end.detail and "admin:***@" in end.detail
-    texts = [caplog.text, end.detail, repr(good.recorder.counts), repr(bad.recorder.counts),
-             *(e.detail for e in good.recorder.ends())]
+    texts = [
+        caplog.text,
+        end.detail,
+        repr(good.recorder.counts),
+        repr(bad.recorder.counts),
+        *(e.detail for e in good.recorder.ends()),
+    ]
     for text in texts:
         assert secret not in text and "WrongPass1" not in text
     assert "admin:***@" in caplog.text

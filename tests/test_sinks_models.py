@@ -283,7 +283,12 @@ def test_jsonl_lines_carry_model_fields_and_track_end(tmp_path: Path) -> None:
     sink.process(_crops("cam1", 0, [(1, N), (2, N)]))
     sink.process(
         _crops(
-            "cam1", 1, [(1, U), (2, U)], grades={1: 1}, restored=(1,), identities={1: 4},
+            "cam1",
+            1,
+            [(1, U), (2, U)],
+            grades={1: 1},
+            restored=(1,),
+            identities={1: 4},
             decisions={2: [1, -1, 0]},
         )
     )
@@ -302,7 +307,10 @@ def test_jsonl_lines_carry_model_fields_and_track_end(tmp_path: Path) -> None:
     assert two["attributes"] == {"personalMale": True, "carryingBackpack": None, "accessoryHat": False}
     assert "grade" not in two and "identity" not in two and "restored" not in two
     assert lines[2] == {
-        "type": "track_end", "stream_id": "cam1", "seq": 2, "capture_time": 1000.0,
+        "type": "track_end",
+        "stream_id": "cam1",
+        "seq": 2,
+        "capture_time": 1000.0,
         "tracks": [{"track_id": 1, "identity": None}, {"track_id": 2, "identity": None}],
     }
     assert lines[3]["tracks"] == [
@@ -364,8 +372,11 @@ def test_short_attribute_and_label_lines() -> None:
     assert short_attribute("personalLess30") == "age<30"
     assert short_attribute("carryingNothing") is None
     assert short_attribute("wears_glasses") == "wears glasses"
-    label = TrackLabel(grade=1, identity=12, attributes=("personalMale", "carryingNothing", "accessoryHat",
-                                                          "carryingBackpack", "hairLong"))
+    label = TrackLabel(
+        grade=1,
+        identity=12,
+        attributes=("personalMale", "carryingNothing", "accessoryHat", "carryingBackpack", "hairLong"),
+    )
     assert label_lines(3, label) == ["#3 ID 12", "occl top-1/4", "male, hat, backpack"]
     assert label_lines(3, TrackLabel(grade=0)) == ["#3"]  # holistic: no occlusion line
     assert label_lines(3, None) == ["#3"]
@@ -395,7 +406,7 @@ def test_labels_are_drawn_above_the_box_and_scale_with_the_frame(size: tuple[int
     assert labelled[above.min() + 1, x1 + int(4 * k) + 6].mean() < 60  # dark background
     plain_above = _strip_rows(plain, image, x1 + int(8 * k))
     assert y1 - plain_above[plain_above < y1 - 2].min() < strip_h / 2  # one line without labels
-    text = labelled[above.min():y1, x1 : x1 + int(60 * k)]
+    text = labelled[above.min() : y1, x1 : x1 + int(60 * k)]
     assert (text > 200).all(axis=2).sum() > 20 * k * k  # white text on it
     assert np.array_equal(labelled[: above.min() - 2], image[: above.min() - 2])  # nothing else drawn
 
@@ -441,8 +452,11 @@ def test_video_frames_wait_for_their_labels(tmp_path: Path) -> None:
     assert backgrounds == sorted(backgrounds)  # in order
     assert abs(backgrounds[-1] - (40 + 4 * (count - 1))) <= 3
     for seq, decoded in enumerate(frames):  # each frame carries its own frame's labels
-        label = TrackLabel(grade=4, identity=11 if seq >= 5 else None,
-                           attributes=("personalMale", "carryingBackpack") if seq >= 8 else ())
+        label = TrackLabel(
+            grade=4,
+            identity=11 if seq >= 5 else None,
+            attributes=("personalMale", "carryingBackpack") if seq >= 8 else (),
+        )
         source = _video_frame("cam1", seq, tracks=_tracks(rows))
         with_label = draw_annotations(source, None, labels={4: label})
         plain = draw_annotations(source, None)
@@ -542,7 +556,9 @@ def test_crop_filters_by_identity(tmp_path: Path) -> None:
 
 def test_crop_require_identity_attributes_and_restored(tmp_path: Path) -> None:
     config = CropSinkConfig(
-        min_interval_s=0, require_identity=True, attributes=["personalMale", "accessoryHat"],
+        min_interval_s=0,
+        require_identity=True,
+        attributes=["personalMale", "accessoryHat"],
         prefer_restored=True,
     )
     sink = CropSink(config, _context(tmp_path))
@@ -552,7 +568,9 @@ def test_crop_require_identity_attributes_and_restored(tmp_path: Path) -> None:
     sink.process(_crops("cam1", 2, [(1, U), (2, U)], identities={2: 6}, restored=(1,)))
     sink.process(_crops("cam1", 3, [(1, U)], decisions={1: [1, 0, -1]}))  # no longer decided hat
     assert _crop_files(tmp_path) == [
-        "000001_00000001.jpg", "000001_00000002_restored.jpg", "000002_00000002.jpg",
+        "000001_00000001.jpg",
+        "000001_00000002_restored.jpg",
+        "000002_00000002.jpg",
     ]
     restored = cv2.imread(str(tmp_path / "crops/cam1/000001_00000002_restored.jpg"))
     assert abs(int(restored.mean()) - 250) <= 3

@@ -39,8 +39,16 @@ INF = math.inf
 # ------------------------------------------------------------------------------ durations
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("30m", 1800.0), ("90s", 90.0), ("1h30m", 5400.0), ("2.5m", 150.0), ("500ms", 0.5), ("45", 45.0),
-     (" 2m 10s ", 130.0), (12, 12.0)],
+    [
+        ("30m", 1800.0),
+        ("90s", 90.0),
+        ("1h30m", 5400.0),
+        ("2.5m", 150.0),
+        ("500ms", 0.5),
+        ("45", 45.0),
+        (" 2m 10s ", 130.0),
+        (12, 12.0),
+    ],
 )
 def test_parse_duration(text, seconds) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
@@ -81,8 +89,13 @@ def test_quantiles_from_the_runtime_histogram_text() -> None:
     metrics.count("ingest", "reconnects", 3, {"stream": "cam1"})
     samples = parse_metrics(generate_latest(metrics.registry).decode())
     names = {s.name for s in samples}
-    assert {"amodal_capture_to_sink_seconds_bucket", "amodal_stage_restarts_total", "amodal_dropped_total",
-            "amodal_rejected_total", "amodal_reconnects_total"} <= names
+    assert {
+        "amodal_capture_to_sink_seconds_bucket",
+        "amodal_stage_restarts_total",
+        "amodal_dropped_total",
+        "amodal_rejected_total",
+        "amodal_reconnects_total",
+    } <= names
     assert not any(n.endswith("_created") for n in names)
     book = CounterBook()
     book.update("events", 1, samples)
@@ -103,7 +116,8 @@ def _bucket(le: float, value: float, stage: str = "events") -> Sample:
 def test_counter_book_adds_a_restarted_process_whole() -> None:
     book = CounterBook()
     assert book.update("events", 100, [_bucket(0.5, 10)]) == {
-        ("events", "amodal_capture_to_sink_seconds_bucket", (("le", "0.5"), ("stage", "events"))): 10}
+        ("events", "amodal_capture_to_sink_seconds_bucket", (("le", "0.5"), ("stage", "events"))): 10
+    }
     book.update("events", 100, [_bucket(0.5, 15)])  # +5
     deltas = book.update("events", 200, [_bucket(0.5, 12)])  # new pid: 12 since the restart
     assert list(deltas.values()) == [12]
@@ -158,8 +172,9 @@ def test_growth_percent() -> None:
 
 
 def test_rss_summary_skips_warmup_and_handles_a_restart() -> None:
-    series = [{"t_s": float(t), "rss_mb": 500.0 + (t if t >= 30 else 10 * t), "pid": 1}
-              for t in range(0, 100, 5)]
+    series = [
+        {"t_s": float(t), "rss_mb": 500.0 + (t if t >= 30 else 10 * t), "pid": 1} for t in range(0, 100, 5)
+    ]
     series += [{"t_s": float(t), "rss_mb": 300.0 + 0.1 * (t - 100), "pid": 2} for t in range(100, 400, 5)]
     summary = rss_summary(series, warmup_s=30.0, window_s=60.0, restart_warmup_s=20.0)
     assert summary["incarnations"] == 2
@@ -177,14 +192,22 @@ def test_rss_summary_skips_warmup_and_handles_a_restart() -> None:
 def test_build_soak_config_basic_rewires_sinks_to_the_tracker() -> None:
     raw = load_yaml(EDGE)
     ports = iter(range(40000, 40010))
-    data = build_soak_config(raw, ["rtsp://127.0.0.1:1/test", "rtsp://127.0.0.1:2/test"], "/tmp/o", 31000,
-                             basic=True, free_tcp=lambda: next(ports))
+    data = build_soak_config(
+        raw,
+        ["rtsp://127.0.0.1:1/test", "rtsp://127.0.0.1:2/test"],
+        "/tmp/o",
+        31000,
+        basic=True,
+        free_tcp=lambda: next(ports),
+    )
     assert [s["name"] for s in data["stages"]] == ["ingest", "detect", "track", "events", "live"]
     sinks = {s["name"]: s for s in data["stages"]}
     assert sinks["events"]["inputs"] == ["track"] and sinks["live"]["inputs"] == ["track"]
     assert sinks["live"]["config"]["endpoint"] == "tcp://127.0.0.1:40000"
     assert sinks["ingest"]["config"]["streams"] == [
-        {"id": "cam1", "source": "rtsp://127.0.0.1:1/test"}, {"id": "cam2", "source": "rtsp://127.0.0.1:2/test"}]
+        {"id": "cam1", "source": "rtsp://127.0.0.1:1/test"},
+        {"id": "cam2", "source": "rtsp://127.0.0.1:2/test"},
+    ]
     assert data["metrics"] == {"port": 31000, "host": "127.0.0.1"}
     assert data["output_dir"] == "/tmp/o"
     assert raw["stages"][0]["config"]["streams"][0]["source"] == "${CAM1_URL}"  # the input is untouched
@@ -202,23 +225,43 @@ def test_soak_config_is_a_valid_graph(tmp_path) -> None:
 
 
 def test_link_accounting_and_verdict() -> None:
-    stages = [{"name": "ingest"}, {"name": "detect", "inputs": ["ingest"]},
-              {"name": "track", "inputs": ["detect"]}]
+    stages = [
+        {"name": "ingest"},
+        {"name": "detect", "inputs": ["ingest"]},
+        {"name": "track", "inputs": ["detect"]},
+    ]
     book = CounterBook()
 
     def s(name: str, value: float, **labels: str) -> Sample:
         return Sample(name, tuple(sorted(labels.items())), value)
 
-    book.update("ingest", 1, [s("amodal_messages_out_total", 100, type="frame"),
-                              s("amodal_lost_total", 2, link="ingest->detect")])
-    book.update("detect", 2, [s("amodal_messages_in_total", 80, type="frame"),
-                              s("amodal_dropped_total", 15, link="ingest->detect"),
-                              s("amodal_queue_depth", 3, link="ingest->detect"),
-                              s("amodal_messages_out_total", 80, type="frame")])
+    book.update(
+        "ingest",
+        1,
+        [s("amodal_messages_out_total", 100, type="frame"), s("amodal_lost_total", 2, link="ingest->detect")],
+    )
+    book.update(
+        "detect",
+        2,
+        [
+            s("amodal_messages_in_total", 80, type="frame"),
+            s("amodal_dropped_total", 15, link="ingest->detect"),
+            s("amodal_queue_depth", 3, link="ingest->detect"),
+            s("amodal_messages_out_total", 80, type="frame"),
+        ],
+    )
     book.update("track", 3, [s("amodal_messages_in_total", 75, type="frame")])
     links = link_accounting(book, stages)
-    assert links["ingest->detect"] == {"sent": 100, "received": 80, "late": 0, "dropped": 15, "lost": 2,
-                                       "queued_at_last_scrape": 3, "unaccounted": 0, "excess": 0}
+    assert links["ingest->detect"] == {
+        "sent": 100,
+        "received": 80,
+        "late": 0,
+        "dropped": 15,
+        "lost": 2,
+        "queued_at_last_scrape": 3,
+        "unaccounted": 0,
+        "excess": 0,
+    }
     assert links["detect->track"]["unaccounted"] == 5
     rss = {"detect": {"growth_pct": 1.0}, "track": {"growth_pct": 6.0}, "live": {"growth_pct": None}}
     v = verdict(rss, {"p95_flat": True}, lost=2, unaccounted=5)
@@ -236,11 +279,23 @@ def test_late_messages_from_the_closing_line_close_the_books() -> None:
     assert final == {"ingest": 0.0, "sink": 12.0}
     assert soak.parse_final_messages_in("done in 3 s") is None and soak.parse_final_messages_in(None) is None
     book = CounterBook()
-    book.update("up", 1, [Sample("amodal_messages_out_total", (("type", "person_crops"),), 12),
-                          Sample("amodal_messages_out_total", (("type", "track_end"),), 2)])
+    book.update(
+        "up",
+        1,
+        [
+            Sample("amodal_messages_out_total", (("type", "person_crops"),), 12),
+            Sample("amodal_messages_out_total", (("type", "track_end"),), 2),
+        ],
+    )
     # The sink's last scrape saw 9 data messages and both TrackEnds; it took 3 more, then exited.
-    book.update("sink", 2, [Sample("amodal_messages_in_total", (("type", "person_crops"),), 9),
-                            Sample("amodal_messages_in_total", (("type", "track_end"),), 2)])
+    book.update(
+        "sink",
+        2,
+        [
+            Sample("amodal_messages_in_total", (("type", "person_crops"),), 9),
+            Sample("amodal_messages_in_total", (("type", "track_end"),), 2),
+        ],
+    )
     stages = [{"name": "up"}, {"name": "sink", "inputs": ["up"]}]
     assert link_accounting(book, stages)["up->sink"]["excess"] == 3
     closed = link_accounting(book, stages, final)["up->sink"]
@@ -248,12 +303,17 @@ def test_late_messages_from_the_closing_line_close_the_books() -> None:
 
 
 def test_reconnects_are_attributed_to_the_cut_that_caused_them() -> None:
-    cuts = [{"camera": "cam1", "down_at_s": 10.0}, {"camera": "cam2", "down_at_s": 50.0},
-            {"camera": "cam1", "down_at_s": 90.0}]
-    log = [(-math.inf, "cam1", 1.0),  # during startup (a clip end)
-           (20.0, "cam1", 2.0),  # the cut's reconnect + a clip end in the same interval
-           (40.0, "cam2", 1.0),  # a clip end before cam2's cut
-           (60.0, "cam2", 1.0)]  # cam2's cut; cam1's second cut never reconnected
+    cuts = [
+        {"camera": "cam1", "down_at_s": 10.0},
+        {"camera": "cam2", "down_at_s": 50.0},
+        {"camera": "cam1", "down_at_s": 90.0},
+    ]
+    log = [
+        (-math.inf, "cam1", 1.0),  # during startup (a clip end)
+        (20.0, "cam1", 2.0),  # the cut's reconnect + a clip end in the same interval
+        (40.0, "cam2", 1.0),  # a clip end before cam2's cut
+        (60.0, "cam2", 1.0),
+    ]  # cam2's cut; cam1's second cut never reconnected
     out = soak.attribute_reconnects(log, cuts)
     assert out["after_cuts"] == 2 and out["other"] == 3
     assert out["cuts_without_reconnect"] == ["cam1"]
@@ -262,12 +322,14 @@ def test_reconnects_are_attributed_to_the_cut_that_caused_them() -> None:
 
 @pytest.mark.parametrize(
     ("argv", "match"),
-    [(["--kill-stage", "detect"], "go together"),
-     (["--cut-camera-every", "10s", "--cut-for", "10s"], "shorter than --cut-camera-every"),
-     (["--duration", "1m", "--warmup", "2m"], "warmup"),
-     (["--size", "640"], "WxH"),
-     (["--set", "detect.conf"], "KEY=VALUE"),
-     (["--duration", "soon"], "--duration")],
+    [
+        (["--kill-stage", "detect"], "go together"),
+        (["--cut-camera-every", "10s", "--cut-for", "10s"], "shorter than --cut-camera-every"),
+        (["--duration", "1m", "--warmup", "2m"], "warmup"),
+        (["--size", "640"], "WxH"),
+        (["--set", "detect.conf"], "KEY=VALUE"),
+        (["--duration", "soon"], "--duration"),
+    ],
 )
 def test_bad_options_exit_2(argv, match, capsys) -> None:
     assert soak.main(argv) == 2
@@ -304,13 +366,43 @@ def test_short_soak_kills_detect_cuts_the_camera_and_reports(rtsp_ok, shared_dir
             pytest.fail(f"{weights} is missing")
         pytest.skip(f"{weights} is missing")
     out = tmp_path / "soak.json"
-    code = soak.main([
-        "--config", str(EDGE), "--basic", "--cameras", "1", "--video", "testsrc", "--size", "160x120",
-        "--fps", "10", "--duration", "12s", "--sample-every", "2s", "--warmup", "2s",
-        "--kill-stage", "detect", "--kill-every", "7s", "--cut-camera-every", "5s", "--cut-for", "2s",
-        "--set", f"detect.weights={weights}", "--set", "detect.imgsz=160",
-        "--workdir", str(tmp_path / "work"), "--out", str(out),
-    ])
+    code = soak.main(
+        [
+            "--config",
+            str(EDGE),
+            "--basic",
+            "--cameras",
+            "1",
+            "--video",
+            "testsrc",
+            "--size",
+            "160x120",
+            "--fps",
+            "10",
+            "--duration",
+            "12s",
+            "--sample-every",
+            "2s",
+            "--warmup",
+            "2s",
+            "--kill-stage",
+            "detect",
+            "--kill-every",
+            "7s",
+            "--cut-camera-every",
+            "5s",
+            "--cut-for",
+            "2s",
+            "--set",
+            f"detect.weights={weights}",
+            "--set",
+            "detect.imgsz=160",
+            "--workdir",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ]
+    )
     report = json.loads(out.read_text())
     log = (tmp_path / "work" / "amodal.log").read_text(errors="replace")[-3000:]
     assert code == 0, log
@@ -329,8 +421,9 @@ def test_short_soak_kills_detect_cuts_the_camera_and_reports(rtsp_ok, shared_dir
     assert set(report["verdict"]) >= {"rss_growth_below_5pct", "p95_flat", "lost_zero", "pass"}
     # Nothing left behind: stage processes and the RTSP server are gone.
     for pids in report["counters"]["stage_pids"].values():
-        assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-                       for pid in pids)
+        assert not any(
+            psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids
+        )
     for cam in report["config"]["camera_ports"]:
         with socket.socket() as sock, pytest.raises(OSError):
             sock.settimeout(1)

@@ -27,8 +27,9 @@ class Counter(MetricSink):
 
 def make_stage(**config) -> tuple[TrackStage, Counter]:
     counter = Counter()
-    stage = TrackStage(TrackConfig.model_validate({"gmc_method": "none", **config}),
-                       StageContext("track", metrics=counter))
+    stage = TrackStage(
+        TrackConfig.model_validate({"gmc_method": "none", **config}), StageContext("track", metrics=counter)
+    )
     stage.on_start()
     return stage, counter
 
@@ -36,8 +37,9 @@ def make_stage(**config) -> tuple[TrackStage, Counter]:
 def dets(*boxes: tuple[float, float, float, float], score: float = 0.9) -> Detections:
     if not boxes:
         return Detections.empty()
-    return Detections(np.array(boxes, np.float32), np.full(len(boxes), score, np.float32),
-                      np.zeros(len(boxes), np.int32))
+    return Detections(
+        np.array(boxes, np.float32), np.full(len(boxes), score, np.float32), np.zeros(len(boxes), np.int32)
+    )
 
 
 def walker(i: int, x0: float = 20.0, y0: float = 40.0, vx: float = 4.0) -> tuple[float, float, float, float]:
@@ -46,8 +48,9 @@ def walker(i: int, x0: float = 20.0, y0: float = 40.0, vx: float = 4.0) -> tuple
     return (x, y0, x + 30, y0 + 80)
 
 
-def step(stage: TrackStage, stream: str, seq: int, detections: Detections | None,
-         image: np.ndarray | None = None) -> tuple[Frame, PersonCrops]:
+def step(
+    stage: TrackStage, stream: str, seq: int, detections: Detections | None, image: np.ndarray | None = None
+) -> tuple[Frame, PersonCrops]:
     image = np.zeros((240, 320, 3), np.uint8) if image is None else image
     out = list(stage.process(Frame(stream, seq, seq / 25, 1000.0 + seq / 25, image, detections=detections)))
     assert len(out) in (2, 3) and isinstance(out[0], Frame) and isinstance(out[1], PersonCrops)
@@ -132,7 +135,7 @@ def test_botsort_with_motion_compensation_on_a_panning_camera() -> None:
     ids = []
     for i in range(12):
         pan = 2 * i  # the camera pans right: the static person drifts left in the image
-        image = np.ascontiguousarray(scene[:, pan:pan + 320])
+        image = np.ascontiguousarray(scene[:, pan : pan + 320])
         _, crops = step(stage, "cam", i, dets((150 - pan, 60, 180 - pan, 140)), image)
         ids.append(states(crops.tracks))
     assert ids[0] == {1: NEW} and all(h == {1: UPDATED} for h in ids[1:])
@@ -184,8 +187,10 @@ def test_config_errors_name_the_key(tmp_path: Path) -> None:
         cfg.write_text(text)
         with pytest.raises(ConfigError, match=message):
             load_config(TrackConfig, cfg)
-    stage = TrackStage(TrackConfig(tracker="botsort", with_reid=True, reid_model=str(tmp_path / "no.pt")),
-                       StageContext("track"))
+    stage = TrackStage(
+        TrackConfig(tracker="botsort", with_reid=True, reid_model=str(tmp_path / "no.pt")),
+        StageContext("track"),
+    )
     with pytest.raises(FileNotFoundError, match="no.pt.*--set track.reid_model"):
         stage.on_start()
 
@@ -216,8 +221,9 @@ def test_botsort_with_reid_tracks_with_the_project_reid_network() -> None:
 
 def test_reid_weights_that_are_not_an_oamn_checkpoint_are_a_config_error(shared_dir: Path) -> None:
     weights = shared_dir / "models" / "osnet_x0_25_msmt17.pth"  # torchreid layout, not ours
-    stage = TrackStage(TrackConfig(tracker="botsort", with_reid=True, reid_model=str(weights)),
-                       StageContext("track"))
+    stage = TrackStage(
+        TrackConfig(tracker="botsort", with_reid=True, reid_model=str(weights)), StageContext("track")
+    )
     with pytest.raises(ConfigError, match="track.reid_model .* is not an OAMN ReID checkpoint"):
         stage.on_start()
 
@@ -232,8 +238,12 @@ def test_real_footage_with_detector_every_other_frame(shared_dir: Path) -> None:
     from stages.media.decoder import DecodedFrame, DecoderOptions, StreamDecoder
     from stages.media.sources import resolve_source
 
-    detect = DetectStage(DetectConfig(weights=str(shared_dir / "models" / "yolov8n_int8_openvino_model"),
-                                      interval=2, threads=1), StageContext("detect"))
+    detect = DetectStage(
+        DetectConfig(
+            weights=str(shared_dir / "models" / "yolov8n_int8_openvino_model"), interval=2, threads=1
+        ),
+        StageContext("detect"),
+    )
     detect.on_start()
     stage, _ = make_stage(tracker="botsort")
     video = resolve_source(str(shared_dir / "media" / "crosswalk-occlusions.mp4"))

@@ -140,8 +140,13 @@ def probe_stats(path: Path, warmup: int) -> dict[str, Any]:
     fps = rate(n - 1 - start, arrivals[-1] - arrivals[start])
     # Steady state only: frames decoded before the first one reached the probe waited for model loading.
     latencies = [a - c for a, c in zip(arrivals, captures, strict=True) if c >= arrivals[0]]
-    return {"frames": n, "fps": fps, "fps_from_frame": start, "latency_ms": percentiles(latencies),
-            "latency_samples": len(latencies)}
+    return {
+        "frames": n,
+        "fps": fps,
+        "fps_from_frame": start,
+        "latency_ms": percentiles(latencies),
+        "latency_samples": len(latencies),
+    }
 
 
 # ---------------------------------------------------------------------------------------- decode
@@ -170,8 +175,21 @@ def bench_ffmpeg(video: str, frames: int) -> dict[str, float] | None:
         return None
     out: dict[str, float] = {}
     for key, extra in (("ffmpeg", []), ("ffmpeg_bgr", ["-pix_fmt", "bgr24"])):
-        cmd = [ffmpeg, "-hide_banner", "-nostats", "-benchmark", "-nostdin", "-i", video,
-               "-frames:v", str(frames), *extra, "-f", "null", "-"]
+        cmd = [
+            ffmpeg,
+            "-hide_banner",
+            "-nostats",
+            "-benchmark",
+            "-nostdin",
+            "-i",
+            video,
+            "-frames:v",
+            str(frames),
+            *extra,
+            "-f",
+            "null",
+            "-",
+        ]
         started = time.perf_counter()
         done = subprocess.run(cmd, check=True, capture_output=True, text=True)
         wall = time.perf_counter() - started
@@ -206,7 +224,7 @@ def run_bare(stage: Stage, inputs: list[Any], warmup: int, batch: int = 1) -> tu
     for index in range(0, len(inputs), batch):
         if started is None and index >= warmup:
             started = time.perf_counter()
-        chunk = inputs[index:index + batch]
+        chunk = inputs[index : index + batch]
         outputs.extend(stage.process_batch(chunk) if batch > 1 else stage.process(chunk[0]))
         if started is not None:
             timed += len(chunk)
@@ -219,8 +237,9 @@ def run_bare(stage: Stage, inputs: list[Any], warmup: int, batch: int = 1) -> tu
 
 
 # ---------------------------------------------------------------------------------------- model stages
-def run_stream(stage: Stage, inputs: list[Any], warmup: int,
-               metrics: RuntimeMetrics | None = None) -> tuple[float, list[Any]]:
+def run_stream(
+    stage: Stage, inputs: list[Any], warmup: int, metrics: RuntimeMetrics | None = None
+) -> tuple[float, list[Any]]:
     """Feed a recorded stream through a stage the way the runtime does (``pipeline/runner.py``).
 
     Each run of consecutive data messages goes in batches of up to the stage's ``max_batch`` to
@@ -255,8 +274,9 @@ def run_stream(stage: Stage, inputs: list[Any], warmup: int,
             end += 1
         chunk = inputs[index:end]
         call_started = time.perf_counter()
-        outputs.extend(stage.process_batch(chunk) if len(chunk) > 1 or max_batch > 1
-                       else (stage.process(chunk[0]) or ()))
+        outputs.extend(
+            stage.process_batch(chunk) if len(chunk) > 1 or max_batch > 1 else (stage.process(chunk[0]) or ())
+        )
         if metrics is not None:
             metrics.process_seconds.labels(stage=name).observe(time.perf_counter() - call_started)
             metrics.batch_size.labels(stage=name).observe(len(chunk))
@@ -325,9 +345,13 @@ def stream_fps(messages: list[Any]) -> float:
     return (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
 
 
-def calls_vs_length(runs: Counter[tuple[str, int]], spans: dict[tuple[str, int], tuple[float, float]],
-                    schedule: Any, video_fps: float) -> dict[str, Any]:
-    """Do a stage's runs per track grow with the track's life faster than its schedule allows?
+def calls_vs_length(
+    runs: Counter[tuple[str, int]],
+    spans: dict[tuple[str, int], tuple[float, float]],
+    schedule: Any,
+    video_fps: float,
+) -> dict[str, Any]:
+    """Whether a stage's runs per track grow with the track's life faster than its schedule allows.
 
     ``schedule_rate_per_s``: re-runs per second of a visible track the interval trigger gives
     (1 / every_s, or video fps / every_frames, whichever is faster); ``max_runs_over_schedule``: max
@@ -338,12 +362,18 @@ def calls_vs_length(runs: Counter[tuple[str, int]], spans: dict[tuple[str, int],
     """
     every_s = getattr(schedule, "every_s", None)
     every_frames = getattr(schedule, "every_frames", None)
-    sched_rate = max(1.0 / every_s if every_s else 0.0,
-                     video_fps / every_frames if every_frames and video_fps > 0 else 0.0)
+    sched_rate = max(
+        1.0 / every_s if every_s else 0.0, video_fps / every_frames if every_frames and video_fps > 0 else 0.0
+    )
     tracks = [(key, n, spans[key][1] - spans[key][0]) for key, n in runs.items() if n and key in spans]
-    out: dict[str, Any] = {"tracks_run": len(tracks), "runs": int(sum(n for _, n, _ in tracks)),
-                           "schedule_rate_per_s": round(sched_rate, 3), "max_runs_over_schedule": None,
-                           "worst_track": None, "slope_runs_per_s": None}
+    out: dict[str, Any] = {
+        "tracks_run": len(tracks),
+        "runs": int(sum(n for _, n, _ in tracks)),
+        "schedule_rate_per_s": round(sched_rate, 3),
+        "max_runs_over_schedule": None,
+        "worst_track": None,
+        "slope_runs_per_s": None,
+    }
     if not tracks:
         return out
     ratios = [n / (1.0 + seconds * sched_rate) for _, n, seconds in tracks]
@@ -351,17 +381,25 @@ def calls_vs_length(runs: Counter[tuple[str, int]], spans: dict[tuple[str, int],
     (stream_id, track_id), n, seconds = tracks[worst]
     secs = np.array([t[2] for t in tracks])
     counts = np.array([t[1] for t in tracks], float)
-    out.update(max_runs_over_schedule=round(ratios[worst], 3),
-               worst_track={"stream": stream_id, "track_id": track_id, "runs": n,
-                            "seconds": round(seconds, 2)},
-               mean_track_seconds=round(float(secs.mean()), 2),
-               slope_runs_per_s=round(float(np.polyfit(secs, counts, 1)[0]), 3) if len(np.unique(secs)) > 1
-               else None)
+    out.update(
+        max_runs_over_schedule=round(ratios[worst], 3),
+        worst_track={"stream": stream_id, "track_id": track_id, "runs": n, "seconds": round(seconds, 2)},
+        mean_track_seconds=round(float(secs.mean()), 2),
+        slope_runs_per_s=round(float(np.polyfit(secs, counts, 1)[0]), 3)
+        if len(np.unique(secs)) > 1
+        else None,
+    )
     return out
 
 
-_SKIPPED_METRICS = {"amodal_messages_in", "amodal_messages_out", "amodal_queue_depth",
-                    "amodal_capture_to_sink_seconds", "amodal_stage_restarts", "amodal_model_batch"}
+_SKIPPED_METRICS = {
+    "amodal_messages_in",
+    "amodal_messages_out",
+    "amodal_queue_depth",
+    "amodal_capture_to_sink_seconds",
+    "amodal_stage_restarts",
+    "amodal_model_batch",
+}
 
 
 def stage_metrics(registry: Any) -> dict[str, dict[str, Any]]:
@@ -375,9 +413,13 @@ def stage_metrics(registry: Any) -> dict[str, dict[str, Any]]:
         short = family.name.removeprefix("amodal_")
         for sample in family.samples:
             stage = sample.labels.get("stage")
-            suffix = sample.name[len(family.name):]
-            if stage is None or (family.type, suffix) not in {("counter", "_total"), ("histogram", "_sum"),
-                                                               ("histogram", "_count"), ("gauge", "")}:
+            suffix = sample.name[len(family.name) :]
+            if stage is None or (family.type, suffix) not in {
+                ("counter", "_total"),
+                ("histogram", "_sum"),
+                ("histogram", "_count"),
+                ("gauge", ""),
+            }:
                 continue
             key = short + (suffix if family.type == "histogram" else "")
             extra = ",".join(v for k, v in sorted(sample.labels.items()) if k != "stage")
@@ -403,8 +445,9 @@ def stage_metrics(registry: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-def bench_person_stages(specs: list[Any], streams: dict[str, list[Any]], warmup: int,
-                        out_dir: Path) -> dict[str, Any]:
+def bench_person_stages(
+    specs: list[Any], streams: dict[str, list[Any]], warmup: int, out_dir: Path
+) -> dict[str, Any]:
     """Every model stage after the tracker (``PersonStage``), in graph order, bare on the recorded
     output of its input stage; adds each one's output to ``streams``."""
     from pipeline.metrics import RuntimeMetrics
@@ -423,8 +466,9 @@ def bench_person_stages(specs: list[Any], streams: dict[str, list[Any]], warmup:
             continue
         print(f"{spec.name} bare ...", file=sys.stderr)
         inputs = streams[sources[-1]]
-        stage = spec.stage_class.from_config(spec.config, StageContext(spec.name, metrics=metrics,
-                                                                       output_dir=out_dir))
+        stage = spec.stage_class.from_config(
+            spec.config, StageContext(spec.name, metrics=metrics, output_dir=out_dir)
+        )
         runs[spec.name] = record_runs(stage)
         fps[spec.name], streams[spec.name] = run_stream(stage, inputs, warmup, metrics)
         frames[spec.name] = sum(isinstance(m, DATA_TYPES) for m in inputs)
@@ -435,8 +479,15 @@ def bench_person_stages(specs: list[Any], streams: dict[str, list[Any]], warmup:
 
 
 # ---------------------------------------------------------------------------------------- graph
-def build_graph(args: argparse.Namespace, mode: str, out_dir: Path, probe_path: Path, realtime: bool,
-                frames: int | None, basic: bool = False) -> dict[str, Any]:
+def build_graph(
+    args: argparse.Namespace,
+    mode: str,
+    out_dir: Path,
+    probe_path: Path,
+    realtime: bool,
+    frames: int | None,
+    basic: bool = False,
+) -> dict[str, Any]:
     """The built-in replay graph (full, or detect-and-track with ``basic``) on the benchmark video, with
     a probe fed by the last stage before the sinks that sends PersonCrops."""
     from pipeline.defaults import default_replay_graph
@@ -453,23 +504,36 @@ def build_graph(args: argparse.Namespace, mode: str, out_dir: Path, probe_path: 
     stages = []
     for spec in graph["stages"]:
         if spec["type"] == "ingest":
-            spec["config"].update(streams=[{"id": "bench", "source": str(Path(args.video).resolve())}],
-                                  capture_clock="wall", max_frames=frames, realtime=realtime)
+            spec["config"].update(
+                streams=[{"id": "bench", "source": str(Path(args.video).resolve())}],
+                capture_clock="wall",
+                max_frames=frames,
+                realtime=realtime,
+            )
         elif spec["type"] == "detect":
             spec["config"].update(weights=str(Path(args.weights).resolve()), **args.detect_overrides)
         elif spec["type"].endswith("_sink") and not args.sinks:
             continue
         stages.append(spec)
-    last = [s["name"] for s in stages
-            if not s["type"].endswith("_sink") and PersonCrops in (get_stage(s["type"]).emits or ())][-1]
-    stages.append({"name": "probe", "type": "bench_probe", "inputs": [last],
-                   "config": {"path": str(probe_path)}})
+    last = [
+        s["name"]
+        for s in stages
+        if not s["type"].endswith("_sink") and PersonCrops in (get_stage(s["type"]).emits or ())
+    ][-1]
+    stages.append(
+        {"name": "probe", "type": "bench_probe", "inputs": [last], "config": {"path": str(probe_path)}}
+    )
     graph["stages"] = stages
     return graph
 
 
-def bench_graph(args: argparse.Namespace, mode: str, realtime: bool = False,
-                frames: int | None = None, basic: bool = False) -> dict[str, Any]:
+def bench_graph(
+    args: argparse.Namespace,
+    mode: str,
+    realtime: bool = False,
+    frames: int | None = None,
+    basic: bool = False,
+) -> dict[str, Any]:
     """One run of the graph; in embedded mode also each stage's metrics (``stage_metrics``)."""
     from pipeline.graph import load_graph
     from pipeline.runtime import EmbeddedRuntime
@@ -501,10 +565,17 @@ def bench_basic_vs_full(args: argparse.Namespace) -> dict[str, Any]:
             print(f"{kind} graph (embedded, round {round_ + 1}/{args.repeats}) ...", file=sys.stderr)
             stats = bench_graph(args, "embedded", frames=args.frames, basic=kind == "basic")
             runs[kind].append(stats)
-            order.append({"graph": kind, "fps": stats["fps"], "frames": stats["frames"],
-                          "run_seconds_incl_startup": stats["run_seconds_incl_startup"]})
-    out: dict[str, Any] = {f"{kind}_fps": round(float(np.mean([r["fps"] for r in runs[kind]])), 2)
-                           for kind in runs}
+            order.append(
+                {
+                    "graph": kind,
+                    "fps": stats["fps"],
+                    "frames": stats["frames"],
+                    "run_seconds_incl_startup": stats["run_seconds_incl_startup"],
+                }
+            )
+    out: dict[str, Any] = {
+        f"{kind}_fps": round(float(np.mean([r["fps"] for r in runs[kind]])), 2) for kind in runs
+    }
     out["full_vs_basic"] = round(out["full_fps"] / out["basic_fps"], 3)
     out["graph_runs"] = order
     out["graph_stage_metrics"] = {kind: runs[kind][0].pop("stage_metrics") for kind in runs}
@@ -574,23 +645,48 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--weights", required=True, help="detector weights (.pt/.onnx/.engine/OpenVINO dir)")
     parser.add_argument("--frames", type=int, default=None, help="use only the first N frames")
     parser.add_argument("--warmup", type=int, default=10, help="frames excluded from every fps measurement")
-    parser.add_argument("--repeats", type=int, default=2,
-                        help="rounds of basic + full graph runs, alternating their order (basic, full, "
-                        "full, basic, ...); the fps are the means over the rounds")
-    parser.add_argument("--modes", nargs="+", default=["embedded", "process"],
-                        choices=["embedded", "process"],
-                        help="modes the full graph is reported in (embedded = the full runs above)")
-    parser.add_argument("--no-sinks", dest="sinks", action="store_false",
-                        help="graphs without the sqlite/jsonl/video sinks (... -> probe)")
-    parser.add_argument("--realtime-frames", type=int, default=240,
-                        help="frames of an extra embedded run at native rate for live latency; 0 = skip")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="rounds of basic + full graph runs, alternating their order (basic, full, "
+        "full, basic, ...); the fps are the means over the rounds",
+    )
+    parser.add_argument(
+        "--modes",
+        nargs="+",
+        default=["embedded", "process"],
+        choices=["embedded", "process"],
+        help="modes the full graph is reported in (embedded = the full runs above)",
+    )
+    parser.add_argument(
+        "--no-sinks",
+        dest="sinks",
+        action="store_false",
+        help="graphs without the sqlite/jsonl/video sinks (... -> probe)",
+    )
+    parser.add_argument(
+        "--realtime-frames",
+        type=int,
+        default=240,
+        help="frames of an extra embedded run at native rate for live latency; 0 = skip",
+    )
     parser.add_argument("--live-hwm", type=int, default=2, help="link size of the native-rate run")
-    parser.add_argument("--recheck-frames", type=int, default=200,
-                        help="re-measure the slowest stage bare on this many frames after the graph runs "
-                        "(the machine's load drifts); ratios use the faster of the two; 0 = skip")
+    parser.add_argument(
+        "--recheck-frames",
+        type=int,
+        default=200,
+        help="re-measure the slowest stage bare on this many frames after the graph runs "
+        "(the machine's load drifts); ratios use the faster of the two; 0 = skip",
+    )
     parser.add_argument("--transport-messages", type=int, default=300)
-    parser.add_argument("--set", dest="detect_set", action="append", default=[],
-                        help="detect config override key=value (e.g. interval=2)")
+    parser.add_argument(
+        "--set",
+        dest="detect_set",
+        action="append",
+        default=[],
+        help="detect config override key=value (e.g. interval=2)",
+    )
     parser.add_argument("--json", dest="json_path", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -598,8 +694,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def bench_sinks(specs: list[Any], streams: dict[str, list[Any]], annotated: list[Frame],
-                warmup: int) -> dict[str, float]:
+def bench_sinks(
+    specs: list[Any], streams: dict[str, list[Any]], annotated: list[Frame], warmup: int
+) -> dict[str, float]:
     """Every sink bare: Frame sinks on the tracker's annotated frames, the others on the recorded
     PersonCrops of their (last recorded) input stage."""
     fps: dict[str, float] = {}
@@ -610,8 +707,11 @@ def bench_sinks(specs: list[Any], streams: dict[str, list[Any]], annotated: list
             print(f"{spec.name} bare ...", file=sys.stderr)
             cls = spec.stage_class
             sources = [i.source for i in spec.input_specs() if i.source in streams]
-            inputs = (annotated if Frame in cls.accepts or not sources
-                      else [m for m in streams[sources[-1]] if isinstance(m, PersonCrops)])
+            inputs = (
+                annotated
+                if Frame in cls.accepts or not sources
+                else [m for m in streams[sources[-1]] if isinstance(m, PersonCrops)]
+            )
             sink = cls.from_config(spec.config, StageContext(spec.name, output_dir=tmp))
             fps[spec.name], _ = run_bare(sink, inputs, warmup)
     return fps
@@ -631,8 +731,12 @@ def model_call_report(specs: list[Any], person: dict[str, Any], recorded: list[A
         rows = person["details"][name].get("model_rows", 0)
         per_track[name] = round(rows / check["tracks_run"], 2) if check["tracks_run"] else None
         growth[name] = check
-    return {"model_calls_per_track": per_track, "model_calls_vs_track_length": growth,
-            "tracks_seen": len(spans), "video_fps": round(video_fps, 2)}
+    return {
+        "model_calls_per_track": per_track,
+        "model_calls_vs_track_length": growth,
+        "tracks_seen": len(spans),
+        "video_fps": round(video_fps, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -649,14 +753,20 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.registry import get_stage
 
     with tempfile.TemporaryDirectory(prefix="bench-bare-") as tmp:
-        template = load_graph(data=build_graph(args, "embedded", Path(tmp) / "out", Path(tmp) / "p.json",
-                                               False, args.frames))
+        template = load_graph(
+            data=build_graph(args, "embedded", Path(tmp) / "out", Path(tmp) / "p.json", False, args.frames)
+        )
     specs = [spec for spec in template.stages if spec.type != "bench_probe"]
     configs = {spec.name: spec for spec in specs}
 
-    result: dict[str, Any] = {"video": args.video, "weights": args.weights, "cpu_count": os.cpu_count(),
-                              "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
-                              "warmup_frames": args.warmup, "graph_stages": [spec.name for spec in specs]}
+    result: dict[str, Any] = {
+        "video": args.video,
+        "weights": args.weights,
+        "cpu_count": os.cpu_count(),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+        "warmup_frames": args.warmup,
+        "graph_stages": [spec.name for spec in specs],
+    }
     print(f"decode ({args.video}) ...", file=sys.stderr)
     result["decode_fps"], frames = bench_decode(args.video, args.frames)
     result["frames"] = len(frames)
@@ -695,8 +805,10 @@ def main(argv: list[str] | None = None) -> int:
     sample_frame = next((f for f in detected if f.detections is not None and len(f.detections)), detected[0])
     sample_crops = max(crops, key=lambda c: len(c.tracks))
     result["transport_us"] = bench_transport(sample_frame, sample_crops, args.transport_messages)
-    result["sample_sizes"] = {"frame_detections": len(sample_frame.detections or ()),
-                              "crops_per_message": len(sample_crops.tracks)}
+    result["sample_sizes"] = {
+        "frame_detections": len(sample_frame.detections or ()),
+        "crops_per_message": len(sample_crops.tracks),
+    }
     slowest = result["slowest_stage"]
     recheck_inputs = {"ingest": None, "detect": frames, "track": detected}.get(slowest)
     if slowest in person["fps"]:

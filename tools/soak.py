@@ -255,7 +255,8 @@ class CounterBook:
         return sum(
             v
             for (src, n, lab), v in self.totals.items()
-            if n == name and (source is None or src == source)
+            if n == name
+            and (source is None or src == source)
             and all(dict(lab).get(k) == want for k, want in labels.items())
         )
 
@@ -306,7 +307,8 @@ def latency_summary(
         row = {"minute": index, "start_s": index * window_s, **_quantiles(windows[index])}
         rows.append(row)
     usable = [  # windows whose middle is past the warm-up, with enough observations for a p95
-        r for r in rows
+        r
+        for r in rows
         if r["p95_s"] is not None and r["count"] >= 10 and r["start_s"] + window_s / 2 >= warmup_s
     ]
     slope = linear_slope([r["minute"] for r in usable], [r["p95_s"] for r in usable])
@@ -374,11 +376,18 @@ def rss_summary(
     last = kept[-1] if kept else []
     growth = growth_percent([t for t, _ in last], [v for _, v in last], window_s) if last else None
     if growth is None:
-        out.update(growth_pct=None, first_window_mb=None, last_window_mb=None,
-                   note="too few post-warm-up samples in the last process for two windows")
+        out.update(
+            growth_pct=None,
+            first_window_mb=None,
+            last_window_mb=None,
+            note="too few post-warm-up samples in the last process for two windows",
+        )
     else:
-        out.update(growth_pct=growth["growth_pct"], first_window_mb=growth["first_window_mean"],
-                   last_window_mb=growth["last_window_mean"])
+        out.update(
+            growth_pct=growth["growth_pct"],
+            first_window_mb=growth["first_window_mean"],
+            last_window_mb=growth["last_window_mean"],
+        )
     return out
 
 
@@ -424,8 +433,10 @@ def link_accounting(
         late = 0.0
         if final_in and down in final_in:
             scraped = sum(
-                v for (src, n, lab), v in book.gauges.items()
-                if src == down and n == "amodal_messages_in_total"
+                v
+                for (src, n, lab), v in book.gauges.items()
+                if src == down
+                and n == "amodal_messages_in_total"
                 and dict(lab).get("type") not in _CONTROL_TYPE_NAMES
             )
             late = max(0.0, final_in[down] - scraped)
@@ -436,7 +447,8 @@ def link_accounting(
         dropped = dropped_down + (dropped_up if fan_out[up] > 1 else 0.0)
         lost = book.total("amodal_lost_total", link=link)
         queued = sum(
-            v for (src, n, lab), v in book.gauges.items()
+            v
+            for (src, n, lab), v in book.gauges.items()
             if src == down and n == "amodal_queue_depth" and dict(lab).get("link") == link
         )
         out[link] = {
@@ -481,8 +493,12 @@ def verdict(rss: dict[str, Any], latency: dict[str, Any], lost: float, unaccount
         "lost_zero": lost == 0,
         "unaccounted_zero": unaccounted <= 0,
     }
-    decisive = [checks["rss_growth_below_5pct"], checks["p95_flat"], checks["lost_zero"],
-                checks["unaccounted_zero"]]
+    decisive = [
+        checks["rss_growth_below_5pct"],
+        checks["p95_flat"],
+        checks["lost_zero"],
+        checks["unaccounted_zero"],
+    ]
     checks["pass"] = None if any(v is None for v in decisive) else all(decisive)
     checks["targets"] = {
         "rss_growth_pct_below": RSS_GROWTH_LIMIT_PCT,
@@ -516,8 +532,7 @@ def build_soak_config(
     ]
     if basic:
         keep = {
-            s["name"] for s in stages
-            if s.get("type") in BASIC_TYPES or str(s.get("type")).endswith("_sink")
+            s["name"] for s in stages if s.get("type") in BASIC_TYPES or str(s.get("type")).endswith("_sink")
         }
         inputs_of = {s["name"]: _input_names(s) for s in stages}
 
@@ -619,8 +634,14 @@ class Camera:
         cmd = [SYSTEM_PYTHON, str(RTSP_SERVER), "--port", str(self.port), *self.args]
         # Own session: a Ctrl-C at the terminal reaches the soak, which stops the servers last.
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True,
-                                         start_new_session=True, preexec_fn=_die_with_parent(signal.SIGTERM))
+            self.proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(signal.SIGTERM),
+            )
         deadline = time.monotonic() + timeout_s
         lines: list[str] = []
         assert self.proc.stdout is not None
@@ -723,8 +744,12 @@ class StageProcesses:
             except (psutil.Error, AttributeError, TypeError):
                 if member is proc:
                     uss = None
-        return {"rss_mb": round(rss / 2**20, 3), "uss_mb": None if uss is None else round(uss / 2**20, 3),
-                "pid": proc.pid, "helpers": len(helpers)}
+        return {
+            "rss_mb": round(rss / 2**20, 3),
+            "uss_mb": None if uss is None else round(uss / 2**20, 3),
+            "pid": proc.pid,
+            "helpers": len(helpers),
+        }
 
     def kill_leftovers(self) -> list[int]:
         killed = []
@@ -817,8 +842,14 @@ class _Soak:
             raise SoakError(str(exc)) from exc
         stage_count = len(raw.get("stages") or [])
         port = free_port_range(stage_count + 1)
-        data = build_soak_config(raw, [c.url for c in self.cameras], str(workdir / "out"), port,
-                                 basic=self.opts.basic, free_tcp=free_port)
+        data = build_soak_config(
+            raw,
+            [c.url for c in self.cameras],
+            str(workdir / "out"),
+            port,
+            basic=self.opts.basic,
+            free_tcp=free_port,
+        )
         names = [s["name"] for s in data["stages"]]
         if self.opts.kill_stage and self.opts.kill_stage not in names:
             raise SoakError(f"--kill-stage {self.opts.kill_stage!r} is not a stage of this graph: {names}")
@@ -839,8 +870,12 @@ class _Soak:
         planned = self._planned_kills()
         if planned < configured:
             return []
-        logger.warning("%d planned kills would exhaust supervisor.max_restarts=%d; raising it to %d",
-                       planned, configured, planned + 3)
+        logger.warning(
+            "%d planned kills would exhaust supervisor.max_restarts=%d; raising it to %d",
+            planned,
+            configured,
+            planned + 3,
+        )
         return [f"supervisor.max_restarts={planned + 3}"]
 
     # -- run ---------------------------------------------------------------------------------
@@ -864,8 +899,14 @@ class _Soak:
             logger.info("soak: %s for %.0f s (work folder %s)", " ".join(cmd), opts.duration_s, workdir)
             with open(workdir / "amodal.stdout", "wb") as out, open(workdir / "amodal.log", "wb") as err:
                 # Own session: its process group is ours to signal; the stage processes have their own.
-                self.amodal = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, start_new_session=True,
-                                               preexec_fn=_die_with_parent(signal.SIGINT))
+                self.amodal = subprocess.Popen(
+                    cmd,
+                    stdout=out,
+                    stderr=err,
+                    env=env,
+                    start_new_session=True,
+                    preexec_fn=_die_with_parent(signal.SIGINT),
+                )
             self.t0 = time.monotonic()
             self.stages_seen = StageProcesses(self.amodal.pid)
             phases = {"startup_s": self._wait_until_up(names, port, opts.startup_timeout_s, "startup")}
@@ -885,8 +926,11 @@ class _Soak:
             return report
         finally:
             self._cleanup()
-            if ok and self.opts.workdir is None and not self.opts.keep_workdir and (
-                report.get("amodal", {}).get("exit_code") == 0
+            if (
+                ok
+                and self.opts.workdir is None
+                and not self.opts.keep_workdir
+                and (report.get("amodal", {}).get("exit_code") == 0)
             ):
                 shutil.rmtree(workdir, ignore_errors=True)
                 report["config"]["workdir"] = None
@@ -956,8 +1000,11 @@ class _Soak:
                     cut_number += 1
                     cut_camera.stop()
                     self.timeline.cuts.append(
-                        {"camera": cut_camera.name, "port": cut_camera.port,
-                         "down_at_s": round(self._now(), 3)}
+                        {
+                            "camera": cut_camera.name,
+                            "port": cut_camera.port,
+                            "down_at_s": round(self._now(), 3),
+                        }
                     )
                     logger.info("soak: camera %s cut at %.1f s", cut_camera.name, self._now())
                     cut_end = self._now() + opts.cut_for_s
@@ -1139,8 +1186,10 @@ class _Soak:
                 "added_sets": extra_sets,
                 "metrics_port": data["metrics"]["port"],
                 "command": cmd,
-                "links": {"policy": (data.get("links") or {}).get("policy"),
-                          "hwm": (data.get("links") or {}).get("hwm")},
+                "links": {
+                    "policy": (data.get("links") or {}).get("policy"),
+                    "hwm": (data.get("links") or {}).get("hwm"),
+                },
             },
             "amodal": {
                 "exit_code": exit_code,
@@ -1158,20 +1207,36 @@ class _Soak:
                 "reconnects": reconnects,
                 "restarts": {"total": sum(restarts.values()), "by_stage": restarts},
                 "stage_pids": dict(self.pids),
-                "dropped": {"total": book.total("amodal_dropped_total"),
-                            "by_link": book.by_label("amodal_dropped_total", "link")},
-                "rejected": {"total": book.total("amodal_rejected_total"),
-                             "by_reason": book.by_label("amodal_rejected_total", "reason")},
-                "lost": {"total": lost, "metric_present": lost_present,
-                         "by_link": book.by_label("amodal_lost_total", "link")},
-                "duplicates": {"total": book.total("amodal_duplicates_total"),
-                               "by_stage": book.by_label("amodal_duplicates_total", "stage")},
-                "errors": {"total": book.total("amodal_errors_total"),
-                           "by_stage": book.by_label("amodal_errors_total", "stage")},
+                "dropped": {
+                    "total": book.total("amodal_dropped_total"),
+                    "by_link": book.by_label("amodal_dropped_total", "link"),
+                },
+                "rejected": {
+                    "total": book.total("amodal_rejected_total"),
+                    "by_reason": book.by_label("amodal_rejected_total", "reason"),
+                },
+                "lost": {
+                    "total": lost,
+                    "metric_present": lost_present,
+                    "by_link": book.by_label("amodal_lost_total", "link"),
+                },
+                "duplicates": {
+                    "total": book.total("amodal_duplicates_total"),
+                    "by_stage": book.by_label("amodal_duplicates_total", "stage"),
+                },
+                "errors": {
+                    "total": book.total("amodal_errors_total"),
+                    "by_stage": book.by_label("amodal_errors_total", "stage"),
+                },
                 "ingest": {
                     key: book.by_label(f"amodal_{key}_total", "stream")
-                    for key in ("frames_decoded", "frames_dropped", "disconnects", "stalls",
-                                "connect_failures")
+                    for key in (
+                        "frames_decoded",
+                        "frames_dropped",
+                        "disconnects",
+                        "stalls",
+                        "connect_failures",
+                    )
                 },
             },
             "links": links,
@@ -1299,9 +1364,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", default="configs/edge.yaml", help="graph config (process mode for kills)")
     p.add_argument("--duration", default="30m", help="how long to run: 30m, 90s, 1h (default 30m)")
     p.add_argument("--cameras", type=int, default=2, help="RTSP servers = ingest streams (default 2)")
-    p.add_argument("--video", default=None,
-                   help="clip each server re-encodes (default: ../shared/media/crosswalk-occlusions.mp4 if "
-                        "present); 'testsrc' = GStreamer's ball pattern")
+    p.add_argument(
+        "--video",
+        default=None,
+        help="clip each server re-encodes (default: ../shared/media/crosswalk-occlusions.mp4 if "
+        "present); 'testsrc' = GStreamer's ball pattern",
+    )
     p.add_argument("--fps", type=int, default=15, help="test-pattern frame rate (a file plays at its own)")
     p.add_argument("--size", default="640x360", help="WxH the servers send (default 640x360)")
     p.add_argument("--kill-stage", default=None, help="stage to SIGKILL on a schedule")
@@ -1309,18 +1377,31 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cut-camera-every", default=None, help="interval between camera cuts (round robin)")
     p.add_argument("--cut-for", default="10s", help="how long a cut camera stays down (default 10s)")
     p.add_argument("--sample-every", default="10s", help="RSS / metrics sampling interval (default 10s)")
-    p.add_argument("--warmup", default=None,
-                   help="excluded from the RSS and latency trends (default 2m, or a quarter of a "
-                        "shorter run)")
-    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="passed to amodal run, e.g. "
-                        "detect.weights=../shared/models/yolov8n_int8_openvino_model")
+    p.add_argument(
+        "--warmup",
+        default=None,
+        help="excluded from the RSS and latency trends (default 2m, or a quarter of a shorter run)",
+    )
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="passed to amodal run, e.g. detect.weights=../shared/models/yolov8n_int8_openvino_model",
+    )
     p.add_argument("--basic", action="store_true", help="only ingest, detect, track and the sinks")
-    p.add_argument("--workdir", default=None, help="keep configs, logs and outputs here (default: temp, "
-                   "removed after a clean run)")
+    p.add_argument(
+        "--workdir",
+        default=None,
+        help="keep configs, logs and outputs here (default: temp, removed after a clean run)",
+    )
     p.add_argument("--keep-workdir", action="store_true", help="keep the temporary work folder")
-    p.add_argument("--startup-timeout", default="5m",
-                   help="longest wait for every stage to serve metrics before the clock starts (default 5m)")
+    p.add_argument(
+        "--startup-timeout",
+        default="5m",
+        help="longest wait for every stage to serve metrics before the clock starts (default 5m)",
+    )
     p.add_argument("--out", default="soak.json", help="JSON report (default soak.json; '-' = stdout)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -1381,8 +1462,9 @@ def options_from_args(args: argparse.Namespace) -> SoakOptions:
 
 def _one_line(report: dict[str, Any]) -> str:
     v, c, lat = report["verdict"], report["counters"], report["latency"]
-    growth = {k: (None if s["growth_pct"] is None else round(s["growth_pct"], 1))
-              for k, s in report["rss"].items()}
+    growth = {
+        k: (None if s["growth_pct"] is None else round(s["growth_pct"], 1)) for k, s in report["rss"].items()
+    }
     return (
         f"soak: amodal exit {report['amodal']['exit_code']}; kills {len(report['events']['kills'])}, "
         f"cuts {len(report['events']['cuts'])}; restarts {c['restarts']['by_stage']}; reconnects "
@@ -1395,8 +1477,9 @@ def _one_line(report: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )
     try:
         opts = options_from_args(args)
     except ValueError as exc:
@@ -1426,16 +1509,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(_one_line(report), file=sys.stderr)
     amodal = report["amodal"]
     if amodal["exited_early_at_s"] is not None:
-        print(f"soak: error: amodal exited with code {amodal['exit_code']} during the "
-              f"{amodal['exited_during']} phase, {amodal['exited_early_at_s']:.1f} s in, before the end "
-              f"of the soak (see amodal.log in {report['config']['workdir']})", file=sys.stderr)
+        print(
+            f"soak: error: amodal exited with code {amodal['exit_code']} during the "
+            f"{amodal['exited_during']} phase, {amodal['exited_early_at_s']:.1f} s in, before the end "
+            f"of the soak (see amodal.log in {report['config']['workdir']})",
+            file=sys.stderr,
+        )
         return 1
     if report["interrupted"]:
-        print(f"soak: interrupted after {report['config']['ran_s']:.0f} s of "
-              f"{report['config']['duration_s']:.0f} s; the report covers that part", file=sys.stderr)
+        print(
+            f"soak: interrupted after {report['config']['ran_s']:.0f} s of "
+            f"{report['config']['duration_s']:.0f} s; the report covers that part",
+            file=sys.stderr,
+        )
     if amodal["exit_code"] != 0:
-        print(f"soak: error: amodal exited with code {amodal['exit_code']} (see amodal.log in "
-              f"{report['config']['workdir']})", file=sys.stderr)
+        print(
+            f"soak: error: amodal exited with code {amodal['exit_code']} (see amodal.log in "
+            f"{report['config']['workdir']})",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -149,8 +149,16 @@ class AttributePredictor:
         model, bundle = load_attribute_model(path)
         module = AttributeExportWrapper(model).eval()
         example = [torch.zeros(2, 3, *bundle.input_size)]
-        onnx_path = resolve_onnx(config.onnx, onnx_key, path, module, example, ["images"],
-                                 ["logits", "probabilities"], config.backend.preference)
+        onnx_path = resolve_onnx(
+            config.onnx,
+            onnx_key,
+            path,
+            module,
+            example,
+            ["images"],
+            ["logits", "probabilities"],
+            config.backend.preference,
+        )
         return cls(model, bundle, onnx_path=onnx_path, backend=config.backend)
 
     @property

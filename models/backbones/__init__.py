@@ -8,5 +8,13 @@ from .osnet import OSNet
 from .registry import create_backbone, list_backbones
 from .resnet import ResNetBackbone
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Backbone", "OSNet", "ResNetBackbone", "create_backbone",
-           "list_backbones", "load_state_dict_strict"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "Backbone",
+    "OSNet",
+    "ResNetBackbone",
+    "create_backbone",
+    "list_backbones",
+    "load_state_dict_strict",
+]

@@ -81,8 +81,7 @@ def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def load_state_dict_strict(module: nn.Module, path: str | Path,
-                           ignored_prefixes: Sequence[str] = ()) -> None:
+def load_state_dict_strict(module: nn.Module, path: str | Path, ignored_prefixes: Sequence[str] = ()) -> None:
     """Load a local weight file; every key must match except those under ``ignored_prefixes``.
 
     Never downloads. Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming
@@ -97,14 +96,23 @@ def load_state_dict_strict(module: nn.Module, path: str | Path,
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    bad_shape = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                 for k in own if k in state and state[k].shape != own[k].shape]
+    bad_shape = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or bad_shape:
         raise ValueError(
             f"{path}: weights do not match {type(module).__name__}: "
             f"missing {missing[:8]}{'...' if len(missing) > 8 else ''} ({len(missing)}), "
             f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''} ({len(unexpected)}), "
-            f"shape mismatches {bad_shape[:4]}")
+            f"shape mismatches {bad_shape[:4]}"
+        )
     module.load_state_dict(state, strict=True)
-    logger.info("loaded %d tensors from %s (ignored %d: %s)", len(state), path, len(skipped),
-                sorted({k.split('.')[0] for k in skipped}))
+    logger.info(
+        "loaded %d tensors from %s (ignored %d: %s)",
+        len(state),
+        path,
+        len(skipped),
+        sorted({k.split(".")[0] for k in skipped}),
+    )

@@ -16,13 +16,23 @@ __all__ = ["ConvLayer", "Conv1x1", "Conv1x1Linear", "LightConv3x3", "ChannelGate
 class ConvLayer(nn.Module):
     """Convolution + BatchNorm (or affine InstanceNorm) + ReLU; the OSNet stem uses a 7x7 one."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0, groups: int = 1, instance_norm: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int = 1,
+        padding: int = 0,
+        groups: int = 1,
+        instance_norm: bool = False,
+    ):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                              bias=False, groups=groups)
-        self.bn = (nn.InstanceNorm2d(out_channels, affine=True) if instance_norm
-                   else nn.BatchNorm2d(out_channels))
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False, groups=groups
+        )
+        self.bn = (
+            nn.InstanceNorm2d(out_channels, affine=True) if instance_norm else nn.BatchNorm2d(out_channels)
+        )
         self.relu = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -34,8 +44,9 @@ class Conv1x1(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, groups: int = 1):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 1, stride=stride, padding=0, bias=False,
-                              groups=groups)
+        self.conv = nn.Conv2d(
+            in_channels, out_channels, 1, stride=stride, padding=0, bias=False, groups=groups
+        )
         self.bn = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
 
@@ -61,8 +72,9 @@ class LightConv3x3(nn.Module):
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 1, stride=1, padding=0, bias=False)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False,
-                               groups=out_channels)
+        self.conv2 = nn.Conv2d(
+            out_channels, out_channels, 3, stride=1, padding=1, bias=False, groups=out_channels
+        )
         self.bn = nn.BatchNorm2d(out_channels)
         self.relu = nn.ReLU(inplace=True)
 
@@ -91,8 +103,9 @@ class OSBlock(nn.Module):
     """Omni-scale residual bottleneck (OSNet paper, sec. 3.2, Fig. 4): four streams of 1-4 stacked
     lite 3x3 convolutions (receptive fields 3, 5, 7, 9), fused by the shared channel gate."""
 
-    def __init__(self, in_channels: int, out_channels: int, bottleneck_reduction: int = 4,
-                 instance_norm: bool = False):
+    def __init__(
+        self, in_channels: int, out_channels: int, bottleneck_reduction: int = 4, instance_norm: bool = False
+    ):
         super().__init__()
         mid = out_channels // bottleneck_reduction
         self.conv1 = Conv1x1(in_channels, mid)
@@ -108,8 +121,12 @@ class OSBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         x1 = self.conv1(x)
-        x2 = (self.gate(self.conv2a(x1)) + self.gate(self.conv2b(x1))
-              + self.gate(self.conv2c(x1)) + self.gate(self.conv2d(x1)))
+        x2 = (
+            self.gate(self.conv2a(x1))
+            + self.gate(self.conv2b(x1))
+            + self.gate(self.conv2c(x1))
+            + self.gate(self.conv2d(x1))
+        )
         out = self.conv3(x2) + identity
         if self.IN is not None:
             out = self.IN(out)

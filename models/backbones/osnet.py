@@ -32,8 +32,12 @@ class OSNet(Backbone):
     stage_names = ["stem", "conv2", "conv3", "conv4", "conv5"]
     ignored_prefixes = ("classifier.",)
 
-    def __init__(self, channels: tuple[int, int, int, int], layers: tuple[int, int, int] = (2, 2, 2),
-                 feature_dim: int = 512):
+    def __init__(
+        self,
+        channels: tuple[int, int, int, int],
+        layers: tuple[int, int, int] = (2, 2, 2),
+        feature_dim: int = 512,
+    ):
         super().__init__()
         c0, c1, c2, c3 = channels
         self.conv1 = ConvLayer(3, c0, 7, stride=2, padding=3)
@@ -44,15 +48,17 @@ class OSNet(Backbone):
         self.conv5 = Conv1x1(c3, c3)
         self.global_avgpool = nn.AdaptiveAvgPool2d(1)
         # torchreid's fc: Linear -> BatchNorm1d -> ReLU, keys fc.0.* / fc.1.*
-        self.fc = nn.Sequential(nn.Linear(c3, feature_dim), nn.BatchNorm1d(feature_dim),
-                                nn.ReLU(inplace=True))
+        self.fc = nn.Sequential(
+            nn.Linear(c3, feature_dim), nn.BatchNorm1d(feature_dim), nn.ReLU(inplace=True)
+        )
         self.feature_dim = feature_dim
         self._stage_out_channels = {"stem": c0, "conv2": c1, "conv3": c2, "conv4": c3, "conv5": c3}
         self._init_params()
 
     @staticmethod
-    def _make_layer(n_blocks: int, in_channels: int, out_channels: int,
-                    reduce_spatial_size: bool) -> nn.Sequential:
+    def _make_layer(
+        n_blocks: int, in_channels: int, out_channels: int, reduce_spatial_size: bool
+    ) -> nn.Sequential:
         blocks: list[nn.Module] = [OSBlock(in_channels, out_channels)]
         blocks += [OSBlock(out_channels, out_channels) for _ in range(1, n_blocks)]
         if reduce_spatial_size:

@@ -26,8 +26,9 @@ def list_backbones() -> list[str]:
     return sorted(_registry())
 
 
-def create_backbone(name: str, weights: str | Path | None = None, pretrained: bool = False,
-                    **kwargs) -> Backbone:
+def create_backbone(
+    name: str, weights: str | Path | None = None, pretrained: bool = False, **kwargs
+) -> Backbone:
     """Build a backbone by name; ``weights`` loads a local file strictly (never downloads).
 
     ``pretrained=True`` without ``weights`` is an error: there is no download path by design.

@@ -39,13 +39,23 @@ class ResNetBackbone(Backbone):
             block.downsample[0].stride = (1, 1)
         self.global_avgpool = nn.AdaptiveAvgPool2d(1)
         exp = 4 if arch == "resnet50" else 1
-        self._stage_out_channels = {"stem": 64, "layer1": 64 * exp, "layer2": 128 * exp,
-                                    "layer3": 256 * exp, "layer4": 512 * exp}
+        self._stage_out_channels = {
+            "stem": 64,
+            "layer1": 64 * exp,
+            "layer2": 128 * exp,
+            "layer3": 256 * exp,
+            "layer4": 512 * exp,
+        }
         self.feature_dim = 512 * exp
 
     def stages(self) -> list[nn.Module]:
-        return [nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool),
-                self.layer1, self.layer2, self.layer3, self.layer4]
+        return [
+            nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool),
+            self.layer1,
+            self.layer2,
+            self.layer3,
+            self.layer4,
+        ]
 
     def forward_head(self, feature_map: torch.Tensor) -> torch.Tensor:
         """Global average pooling: the plain pooled feature."""

@@ -27,7 +27,7 @@ Device = Literal["cpu", "cuda"]
 
 
 class BackendUnavailable(RuntimeError):
-    """This backend cannot run here (runtime missing, no GPU, no cached engine...); ``reason`` says why."""
+    """A backend that cannot run here (runtime missing, no GPU, no cached engine...); ``reason`` says why."""
 
     def __init__(self, backend: str, reason: str):
         super().__init__(f"{backend}: {reason}")

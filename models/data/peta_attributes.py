@@ -29,41 +29,140 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "PETA_35_ATTRIBUTES", "PETA_BINARY_ATTRIBUTES", "PETA_COLOURS", "PETA_ALL_ATTRIBUTES", "PETA_SUBSETS",
-    "PETA_TRAIN_SUBSETS", "PETA_TEST_SUBSETS", "TOKEN_ALIASES", "AttributeRecord", "AttributeRecords",
-    "read_peta_attributes", "resolve_attribute_names",
+    "PETA_35_ATTRIBUTES",
+    "PETA_BINARY_ATTRIBUTES",
+    "PETA_COLOURS",
+    "PETA_ALL_ATTRIBUTES",
+    "PETA_SUBSETS",
+    "PETA_TRAIN_SUBSETS",
+    "PETA_TEST_SUBSETS",
+    "TOKEN_ALIASES",
+    "AttributeRecord",
+    "AttributeRecords",
+    "read_peta_attributes",
+    "resolve_attribute_names",
 ]
 
 logger = logging.getLogger(__name__)
 
 PETA_35_ATTRIBUTES: tuple[str, ...] = (
-    "accessoryHat", "accessoryMuffler", "accessoryNothing", "accessorySunglasses", "hairLong",
-    "upperBodyCasual", "upperBodyFormal", "upperBodyJacket", "upperBodyLogo", "upperBodyPlaid",
-    "upperBodyShortSleeve", "upperBodyThinStripes", "upperBodyTshirt", "upperBodyOther", "upperBodyVNeck",
-    "lowerBodyCasual", "lowerBodyFormal", "lowerBodyJeans", "lowerBodyShorts", "lowerBodyShortSkirt",
-    "lowerBodyTrousers", "footwearLeatherShoes", "footwearSandals", "footwearShoes", "footwearSneaker",
-    "carryingBackpack", "carryingOther", "carryingMessengerBag", "carryingNothing", "carryingPlasticBags",
-    "personalLess30", "personalLess45", "personalLess60", "personalLarger60", "personalMale",
+    "accessoryHat",
+    "accessoryMuffler",
+    "accessoryNothing",
+    "accessorySunglasses",
+    "hairLong",
+    "upperBodyCasual",
+    "upperBodyFormal",
+    "upperBodyJacket",
+    "upperBodyLogo",
+    "upperBodyPlaid",
+    "upperBodyShortSleeve",
+    "upperBodyThinStripes",
+    "upperBodyTshirt",
+    "upperBodyOther",
+    "upperBodyVNeck",
+    "lowerBodyCasual",
+    "lowerBodyFormal",
+    "lowerBodyJeans",
+    "lowerBodyShorts",
+    "lowerBodyShortSkirt",
+    "lowerBodyTrousers",
+    "footwearLeatherShoes",
+    "footwearSandals",
+    "footwearShoes",
+    "footwearSneaker",
+    "carryingBackpack",
+    "carryingOther",
+    "carryingMessengerBag",
+    "carryingNothing",
+    "carryingPlasticBags",
+    "personalLess30",
+    "personalLess45",
+    "personalLess60",
+    "personalLarger60",
+    "personalMale",
 )
 
 # The ReadMe's binary list (ids 1-65), including the four it discards for having < 10 samples.
 PETA_BINARY_ATTRIBUTES: tuple[str, ...] = (
-    "accessoryFaceMask", "accessoryHeadphone", "accessoryShawl", "personalLess15", "personalLess30",
-    "personalLess45", "personalLess60", "personalLarger60", "carryingBabyBuggy", "carryingBackpack",
-    "hairBald", "footwearBoots", "lowerBodyCapri", "carryingOther", "carryingShoppingTro", "carryingUmbrella",
-    "lowerBodyCasual", "upperBodyCasual", "personalFemale", "carryingFolder", "lowerBodyFormal",
-    "upperBodyFormal", "accessoryHairBand", "accessoryHat", "lowerBodyHotPants", "upperBodyJacket",
-    "lowerBodyJeans", "accessoryKerchief", "footwearLeatherShoes", "upperBodyLogo", "hairLong",
-    "lowerBodyLongSkirt", "upperBodyLongSleeve", "lowerBodyLogo", "lowerBodyPlaid", "lowerBodyThickStripes",
-    "lowerBodyThinStripes", "carryingLuggageCase", "personalMale", "carryingMessengerBag", "accessoryMuffler",
-    "accessoryNothing", "carryingNothing", "upperBodyNoSleeve", "upperBodyPlaid", "carryingPlasticBags",
-    "footwearSandals", "footwearShoes", "hairShort", "lowerBodyShorts", "upperBodyShortSleeve",
-    "lowerBodyShortSkirt", "footwearSneaker", "footwearStocking", "upperBodyThinStripes", "upperBodySuit",
-    "carryingSuitcase", "lowerBodySuits", "accessorySunglasses", "upperBodySweater", "upperBodyThickStripes",
-    "lowerBodyTrousers", "upperBodyTshirt", "upperBodyOther", "upperBodyVNeck",
+    "accessoryFaceMask",
+    "accessoryHeadphone",
+    "accessoryShawl",
+    "personalLess15",
+    "personalLess30",
+    "personalLess45",
+    "personalLess60",
+    "personalLarger60",
+    "carryingBabyBuggy",
+    "carryingBackpack",
+    "hairBald",
+    "footwearBoots",
+    "lowerBodyCapri",
+    "carryingOther",
+    "carryingShoppingTro",
+    "carryingUmbrella",
+    "lowerBodyCasual",
+    "upperBodyCasual",
+    "personalFemale",
+    "carryingFolder",
+    "lowerBodyFormal",
+    "upperBodyFormal",
+    "accessoryHairBand",
+    "accessoryHat",
+    "lowerBodyHotPants",
+    "upperBodyJacket",
+    "lowerBodyJeans",
+    "accessoryKerchief",
+    "footwearLeatherShoes",
+    "upperBodyLogo",
+    "hairLong",
+    "lowerBodyLongSkirt",
+    "upperBodyLongSleeve",
+    "lowerBodyLogo",
+    "lowerBodyPlaid",
+    "lowerBodyThickStripes",
+    "lowerBodyThinStripes",
+    "carryingLuggageCase",
+    "personalMale",
+    "carryingMessengerBag",
+    "accessoryMuffler",
+    "accessoryNothing",
+    "carryingNothing",
+    "upperBodyNoSleeve",
+    "upperBodyPlaid",
+    "carryingPlasticBags",
+    "footwearSandals",
+    "footwearShoes",
+    "hairShort",
+    "lowerBodyShorts",
+    "upperBodyShortSleeve",
+    "lowerBodyShortSkirt",
+    "footwearSneaker",
+    "footwearStocking",
+    "upperBodyThinStripes",
+    "upperBodySuit",
+    "carryingSuitcase",
+    "lowerBodySuits",
+    "accessorySunglasses",
+    "upperBodySweater",
+    "upperBodyThickStripes",
+    "lowerBodyTrousers",
+    "upperBodyTshirt",
+    "upperBodyOther",
+    "upperBodyVNeck",
 )
 PETA_COLOURS: tuple[str, ...] = (
-    "Black", "Blue", "Brown", "Green", "Grey", "Orange", "Pink", "Purple", "Red", "White", "Yellow",
+    "Black",
+    "Blue",
+    "Brown",
+    "Green",
+    "Grey",
+    "Orange",
+    "Pink",
+    "Purple",
+    "Red",
+    "White",
+    "Yellow",
 )
 PETA_ALL_ATTRIBUTES: tuple[str, ...] = PETA_BINARY_ATTRIBUTES + tuple(
     f"{part}{colour}" for part in ("footwear", "hair", "lowerBody", "upperBody") for colour in PETA_COLOURS
@@ -74,7 +173,16 @@ TOKEN_ALIASES: dict[str, str] = {
     "carryingShoppingTrolley": "carryingShoppingTro",
 }
 PETA_SUBSETS: tuple[str, ...] = (
-    "3DPeS", "CAVIAR4REID", "CUHK", "GRID", "i-LID", "MIT", "PRID", "SARC3D", "TownCentre", "VIPeR",
+    "3DPeS",
+    "CAVIAR4REID",
+    "CUHK",
+    "GRID",
+    "i-LID",
+    "MIT",
+    "PRID",
+    "SARC3D",
+    "TownCentre",
+    "VIPeR",
 )
 PETA_TRAIN_SUBSETS: tuple[str, ...] = ("3DPeS", "CAVIAR4REID", "GRID", "MIT", "SARC3D", "TownCentre")
 PETA_TEST_SUBSETS: tuple[str, ...] = ("VIPeR",)
@@ -184,8 +292,9 @@ def read_peta_attributes(
                 else:
                     out.outside_selection[token] += 1
             if parts[0] in by_id:
-                logger.warning("%s:%d: person id %s labelled twice; keeping the last line",
-                               label_file, line_no, parts[0])
+                logger.warning(
+                    "%s:%d: person id %s labelled twice; keeping the last line", label_file, line_no, parts[0]
+                )
             by_id[parts[0]] = vec
         by_int = {int(k): v for k, v in by_id.items() if k.isdigit()}
         count = 0
@@ -200,10 +309,12 @@ def read_peta_attributes(
                 out.images_without_label += 1
                 continue
             out.records.append(
-                AttributeRecord(path=image, person_id=f"{subset}/{pid}", labels=vec, subset=subset))
+                AttributeRecord(path=image, person_id=f"{subset}/{pid}", labels=vec, subset=subset)
+            )
             count += 1
         out.subset_counts[subset] = count
     if out.unmapped:
-        logger.warning("PETA: %d label tokens could not be mapped: %s", sum(out.unmapped.values()),
-                       dict(out.unmapped))
+        logger.warning(
+            "PETA: %d label tokens could not be mapped: %s", sum(out.unmapped.values()), dict(out.unmapped)
+        )
     return out

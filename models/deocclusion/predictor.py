@@ -69,8 +69,16 @@ class DeocclusionPredictor:
         self.model_config: ModelConfig = cfg
         #: (height, width) the generator runs at
         self.image_size: tuple[int, int] = (int(cfg.image_size[0]), int(cfg.image_size[1]))
-        onnx_path = resolve_onnx(onnx, onnx_key, path, generator, [torch.zeros(2, 3, *self.image_size)],
-                                 [INPUT_NAME], [OUTPUT_NAME], backend.preference)
+        onnx_path = resolve_onnx(
+            onnx,
+            onnx_key,
+            path,
+            generator,
+            [torch.zeros(2, 3, *self.image_size)],
+            [INPUT_NAME],
+            [OUTPUT_NAME],
+            backend.preference,
+        )
         self.backend: InferenceBackend = create_backend_from_config(
             backend,
             onnx_path=onnx_path,

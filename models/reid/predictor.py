@@ -73,8 +73,9 @@ class ReidPredictor:
         backend = backend or BackendConfig()
         module = OAMNInference(model).eval()
         example = [torch.zeros(2, 3, *cfg.input_size)]
-        onnx_path = resolve_onnx(onnx, onnx_key, path, module, example, ["images"], list(REID_OUTPUTS),
-                                 backend.preference)
+        onnx_path = resolve_onnx(
+            onnx, onnx_key, path, module, example, ["images"], list(REID_OUTPUTS), backend.preference
+        )
         self.weights: Path = path
         self.model_config: OAMNModelConfig = cfg
         self.input_size: tuple[int, int] = (int(cfg.input_size[0]), int(cfg.input_size[1]))

@@ -94,7 +94,9 @@ def crop_weights(
     sharpness_ref: float = SHARPNESS_REF,
     height_ref: float = HEIGHT_REF,
 ) -> np.ndarray:
-    """Weights (N,) of crops in a track's mean, the product of
+    """Weights (N,) of crops in a track's mean.
+
+    Each weight is the product of:
 
     * ``visible_share(grade) ** occlusion_power``: 1 holistic, 0.56 quarter, 0.25 half (power 2);
     * ``s / (s + sharpness_ref)`` for the crop's ``laplacian_sharpness`` s (0.5 at the reference);

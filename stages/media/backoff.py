@@ -15,11 +15,18 @@ class Backoff:
     """Delays ``initial * multiplier**n``, capped at ``maximum``, each scaled by a random factor in
     ``[1 - jitter, 1]``. ``reset()`` after a healthy connection starts again from ``initial``."""
 
-    def __init__(self, initial: float, maximum: float, multiplier: float = 2.0, jitter: float = 0.5,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        initial: float,
+        maximum: float,
+        multiplier: float = 2.0,
+        jitter: float = 0.5,
+        rng: random.Random | None = None,
+    ) -> None:
         if initial <= 0 or maximum < initial:
-            raise ValueError(f"backoff needs 0 < initial <= maximum, got initial={initial}, "
-                             f"maximum={maximum}")
+            raise ValueError(
+                f"backoff needs 0 < initial <= maximum, got initial={initial}, maximum={maximum}"
+            )
         if multiplier < 1:
             raise ValueError(f"backoff multiplier must be >= 1, got {multiplier}")
         if not 0 <= jitter <= 1:

@@ -51,8 +51,9 @@ class StreamBuffer(Generic[T]):
                 self._next = 0
             self._cond.notify_all()
 
-    def put(self, stream_id: str, item: T, *, drop_oldest: bool, stop: threading.Event,
-            force: bool = False) -> int:
+    def put(
+        self, stream_id: str, item: T, *, drop_oldest: bool, stop: threading.Event, force: bool = False
+    ) -> int:
         """Queue ``item``; return how many older items were dropped to make room.
 
         With ``drop_oldest`` a full queue sheds its oldest item; otherwise the producer waits until

@@ -139,8 +139,13 @@ class _RateCap:
 class StreamDecoder:
     """Decode one stream; see the module docstring for the behaviour."""
 
-    def __init__(self, stream_id: str, source: ResolvedSource, options: DecoderOptions | None = None,
-                 count: CountFn | None = None) -> None:
+    def __init__(
+        self,
+        stream_id: str,
+        source: ResolvedSource,
+        options: DecoderOptions | None = None,
+        count: CountFn | None = None,
+    ) -> None:
         self.stream_id = stream_id
         self.source = source
         self.options = options or DecoderOptions()
@@ -195,8 +200,9 @@ class StreamDecoder:
 
     def _live(self, stop: threading.Event):
         opts = self.options
-        backoff = Backoff(opts.backoff_initial_s, opts.backoff_max_s, opts.backoff_multiplier,
-                          opts.backoff_jitter)
+        backoff = Backoff(
+            opts.backoff_initial_s, opts.backoff_max_s, opts.backoff_multiplier, opts.backoff_jitter
+        )
         url = self.source.inputs[0]
         failures = 0  # consecutive attempts that produced no frame
         sessions = 0
@@ -209,8 +215,9 @@ class StreamDecoder:
                     detail = f"gave up after {failures} attempts without a frame; last error: {last_error}"
                     return StreamEnded(self.stream_id, "error", detail)
                 delay = backoff.next_delay()
-                logger.info("stream %s: reconnecting to %s in %.2f s", self.stream_id,
-                            self.source.describe(), delay)
+                logger.info(
+                    "stream %s: reconnecting to %s in %.2f s", self.stream_id, self.source.describe(), delay
+                )
                 if stop.wait(delay):
                     break
             first = False
@@ -219,8 +226,9 @@ class StreamDecoder:
             except (av.FFmpegError, OSError) as exc:
                 failures += 1
                 last_error = self._scrub(f"{type(exc).__name__}: {exc}")
-                logger.warning("stream %s: cannot open %s: %s", self.stream_id, self.source.describe(),
-                               last_error)
+                logger.warning(
+                    "stream %s: cannot open %s: %s", self.stream_id, self.source.describe(), last_error
+                )
                 self._count("connect_failures", stream=self.stream_id)
                 continue
             if sessions:
@@ -243,8 +251,13 @@ class StreamDecoder:
             if outcome.stalled:
                 self._count("stalls", stream=self.stream_id)
             self._count("disconnects", stream=self.stream_id)
-            logger.warning("stream %s: lost %s after %d frames: %s", self.stream_id, self.source.describe(),
-                           outcome.frames, last_error)
+            logger.warning(
+                "stream %s: lost %s after %d frames: %s",
+                self.stream_id,
+                self.source.describe(),
+                outcome.frames,
+                last_error,
+            )
         return StreamEnded(self.stream_id, "stopped")
 
     # ------------------------------------------------------------------ decoding
@@ -260,11 +273,17 @@ class StreamDecoder:
                 options.setdefault("timeout", str(int(opts.read_timeout_s * 1_000_000)))
             # FFmpeg probes 5 s of a live stream before returning from open by default.
             options.setdefault("analyzeduration", str(int(opts.probe_s * 1_000_000)))
-        return av.open(item, mode="r", format=self.source.container_format(item), options=options,
-                       timeout=(opts.open_timeout_s, opts.read_timeout_s))
+        return av.open(
+            item,
+            mode="r",
+            format=self.source.container_format(item),
+            options=options,
+            timeout=(opts.open_timeout_s, opts.read_timeout_s),
+        )
 
-    def _decode(self, container: av.container.InputContainer, stop: threading.Event, offset: float,
-                *, live: bool):
+    def _decode(
+        self, container: av.container.InputContainer, stop: threading.Event, offset: float, *, live: bool
+    ):
         outcome = _Outcome(end_pts=offset)
         if not container.streams.video:
             outcome.error = "no video stream"
@@ -292,8 +311,9 @@ class StreamDecoder:
                     errors_in_row += 1
                     self._count("decode_errors", stream=self.stream_id)
                     if errors_in_row > self.options.max_decode_errors:
-                        outcome.error = (f"{errors_in_row} undecodable packets in a row: "
-                                         f"{self._scrub(str(exc))}")
+                        outcome.error = (
+                            f"{errors_in_row} undecodable packets in a row: {self._scrub(str(exc))}"
+                        )
                         return outcome
                     continue
                 if not decoded and live and time.monotonic() - last_frame_mono > self.options.stall_timeout_s:
@@ -348,8 +368,9 @@ class StreamDecoder:
         return outcome
 
     @staticmethod
-    def _truncation(container, stream, frames: int, last_t: float | None, offset: float,
-                    rate: float) -> str | None:
+    def _truncation(
+        container, stream, frames: int, last_t: float | None, offset: float, rate: float
+    ) -> str | None:
         """Detect a file cut short: its index or duration promises more than was decoded."""
         expected = stream.frames or 0
         if expected and frames < expected - max(2, 0.02 * expected):

@@ -19,8 +19,28 @@ __all__ = ["VIDEO_EXTENSIONS", "LIVE_SCHEMES", "ResolvedSource", "resolve_source
 
 #: Extensions picked up when a directory is given (case-insensitive).
 VIDEO_EXTENSIONS = frozenset(
-    {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".ts", ".mts", ".m2ts", ".flv",
-     ".264", ".h264", ".265", ".h265", ".hevc", ".mjpeg", ".mjpg", ".mpg", ".mpeg", ".wmv"}
+    {
+        ".mp4",
+        ".m4v",
+        ".mov",
+        ".mkv",
+        ".webm",
+        ".avi",
+        ".ts",
+        ".mts",
+        ".m2ts",
+        ".flv",
+        ".264",
+        ".h264",
+        ".265",
+        ".h265",
+        ".hevc",
+        ".mjpeg",
+        ".mjpg",
+        ".mpg",
+        ".mpeg",
+        ".wmv",
+    }
 )
 #: URL schemes treated as live sources (reconnect on failure, no pacing, wall-clock timestamps).
 LIVE_SCHEMES = frozenset({"rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "rtp", "srt", "tcp"})
@@ -79,8 +99,9 @@ def resolve_source(source: str | Sequence[str]) -> ResolvedSource:
     """
     items = [source] if isinstance(source, str) else list(source)
     if not items:
-        raise ValueError("source is empty: give a video file, a directory of videos, a list of files "
-                         "or a URL")
+        raise ValueError(
+            "source is empty: give a video file, a directory of videos, a list of files or a URL"
+        )
     if any(is_live(str(item)) for item in items):
         if len(items) != 1:
             raise ValueError(f"a live URL must be the only source of its stream, got {len(items)} entries")
@@ -92,8 +113,10 @@ def resolve_source(source: str | Sequence[str]) -> ResolvedSource:
             videos = (p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
             found = sorted(videos, key=_natural_key)
             if not found:
-                raise ValueError(f"directory {str(path)!r} holds no video files "
-                                 f"(looked for {', '.join(sorted(VIDEO_EXTENSIONS))})")
+                raise ValueError(
+                    f"directory {str(path)!r} holds no video files "
+                    f"(looked for {', '.join(sorted(VIDEO_EXTENSIONS))})"
+                )
             files.extend(str(p) for p in found)
         elif path.is_file():
             files.append(str(path))

@@ -23,13 +23,19 @@ def synthetic_frame(index: int, width: int, height: int) -> np.ndarray:
     image = np.full((height, width, 3), 30, np.uint8)
     box = max(8, height // 4)
     x = (index * 4) % max(1, width - box)
-    image[height // 2 - box // 2: height // 2 + box // 2, x: x + box] = (40, 200, 240)
+    image[height // 2 - box // 2 : height // 2 + box // 2, x : x + box] = (40, 200, 240)
     image[:16, :16] = min(255, 10 + 8 * (index % 30))
     return image
 
 
-def write_clip(path: str | Path, frames: int = 30, width: int = 160, height: int = 96, fps: int = 25,
-               codec: str | None = None) -> Path:
+def write_clip(
+    path: str | Path,
+    frames: int = 30,
+    width: int = 160,
+    height: int = 96,
+    fps: int = 25,
+    codec: str | None = None,
+) -> Path:
     """Encode ``frames`` synthetic frames to ``path``; the codec follows the extension by default
     (H.264 for mp4/mkv/.264, HEVC for .265, MPEG-4 part 2 for avi)."""
     path = Path(path)

@@ -95,7 +95,10 @@ class RowBlocks:
     @classmethod
     def of(cls, message: PersonCrops) -> RowBlocks:
         grades, restored, identities, attributes = (
-            message.grades, message.restored, message.identities, message.attributes,
+            message.grades,
+            message.restored,
+            message.identities,
+            message.attributes,
         )
         grade, identity = {}, {}
         if grades is not None:

@@ -252,7 +252,8 @@ class SqliteSink(Stage):
         }
         if self._committed:
             self.context.logger.info(
-                "sqlite_sink continues session %s (%d streams already committed)", self.session,
+                "sqlite_sink continues session %s (%d streams already committed)",
+                self.session,
                 len(self._committed),
             )
         self._tracks: TrackTable[_TrackRow] = TrackTable(self.config.track_idle_s)
@@ -416,8 +417,20 @@ class SqliteSink(Stage):
             grade = blocks.grade.get(i)
             rows.append(
                 (
-                    row.id, stream, msg.seq, msg.pts, t, x1, y1, x2, y2, float(tracks.confidence[i]), state,
-                    grade, int(i in blocks.restored), None if identity is None else identity[0],
+                    row.id,
+                    stream,
+                    msg.seq,
+                    msg.pts,
+                    t,
+                    x1,
+                    y1,
+                    x2,
+                    y2,
+                    float(tracks.confidence[i]),
+                    state,
+                    grade,
+                    int(i in blocks.restored),
+                    None if identity is None else identity[0],
                 )
             )
         if rows:

@@ -144,7 +144,17 @@ _ATTRIBUTE_LABELS: dict[str, str | None] = {
 _PARTS = {"upperBody": "top", "lowerBody": "bottom", "footwear": "shoes", "hair": "hair"}
 _PREFIXES = ("personal", "carrying", "accessory", "upperBody", "lowerBody", "footwear", "hair")
 _COLOURS = {
-    "Black", "Blue", "Brown", "Green", "Grey", "Orange", "Pink", "Purple", "Red", "White", "Yellow",
+    "Black",
+    "Blue",
+    "Brown",
+    "Green",
+    "Grey",
+    "Orange",
+    "Pink",
+    "Purple",
+    "Red",
+    "White",
+    "Yellow",
 }
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
@@ -158,13 +168,13 @@ def short_attribute(name: str) -> str | None:
     if name in _ATTRIBUTE_LABELS:
         return _ATTRIBUTE_LABELS[name]
     for part, noun in _PARTS.items():
-        rest = name[len(part):]
+        rest = name[len(part) :]
         if name.startswith(part) and rest in _COLOURS:
             return f"{rest.lower()} {noun}"
     rest = name
     for prefix in _PREFIXES:
         if name.startswith(prefix) and len(name) > len(prefix) and name[len(prefix)].isupper():
-            rest = name[len(prefix):]
+            rest = name[len(prefix) :]
             break
     words = _CAMEL.sub(" ", rest.replace("_", " ")).split()
     return " ".join(w.lower() for w in words) or None
@@ -207,8 +217,13 @@ def _color(track_id: int) -> tuple[int, int, int]:
 
 
 def _draw_label(
-    image: np.ndarray, box: tuple[int, int, int, int], lines: list[str], color: tuple[int, int, int],
-    scale: float, stroke: int, bar: int,
+    image: np.ndarray,
+    box: tuple[int, int, int, int],
+    lines: list[str],
+    color: tuple[int, int, int],
+    scale: float,
+    stroke: int,
+    bar: int,
 ) -> None:
     """``lines`` on a dark strip above the box (inside it at the frame's top edge), a colour bar left."""
     height, width = image.shape[:2]
@@ -397,7 +412,9 @@ class VideoSink(Stage):
                 state.waiting = False
                 self.context.logger.info(
                     "video_sink stream %s: no labelled PersonCrops within %d frames; writing frames "
-                    "without waiting", stream_id, self.config.sync_frames,
+                    "without waiting",
+                    stream_id,
+                    self.config.sync_frames,
                 )
                 while state.buffer:
                     self._pop(stream_id, state)

@@ -21,8 +21,14 @@ CropMode = Literal["resize", "letterbox"]
 _FILL = 114
 
 
-def cut_crops(image: np.ndarray, xyxy: np.ndarray, size: tuple[int, int], padding: float = 0.0,
-              mode: CropMode = "resize", keep: np.ndarray | None = None) -> np.ndarray:
+def cut_crops(
+    image: np.ndarray,
+    xyxy: np.ndarray,
+    size: tuple[int, int],
+    padding: float = 0.0,
+    mode: CropMode = "resize",
+    keep: np.ndarray | None = None,
+) -> np.ndarray:
     """Return uint8 (N, h, w, 3) crops of ``image`` for boxes ``xyxy`` (N, 4); ``size`` is (h, w)."""
     out_h, out_w = size
     crops = np.zeros((len(xyxy), out_h, out_w, 3), np.uint8)
@@ -39,7 +45,7 @@ def cut_crops(image: np.ndarray, xyxy: np.ndarray, size: tuple[int, int], paddin
     for i in range(len(boxes)):
         if (keep is not None and not keep[i]) or x2[i] <= x1[i] or y2[i] <= y1[i]:
             continue
-        region = image[y1[i]:y2[i], x1[i]:x2[i]]
+        region = image[y1[i] : y2[i], x1[i] : x2[i]]
         if mode == "resize":
             crops[i] = _resize(region, out_w, out_h)
         else:
@@ -60,4 +66,4 @@ def _letterbox_into(region: np.ndarray, out: np.ndarray) -> None:
     new_h = max(1, min(out_h, round(region.shape[0] * scale)))
     out[:] = _FILL
     top, left = (out_h - new_h) // 2, (out_w - new_w) // 2
-    out[top:top + new_h, left:left + new_w] = _resize(region, new_w, new_h)
+    out[top : top + new_h, left : left + new_w] = _resize(region, new_w, new_h)

@@ -56,8 +56,11 @@ class _Boxes:
 
     @classmethod
     def from_detections(cls, detections: Detections) -> _Boxes:
-        return cls(detections.xyxy.astype(np.float32), detections.confidence.astype(np.float32),
-                   detections.class_id.astype(np.float32))
+        return cls(
+            detections.xyxy.astype(np.float32),
+            detections.confidence.astype(np.float32),
+            detections.class_id.astype(np.float32),
+        )
 
 
 class StreamTracker:
@@ -100,8 +103,9 @@ class StreamTracker:
 
     def end_all(self) -> Tracks:
         """End every reported track (the stream is over); each is reported ENDED once."""
-        rows = [(tid, self._last_box[tid], self._last_score[tid], TrackState.ENDED)
-                for tid in self.active_ids]
+        rows = [
+            (tid, self._last_box[tid], self._last_score[tid], TrackState.ENDED) for tid in self.active_ids
+        ]
         self._reported.clear()
         self._last_box.clear()
         self._last_score.clear()
