@@ -400,7 +400,7 @@ def _replay(args: argparse.Namespace) -> int:
     runtime = EmbeddedRuntime(graph, observer=progress)
     report = _run_with_signals(runtime, progress if not args.no_progress else None, total)
     _summary(graph, progress, report, ids)
-    return _finish(report) or _source_errors(progress.ended)
+    return _finish(report) or _failed_sources(report.failed_streams)
 
 
 def _run_with_signals(runtime: Any, progress: _Progress | None, total: int | None) -> RunReport:
@@ -489,12 +489,8 @@ def _summary(graph: GraphConfig, progress: _Progress, report: RunReport, ids: li
 EXIT_SOURCE_ERROR = 3
 
 
-def _source_errors(ended: list[EndOfStream]) -> int:
-    """``EXIT_SOURCE_ERROR`` when any stream ended with an error (the others were finished first)."""
-    return _failed_sources(sorted({e.stream_id for e in ended if e.reason == "error"}))
-
-
 def _failed_sources(failed: list[str]) -> int:
+    """``EXIT_SOURCE_ERROR`` when a source could not read a stream (the others were finished first)."""
     if not failed:
         return 0
     print(

@@ -115,6 +115,7 @@ class StageRunner:
         self._closing = threading.Event()
         self._inflight: collections.deque[_InFlight] = collections.deque()
         self._last_flush = time.monotonic()
+        self._durable = False
         self._dedup = _Dedup()
         self._inputs: Inputs | None = None
         self._progress: _SourceProgress | None = None
@@ -148,6 +149,7 @@ class StageRunner:
                 inputs.start()
             context = StageContext(self.name, self._log, self._metrics, self.graph.output_dir, self._run)
             stage = cls.from_config(self.spec.config, context)
+            self._durable = type(stage).flush is not Stage.flush  # a sink with something to commit
             stage.on_start()
             started = True
             self._log.info("stage=%s type=%s started", self.name, self.spec.type)
@@ -324,7 +326,7 @@ class StageRunner:
         if not self._inflight:
             return
         now = time.monotonic()
-        durable = type(stage).flush is not Stage.flush if stage is not None else False
+        durable = stage is not None and self._durable
         if durable and not (idle or final or now - self._last_flush >= self.graph.delivery.flush_interval_s):
             return
         if durable and stage is not None and self._failure is None:

@@ -24,27 +24,16 @@ import pytest
 from pipeline.messages import EndOfStream, Frame
 from pipeline.stage import MetricSink, StageContext
 from stages.ingest import IngestConfig, IngestStage
+from tools.soak import SYSTEM_PYTHON, rtsp_unavailable
 
 pytestmark = pytest.mark.rtsp
 
-SYSTEM_PYTHON = "/usr/bin/python3"
 SERVER = Path(__file__).with_name("rtsp_server.py")
-
-
-def _rtsp_unavailable() -> str | None:
-    probe = "import gi; gi.require_version('GstRtspServer', '1.0')"
-    try:
-        result = subprocess.run([SYSTEM_PYTHON, "-c", probe], capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"{SYSTEM_PYTHON} cannot run: {exc}"
-    if result.returncode != 0:
-        return f"GStreamer RTSP server bindings missing ({result.stderr.strip().splitlines()[-1:]})"
-    return None
 
 
 @pytest.fixture(scope="module")
 def rtsp_ok() -> None:
-    reason = _rtsp_unavailable()
+    reason = rtsp_unavailable()
     if reason:
         if os.environ.get("AMODAL_REQUIRE_RTSP"):
             pytest.fail(f"AMODAL_REQUIRE_RTSP is set but {reason}")

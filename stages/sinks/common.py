@@ -21,6 +21,7 @@ from pipeline.messages import GRADE_NAMES, Attributes, PersonCrops, TrackEnd, Tr
 from pipeline.stage import StageContext
 
 __all__ = [
+    "WrittenBefore",
     "output_path",
     "under",
     "safe_name",
@@ -276,6 +277,33 @@ class TrackTable(Generic[V]):
 
     def __len__(self) -> int:
         return sum(len(t) for t in self._streams.values())
+
+
+class WrittenBefore:
+    """What an earlier process of this sink wrote in the same run, per stream: the last frame number and
+    how many messages of that frame. A restarted sink is sent again what it had not acknowledged
+    (pipeline.delivery); ``again`` says which of those it already holds, once each, so nothing is
+    written twice. Frames only grow per stream, so the first newer one ends the check for its stream.
+    """
+
+    def __init__(self, written: dict[str, tuple[int, int]]) -> None:
+        self._left = {stream: [last, count] for stream, (last, count) in written.items()}
+
+    def __bool__(self) -> bool:
+        return bool(self._left)
+
+    def __len__(self) -> int:
+        return len(self._left)
+
+    def again(self, stream_id: str, seq: int) -> bool:
+        left = self._left.get(stream_id)
+        if left is None:
+            return False
+        if seq < left[0] or (seq == left[0] and left[1] > 0):
+            left[1] -= seq == left[0]
+            return True
+        del self._left[stream_id]  # past what was written: from here on everything is new
+        return False
 
 
 class TrackEndDedup:

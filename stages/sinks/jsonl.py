@@ -38,7 +38,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from pipeline.messages import EndOfStream, PersonCrops, TrackEnd
 from pipeline.registry import register_stage
 from pipeline.stage import Stage
-from stages.sinks.common import TrackEndDedup, output_path, track_end_record, tracks_record, under
+from stages.sinks.common import (
+    TrackEndDedup,
+    WrittenBefore,
+    output_path,
+    track_end_record,
+    tracks_record,
+    under,
+)
 
 __all__ = ["JsonlSink", "JsonlSinkConfig"]
 
@@ -72,53 +79,51 @@ class JsonlSink(Stage):
     def on_start(self) -> None:
         path = output_path(self.context, self.config.path)
         self.path = path
-        self._written = self._written_this_run()
+        self._written, self._ended_before = self._written_this_run()
         self._file = path.open("a", encoding="utf-8")
         self._ended = TrackEndDedup(self.config.track_idle_s)
 
-    def _written_this_run(self) -> dict[str, list[Any]]:
-        """Per stream, [last seq, lines of it, ended] written by earlier processes of this run."""
+    def _written_this_run(self) -> tuple[WrittenBefore, set[str]]:
+        """The frames (per stream) and the ended streams earlier processes of this run wrote."""
         run = self.context.run
         if not run.state_dir:
-            return {}
+            return WrittenBefore({}), set()
         mark = Path(run.state_dir) / f"{self.context.name}.jsonl-offset"
         if run.restarts == 0 or not mark.exists():
             mark.write_text(str(self.path.stat().st_size if self.path.exists() else 0))
-            return {}
+            return WrittenBefore({}), set()
         with self.path.open("rb+") as file:
             file.seek(int(mark.read_text()))
             data = file.read()
             cut = data.rfind(b"\n") + 1
             if cut < len(data):  # a line the killed process did not finish
                 file.truncate(file.tell() - (len(data) - cut))
-        written: dict[str, list[Any]] = {}
+        frames: dict[str, tuple[int, int]] = {}
+        ended: set[str] = set()
         for line in data[:cut].splitlines():
             record = json.loads(line)
-            state = written.setdefault(record["stream_id"], [-1, 0, False])
+            stream = record["stream_id"]
             if record["type"] == "tracks":
-                state[:] = [record["seq"], state[1] + 1 if record["seq"] == state[0] else 1, False]
+                last, count = frames.get(stream, (-1, 0))
+                frames[stream] = (record["seq"], count + 1 if record["seq"] == last else 1)
+                ended.discard(stream)
             elif record["type"] == "end_of_stream":
-                state[2] = True
-        return written
+                ended.add(stream)
+        return WrittenBefore(frames), ended
 
     def _seen_before(self, message: Any) -> bool:
         """Written by this run's earlier process (sent again after the restart): skip it."""
-        state = self._written.get(message.stream_id)
-        if state is None:
-            return False
         if isinstance(message, EndOfStream):
-            del self._written[message.stream_id]
-            return bool(state[2])
-        if isinstance(message, PersonCrops) and (len(message.tracks) or self.config.include_empty):
-            if message.seq < state[0] or (message.seq == state[0] and state[1] > 0):
-                state[1] -= message.seq == state[0]
+            if message.stream_id in self._ended_before:
+                self._ended_before.discard(message.stream_id)
                 return True
-            if message.seq > state[0]:
-                del self._written[message.stream_id]
+            return False
+        if isinstance(message, PersonCrops) and (len(message.tracks) or self.config.include_empty):
+            return self._written.again(message.stream_id, message.seq)
         return False
 
     def process(self, message: Any) -> Iterable[Any]:
-        if self._written and self._seen_before(message):
+        if (self._written or self._ended_before) and self._seen_before(message):
             return ()
         if isinstance(message, EndOfStream):
             record = {

@@ -60,6 +60,7 @@ from pipeline.stage import Stage
 from stages.sinks.common import (
     RowBlocks,
     TrackTable,
+    WrittenBefore,
     final_identities,
     output_path,
     row_index,
@@ -244,12 +245,14 @@ class SqliteSink(Stage):
         self.session = self.context.run.run_id or (
             time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
         )
-        self._committed = {
-            stream: [last, at_last]
-            for stream, last, at_last in self._db.execute(
-                "SELECT stream_id, last_seq, at_last FROM sink_progress WHERE session=?", (self.session,)
-            )
-        }
+        self._committed = WrittenBefore(
+            {
+                stream: (last, at_last)
+                for stream, last, at_last in self._db.execute(
+                    "SELECT stream_id, last_seq, at_last FROM sink_progress WHERE session=?", (self.session,)
+                )
+            }
+        )
         if self._committed:
             self.context.logger.info(
                 "sqlite_sink continues session %s (%d streams already committed)",
@@ -281,21 +284,9 @@ class SqliteSink(Stage):
         """Commit: the runtime acknowledges the messages upstream only after this (pipeline.delivery)."""
         self.commit()
 
-    def _already_committed(self, msg: PersonCrops) -> bool:
-        """A message this session committed before a restart, sent again: skip it (exactly once)."""
-        done = self._committed.get(msg.stream_id)
-        if done is None:
-            return False
-        if msg.seq < done[0] or (msg.seq == done[0] and done[1] > 0):
-            if msg.seq == done[0]:
-                done[1] -= 1
-            return True
-        del self._committed[msg.stream_id]  # past what was committed: from here on everything is new
-        return False
-
     def process(self, message: Any) -> Iterable[Any]:
-        if isinstance(message, PersonCrops) and self._already_committed(message):
-            return ()
+        if isinstance(message, PersonCrops) and self._committed.again(message.stream_id, message.seq):
+            return ()  # this session committed it before a restart (exactly once)
         self._begin()
         if isinstance(message, EndOfStream):
             # a stream that never sent a frame (a file that cannot be opened) still gets its row

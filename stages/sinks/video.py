@@ -46,6 +46,7 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from models.data.peta_attributes import PETA_COLOURS
 from pipeline.messages import GRADE_NAMES, EndOfStream, Frame, PersonCrops, TrackEnd, TrackState
 from pipeline.registry import register_stage
 from pipeline.stage import Stage
@@ -143,19 +144,7 @@ _ATTRIBUTE_LABELS: dict[str, str | None] = {
 }
 _PARTS = {"upperBody": "top", "lowerBody": "bottom", "footwear": "shoes", "hair": "hair"}
 _PREFIXES = ("personal", "carrying", "accessory", "upperBody", "lowerBody", "footwear", "hair")
-_COLOURS = {
-    "Black",
-    "Blue",
-    "Brown",
-    "Green",
-    "Grey",
-    "Orange",
-    "Pink",
-    "Purple",
-    "Red",
-    "White",
-    "Yellow",
-}
+_COLOURS = frozenset(PETA_COLOURS)
 _CAMEL = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
 
