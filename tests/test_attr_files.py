@@ -118,6 +118,9 @@ def test_pa100k_and_rap_readers_on_synthetic_mat_files(tmp_path):
             "test_label": np.array([[0, 0, 1]], np.uint8),
         },
     )
+    (tmp_path / "data").mkdir()
+    for name in ("000001.jpg", "000002.jpg", "000003.jpg", "000004.jpg"):
+        (tmp_path / "data" / name).touch()  # the readers check that each listed image exists
     pa = read_pa100k(tmp_path, "trainval")
     assert pa.names == ("Female", "Hat", "Backpack") and len(pa) == 3 and pa[2].labels.tolist() == [1, 1, 1]
     assert read_pa100k(tmp_path, "test")[0].path.name == "000004.jpg"
@@ -137,6 +140,9 @@ def test_pa100k_and_rap_readers_on_synthetic_mat_files(tmp_path):
             }
         },
     )
+    (tmp_path / "RAP_dataset").mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        (tmp_path / "RAP_dataset" / name).touch()
     rap = read_rap(tmp_path, partition=0, split="test")
     assert len(rap.names) == 51 and len(rap) == 1 and rap[0].path.name == "c.png"
     assert rap[0].labels[:3].tolist() == [1.0, -1.0, 0.0]

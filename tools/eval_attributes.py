@@ -8,7 +8,20 @@
 ``--occlusion bottom`` is Fabbri et al.'s occRAP protocol (sec. 4): the bottom 50-80% of every test
 crop covered by the upper body of another test person, drawn with a fixed seed; ``--occlusion oamn``
 uses the OAMN corner patches (models.reid.occlusion_augment) on the bottom half instead.
-``--data`` is a PETA root (``--format peta``), a CSV/JSON file, or a RAP / PA-100K root.
+``--data`` is a PETA root (``--format peta``), a Market-1501 root (``--format market``: the test
+identities' crops, query + gallery, distractors and junk left out), a CSV/JSON file, or a RAP / PA-100K
+root.
+
+Cross-dataset: a model and a dataset named in the same terms (a PETA model on PETA, a CSV model on
+its own CSV) are compared attribute by attribute under their own names. Otherwise both go through
+the shared vocabulary (``models.data.attribute_vocabulary``): only the attributes the model's
+outputs and the dataset's labels share are scored (an output whose mapping is ``inverted``, e.g. a
+PA-100K ``Female`` output for ``personalMale``, is scored as 1 - p). The log and the JSON say which
+attributes were scored and which could not be, and why. The shipped PETA-35 checkpoints work on
+PETA as before, and on Market-1501 (``--format market``) for the attributes PETA-35 shares with it.
+
+Thresholds: ``--threshold`` for every attribute, else the per-attribute thresholds stored in the
+checkpoint (chosen on held-out training identities), else 0.5.
 """
 
 from __future__ import annotations
@@ -27,7 +40,14 @@ from models.attributes.metrics import attribute_metrics, format_metrics  # noqa:
 from models.attributes.model import load_attribute_model  # noqa: E402
 from models.attributes.predictor import AttributePredictor  # noqa: E402
 from models.attributes.recipe import load_records  # noqa: E402
-from models.data.peta_attributes import PETA_ALL_ATTRIBUTES  # noqa: E402
+from models.data.attribute_vocabulary import (  # noqa: E402
+    MAPPINGS,
+    VOCABULARY_NAMES,
+    DatasetMapping,
+    mapping_for_names,
+    to_vocabulary,
+)
+from models.data.peta_attributes import PETA_35_ATTRIBUTES, AttributeRecords  # noqa: E402
 from models.data.transforms import load_rgb, occlude_bottom, resize  # noqa: E402
 from models.training import set_threads, write_json  # noqa: E402
 
@@ -54,17 +74,110 @@ def occlude_images(
     return out
 
 
+def _naming(names: list[str]) -> str | None:
+    """Which table names these attributes: 'vocabulary', 'peta', 'pa100k', 'rap'; None = own names."""
+    mapping = mapping_for_names(names)
+    return mapping.dataset if mapping is not None else None
+
+
+def _load_dataset(args: argparse.Namespace, model_naming: str | None) -> tuple[AttributeRecords, str | None]:
+    """The test records, labelled natively when the model is named in the dataset's terms, else in
+    the vocabulary; and the naming of the returned labels."""
+    fmt = args.format
+    if fmt == "market":
+        return load_records("market", args.data, None, "all", split="test"), "vocabulary"
+    if fmt == "peta":
+        subsets = args.subsets or None
+        if model_naming == "peta":
+            return None, "peta"  # read with the model's own names (below)
+        return to_vocabulary(load_records("peta", args.data, subsets, "all"), "peta"), "vocabulary"
+    native = load_records(fmt, args.data, None, "all", split="test")
+    naming = fmt if fmt in ("rap", "pa100k") else _naming(list(native.names))
+    if naming == model_naming or naming is None or model_naming is None:
+        return native, naming
+    return to_vocabulary(native, naming), "vocabulary"
+
+
+def match_attributes(
+    names: list[str], model_naming: str | None, records: AttributeRecords, data_naming: str | None
+) -> tuple[list[dict], dict[str, list[str]]]:
+    """Which model outputs can be scored on which dataset columns.
+
+    Returns one dict per scored output (``output`` index, ``name``, ``column`` index in the dataset's
+    labels, ``vocabulary`` name or None, ``inverted``) and the attributes that could not be scored."""
+    labelled = set(records.labelled if records.labelled is not None else records.names)
+    column = {n: i for i, n in enumerate(records.names)}
+    pairs: list[dict] = []
+    model_only: list[str] = []
+    if data_naming == model_naming or data_naming is None or model_naming is None:
+        if data_naming != model_naming:
+            logger.warning("model and data are named differently; matching attribute names literally")
+        for i, n in enumerate(names):
+            if n in labelled:
+                pairs.append(
+                    {"output": i, "name": n, "column": column[n], "vocabulary": None, "inverted": False}
+                )
+            else:
+                model_only.append(n)
+        scored = {p["name"] for p in pairs}
+        data_only = [n for n in records.names if n in labelled and n not in scored]
+    else:
+        mapping: DatasetMapping = mapping_for_names(names)  # type: ignore[assignment]
+        for i, (n, rule) in enumerate(zip(names, mapping.output_rules(names), strict=True)):
+            if rule is None or rule.target not in labelled:
+                model_only.append(n)
+                continue
+            pairs.append(
+                {
+                    "output": i,
+                    "name": n,
+                    "column": column[rule.target],
+                    "vocabulary": rule.target,
+                    "inverted": rule.kind == "inverted",
+                }
+            )
+        covered = {p["vocabulary"] for p in pairs}
+        data_only = [n for n in VOCABULARY_NAMES if n in labelled and n not in covered]
+    return pairs, {
+        "model_attributes_not_labelled_here": model_only,
+        "labelled_attributes_not_predicted": data_only,
+    }
+
+
+def _wanted(pair: dict, wanted: set[str]) -> bool:
+    return pair["name"] in wanted or (pair["vocabulary"] is not None and pair["vocabulary"] in wanted)
+
+
 def evaluate(args: argparse.Namespace) -> dict:
     set_threads(args.threads)
     model, bundle = load_attribute_model(args.weights)
     names = list(bundle.attribute_names)
-    if args.format == "peta":
-        attrs = names if all(n in PETA_ALL_ATTRIBUTES for n in names) else "peta35"
-        records = load_records("peta", args.data, args.subsets or None, attrs)
-    else:
-        records = load_records(args.format, args.data, None, names, split="test")
-    if list(records.names) != names:
-        raise ValueError(f"dataset attributes {list(records.names)[:5]}... do not match the model's")
+    model_naming = _naming(names)
+    records, data_naming = _load_dataset(args, model_naming)
+    if records is None:  # PETA model on PETA: read with the model's own attribute names
+        records = load_records("peta", args.data, args.subsets or None, names)
+    pairs, not_scored = match_attributes(names, model_naming, records, data_naming)
+    if args.attributes:
+        wanted = set(args.attributes)
+        if "peta35" in wanted:  # PETA-35 by its PETA names and by their vocabulary names
+            wanted |= set(PETA_35_ATTRIBUTES) | set(MAPPINGS["peta"].labelled(PETA_35_ATTRIBUTES))
+        not_scored["left_out_by_--attributes"] = [p["name"] for p in pairs if not _wanted(p, wanted)]
+        pairs = [p for p in pairs if _wanted(p, wanted)]
+    logger.info(
+        "model attributes named by %s, data by %s: %d of %d model attributes can be scored",
+        model_naming or "their own names",
+        data_naming or "their own names",
+        len(pairs),
+        len(names),
+    )
+    for why, which in not_scored.items():
+        if which:
+            logger.info("not scored (%s): %s", why.replace("_", " "), ", ".join(which))
+    if not pairs:
+        raise ValueError(
+            f"the model's attributes ({model_naming or 'own names'}) and the {args.format} labels "
+            f"({data_naming or 'own names'}) share no attribute"
+        )
     h, w = bundle.input_size
     t0 = time.time()
     images = [resize(load_rgb(str(r.path)), (h, w)) for r in records]
@@ -86,14 +199,32 @@ def evaluate(args: argparse.Namespace) -> dict:
         [predictor(images[k : k + args.batch_size]) for k in range(0, len(images), args.batch_size)]
     )
     elapsed = time.time() - t0
-    labels = records.label_matrix()
-    metrics = attribute_metrics(probs, labels, names, threshold=args.threshold)
+    out_idx = [p["output"] for p in pairs]
+    inverted = np.array([p["inverted"] for p in pairs])
+    scored_probs = probs[:, out_idx]
+    scored_probs[:, inverted] = 1.0 - scored_probs[:, inverted]
+    labels = records.label_matrix()[:, [p["column"] for p in pairs]]
+    if args.threshold is not None:
+        threshold: float | np.ndarray = args.threshold
+    elif bundle.thresholds is not None:
+        threshold = np.asarray(bundle.thresholds, np.float64)[out_idx]
+        threshold[inverted] = 1.0 - threshold[inverted]
+        logger.info("using the checkpoint's per-attribute thresholds")
+    else:
+        threshold = 0.5
+    metrics = attribute_metrics(scored_probs, labels, [p["name"] for p in pairs], threshold=threshold)
+    unlabelled = metrics["unscored_attributes"]
+    if unlabelled:
+        logger.info("not scored (no labelled image in this data): %s", ", ".join(unlabelled))
+    logger.info(
+        "scored %d attributes: %s", len(metrics["scored_attributes"]), ", ".join(metrics["scored_attributes"])
+    )
     print(format_metrics(metrics, per_attribute=not args.quiet))
     payload = {
         "weights": str(args.weights),
         "data": str(args.data),
         "format": args.format,
-        "subsets": args.subsets,
+        "subsets": args.subsets if args.format == "peta" else None,
         "occlusion": args.occlusion,
         "occlusion_range": list(args.occlusion_range) if args.occlusion == "bottom" else None,
         "seed": args.seed,
@@ -103,6 +234,13 @@ def evaluate(args: argparse.Namespace) -> dict:
         "ms_per_crop": 1000 * elapsed / max(len(images), 1),
         "batch_size": args.batch_size,
         "threads": args.threads,
+        "model_naming": model_naming,
+        "data_naming": data_naming,
+        "attribute_matches": [
+            {k: p[k] for k in ("name", "vocabulary", "inverted")} | {"data": records.names[p["column"]]}
+            for p in pairs
+        ],
+        "not_scored": not_scored | {"no_labelled_image": unlabelled},
         **metrics,
     }
     write_json(args.json, payload)
@@ -115,15 +253,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--weights", required=True, type=Path, help="attribute checkpoint (.pt)")
     parser.add_argument(
-        "--data", required=True, type=Path, help="PETA root, CSV/JSON file or RAP/PA-100K root"
+        "--data", required=True, type=Path, help="PETA / Market-1501 / RAP / PA-100K root, or a CSV/JSON file"
     )
     parser.add_argument("--json", required=True, type=Path, help="where to write the metrics JSON")
-    parser.add_argument("--format", default="peta", choices=["peta", "csv", "json", "rap", "pa100k"])
+    parser.add_argument(
+        "--format", default="peta", choices=["peta", "market", "pa100k", "rap", "csv", "json"]
+    )
     parser.add_argument("--subsets", nargs="*", default=["VIPeR"], help="PETA subsets to evaluate on")
+    parser.add_argument(
+        "--attributes",
+        nargs="*",
+        default=None,
+        help="score only these attributes (model or vocabulary names; 'peta35' = the PETA-35 under "
+        "either name), e.g. to compare a vocabulary model with a PETA-35 one on the same attributes",
+    )
     parser.add_argument("--occlusion", default="none", choices=["none", "bottom", "oamn"])
     parser.add_argument("--occlusion-range", nargs=2, type=float, default=[0.5, 0.8], metavar=("LO", "HI"))
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic occlusion")
-    parser.add_argument("--threshold", type=float, default=0.5, help="probability threshold for a positive")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="probability threshold for a positive, every attribute (default: the checkpoint's "
+        "per-attribute thresholds, else 0.5)",
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])

@@ -7,6 +7,10 @@
 Resumable: rerun the same command and it continues from ``<out_dir>/last.pt``. Each epoch is scored
 on the held-out part of the TRAINING data (by person id); ``best.pt`` keeps the best held-out mA and
 is a self-describing checkpoint that ``tools/eval_attributes.py --weights`` and the pipeline load.
+With ``selection.thresholds`` other than ``fixed``, each epoch also chooses per-attribute decision
+thresholds on that held-out part (training identities, never test data) and stores them in the
+checkpoint. ``data.sources`` trains on several datasets at once in the shared attribute vocabulary
+(e.g. ``configs/attributes_vocab_osnet_market_peta.yaml``); labels a source lacks are masked out.
 """
 
 from __future__ import annotations
@@ -26,12 +30,11 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from models.attributes.groups import attribute_task  # noqa: E402
 from models.attributes.losses import AttributeLoss, positive_ratio  # noqa: E402
-from models.attributes.metrics import attribute_metrics, format_metrics  # noqa: E402
+from models.attributes.metrics import attribute_metrics, choose_thresholds, format_metrics  # noqa: E402
 from models.attributes.model import AttributeModelBundle, build_attribute_model  # noqa: E402
 from models.attributes.recipe import (  # noqa: E402
     AttributeRecipe,
-    cap_images_per_id,
-    load_records,
+    load_training_records,
     split_holdout,
 )
 from models.data.attribute_dataset import AttributeImageDataset  # noqa: E402
@@ -70,10 +73,8 @@ def train(recipe: AttributeRecipe, json_out: Path | None = None) -> dict:
     seed_everything(rt.seed)
     device = pick_device(rt.device)
     out_dir = Path(rt.out_dir)
-    records = load_records(dc.format, dc.root, dc.train_subsets, dc.attributes, split="train")
+    records, total_images = load_training_records(dc)
     names = list(records.names)
-    total_images = len(records)
-    records = cap_images_per_id(records, dc.max_images_per_id)
     train_recs, held_recs = split_holdout(records, dc.holdout_fraction, rt.seed)
     logger.info(
         "%d of %d images used: %d training, %d held out (%d attributes); unmapped label tokens: %d",
@@ -119,6 +120,12 @@ def train(recipe: AttributeRecipe, json_out: Path | None = None) -> dict:
             "train_images": len(train_recs),
             "held_out_images": len(held_recs),
             "positive_ratio": ratio.tolist(),
+            "vocabulary": bool(dc.sources),
+            "sources": dict(records.subset_counts) if dc.sources else None,
+            "labelled_training_entries": [int(v) for v in (train_ds.labels >= 0).sum(0)],
+            "thresholds_chosen_on": "held-out training identities"
+            if recipe.selection.thresholds != "fixed"
+            else None,
         },
     )
 
@@ -175,6 +182,18 @@ def train(recipe: AttributeRecipe, json_out: Path | None = None) -> dict:
                 format_metrics(m, per_attribute=False),
             )
             score = m["mA"]
+            if recipe.selection.thresholds != "fixed":
+                thresholds = choose_thresholds(probs, labels, recipe.selection.thresholds)
+                bundle.thresholds = [round(float(t), 4) for t in thresholds]
+                tuned = attribute_metrics(probs, labels, names, threshold=thresholds)
+                entry["tuned"] = {k: tuned[k] for k in ("mA", "accuracy", "precision", "recall", "f1")}
+                entry["thresholds"] = bundle.thresholds
+                logger.info(
+                    "epoch %d: held-out at thresholds chosen on it (%s; optimistic) %s",
+                    epoch + 1,
+                    recipe.selection.thresholds,
+                    format_metrics(tuned, per_attribute=False),
+                )
         else:
             logger.info("epoch %d: loss %.4f", epoch + 1, entry["train_loss"])
             score = -entry["train_loss"]
@@ -208,6 +227,8 @@ def train(recipe: AttributeRecipe, json_out: Path | None = None) -> dict:
         "held_out_images": len(held_recs),
         "images_before_cap": total_images,
         "unmapped_label_tokens": sum(records.unmapped.values()),
+        "sources": dict(records.subset_counts) if dc.sources else None,
+        "thresholds": best_entry.get("thresholds"),
     }
     write_json(json_out or out_dir / "metrics.json", payload)
     return payload

@@ -10,7 +10,9 @@ Three published weightings are offered, selectable by name from a recipe:
   of classes (attributes) in that category, so large categories do not dominate the gradient.
 * ``plain``: unweighted BCE, the baseline the others are compared with.
 
-Targets < 0 mark unknown labels (user datasets, RAP's "uncertain"): they contribute nothing.
+Partial labels: a target < 0 or NaN, or a False entry of an explicit ``mask``, marks an unknown label
+(an attribute the sample's dataset does not label, RAP's "uncertain", an empty CSV cell). Such an
+entry contributes nothing: no loss, no gradient, and it is not counted in the mean.
 """
 
 from __future__ import annotations
@@ -41,11 +43,11 @@ _RATIO_EPS = 1e-3  # keeps 1/(2 r) finite for an attribute with no positives in 
 
 
 def positive_ratio(labels: np.ndarray | torch.Tensor) -> np.ndarray:
-    """r_i = fraction of positives of attribute i over the known (>= 0) training labels, shape (A,)."""
+    """r_i = fraction of positives of attribute i over the known (>= 0, not NaN) training labels, (A,)."""
     y = labels.detach().cpu().numpy() if isinstance(labels, torch.Tensor) else np.asarray(labels)
     if y.ndim != 2:
         raise ValueError(f"labels must be a 2D (N, A) array, got shape {y.shape}")
-    known = y >= 0
+    known = np.isfinite(y) & (y >= 0)
     counts = known.sum(axis=0)
     pos = ((y > 0.5) & known).sum(axis=0)
     return np.where(counts > 0, pos / np.maximum(counts, 1), 0.0).astype(np.float32)
@@ -95,13 +97,15 @@ def weighted_bce(
     scheme: str = "reconstruction",
     categories: Sequence[int] | Sequence[str] | None = None,
     reduction: Literal["mean", "sum", "none"] = "mean",
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Weighted BCE on logits (numerically stable: log p = logsigmoid(x), log(1-p) = logsigmoid(-x)).
 
     Per element: ``-(w_pos_i * y * log p + w_neg_i * (1 - y) * log(1 - p))`` with the scheme's weights.
     ``reduction="mean"`` averages over the known elements (so the papers' sum over attributes is
     scaled by 1/(N*A): the same minimiser, learning rates that do not depend on A); ``"sum"`` sums;
-    ``"none"`` returns the (N, A) matrix with zeros at unknown labels (targets < 0).
+    ``"none"`` returns the (N, A) matrix with zeros at unknown labels (targets < 0 or NaN, or
+    ``mask`` False where a boolean (N, A) ``mask`` is given).
     """
     if logits.ndim != 2 or logits.shape != targets.shape:
         raise ValueError(
@@ -119,14 +123,19 @@ def weighted_bce(
             raise ValueError(f"pos_ratio must have shape ({num_attrs},), got {tuple(r.shape)}")
     w_pos, w_neg = _weights(scheme, r, categories, num_attrs, logits)
     targets = targets.to(logits.dtype)
-    known = (targets >= 0).to(logits.dtype)
-    y = targets.clamp(min=0.0)
-    loss = -(w_pos * y * F.logsigmoid(logits) + w_neg * (1.0 - y) * F.logsigmoid(-logits)) * known
+    known = torch.isfinite(targets) & (targets >= 0)
+    if mask is not None:
+        if mask.shape != logits.shape:
+            raise ValueError(f"mask must be {tuple(logits.shape)}, got {tuple(mask.shape)}")
+        known = known & mask.to(torch.bool)
+    y = torch.where(known, targets, torch.zeros_like(targets)).clamp(0.0, 1.0)
+    per_element = -(w_pos * y * F.logsigmoid(logits) + w_neg * (1.0 - y) * F.logsigmoid(-logits))
+    loss = torch.where(known, per_element, torch.zeros_like(per_element))  # no gradient where unknown
     if reduction == "none":
         return loss
     if reduction == "sum":
         return loss.sum()
-    return loss.sum() / known.sum().clamp(min=1.0)
+    return loss.sum() / known.sum().clamp(min=1).to(loss.dtype)
 
 
 class AttributeLoss(nn.Module):
@@ -146,5 +155,8 @@ class AttributeLoss(nn.Module):
         ratio = torch.as_tensor(np.asarray(pos_ratio, dtype=np.float32)) if pos_ratio is not None else None
         self.register_buffer("pos_ratio", ratio, persistent=False)
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return weighted_bce(logits, targets, self.pos_ratio, self.scheme, self.categories)
+    def forward(
+        self, logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Mean weighted BCE over the known entries (targets >= 0, not NaN, and ``mask`` where given)."""
+        return weighted_bce(logits, targets, self.pos_ratio, self.scheme, self.categories, mask=mask)

@@ -3,12 +3,25 @@ data loading it drives: which reader, which subsets, which attributes, which hel
 
 Model selection (loss variant, epoch) uses a held-out part of the TRAINING data, split by person
 id so no person is on both sides; the test set (VIPeR in ``configs/attributes_*.yaml``) is only
-touched by ``tools/eval_attributes.py``.
+touched by ``tools/eval_attributes.py``. The per-attribute decision thresholds (``selection``) are
+chosen on that same held-out part of the training identities, never on test data.
+
+Two ways to name the data:
+
+* one source (``data.format``, ``data.root``, ``data.train_subsets``, ``data.attributes``): the
+  model's attributes are the dataset's own (``peta35``, ``all`` or a list of its names);
+* several sources (``data.sources``, a list; ``data.attributes: vocabulary`` or a list of vocabulary
+  names): each source is read, mapped into the shared vocabulary
+  (``models.data.attribute_vocabulary``) and the images are pooled. An attribute a source does not
+  label is unknown (-1) for its images: no loss, no metric. ``vocabulary`` trains every vocabulary
+  attribute that at least one source labels.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -21,20 +34,73 @@ from models.data.attribute_files import (
     read_rap,
     select_attributes,
 )
-from models.data.peta_attributes import PETA_TRAIN_SUBSETS, AttributeRecords, read_peta_attributes
+from models.data.attribute_vocabulary import (
+    VOCABULARY_NAMES,
+    select_vocabulary,
+    to_vocabulary,
+)
+from models.data.market_attributes import read_market_attributes
+from models.data.peta_attributes import (
+    PETA_TRAIN_SUBSETS,
+    AttributeRecord,
+    AttributeRecords,
+    read_peta_attributes,
+)
 
 from .model import AttributeModelConfig
 
 __all__ = [
     "cap_images_per_id",
     "DataConfig",
+    "DataSourceConfig",
     "LossConfig",
     "OptimConfig",
     "RuntimeConfig",
+    "SelectionConfig",
     "AttributeRecipe",
     "load_records",
+    "load_source",
+    "load_training_records",
     "split_holdout",
 ]
+
+logger = logging.getLogger(__name__)
+
+_LEGACY_DATA_KEYS = ("format", "root", "train_subsets")
+
+
+class DataSourceConfig(BaseModel):
+    """One dataset among several (``data.sources``), mapped into the shared attribute vocabulary."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format: Literal["peta", "market", "csv", "json", "rap", "pa100k"] = Field(
+        description="annotation reader (csv / json: columns named with vocabulary attributes)"
+    )
+    root: str = Field(description="PETA / Market-1501 / RAP / PA-100K root, or the CSV / JSON file")
+    name: str | None = Field(None, description="label in logs and person ids (default: the format)")
+    subsets: list[str] | None = Field(None, description="PETA subsets (required for format peta)")
+    split: Literal["train", "test"] = Field(
+        "train", description="market / rap / pa100k split (PA-100K 'train' = its train + val)"
+    )
+    peta_attributes: Literal["peta35", "all"] = Field(
+        "all", description="PETA tokens read before mapping: 'all' adds colours, boots, long sleeves ..."
+    )
+    max_images_per_id: int | None = Field(
+        None, ge=1, description="this source's cap on images per person id (default: data.max_images_per_id)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DataSourceConfig:
+        if self.format == "peta" and not self.subsets:
+            raise ValueError("a peta source needs 'subsets' (e.g. [3DPeS, MIT])")
+        if self.format != "peta" and self.subsets:
+            raise ValueError(f"'subsets' is for peta sources, not {self.format}")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.format
 
 
 class DataConfig(BaseModel):
@@ -49,7 +115,16 @@ class DataConfig(BaseModel):
     train_subsets: list[str] = Field(
         default_factory=lambda: list(PETA_TRAIN_SUBSETS), description="PETA subsets to train on"
     )
-    attributes: str | list[str] = Field("peta35", description="'peta35', 'all' or an explicit attribute list")
+    sources: list[DataSourceConfig] = Field(
+        default_factory=list,
+        description="several datasets mapped into the shared vocabulary; replaces format / root / "
+        "train_subsets (leave those unset)",
+    )
+    attributes: str | list[str] = Field(
+        "peta35",
+        description="one source: 'peta35', 'all' or a list of its names; data.sources: 'vocabulary' "
+        "(every vocabulary attribute some source labels) or a list of vocabulary names",
+    )
     holdout_fraction: float = Field(
         0.1, ge=0.0, lt=0.9, description="fraction of training person ids held out for model selection"
     )
@@ -68,6 +143,24 @@ class DataConfig(BaseModel):
     def _check_size(self) -> DataConfig:
         if min(self.input_size) < 32:
             raise ValueError(f"data.input_size must be at least 32 pixels per side, got {self.input_size}")
+        if self.sources:
+            legacy = [f"data.{k}" for k in _LEGACY_DATA_KEYS if k in self.model_fields_set]
+            if legacy:
+                raise ValueError(f"data.sources replaces {', '.join(legacy)}: remove them")
+            if isinstance(self.attributes, str) and self.attributes != "vocabulary":
+                raise ValueError(
+                    f"with data.sources, data.attributes must be 'vocabulary' or a list of vocabulary "
+                    f"names, got {self.attributes!r}"
+                )
+            if isinstance(self.attributes, list):
+                unknown = [a for a in self.attributes if a not in VOCABULARY_NAMES]
+                if unknown:
+                    raise ValueError(f"data.attributes: not vocabulary attributes: {unknown}")
+            labels = [s.label for s in self.sources]
+            if len(set(labels)) != len(labels):
+                raise ValueError(f"data.sources: give each source a distinct 'name' (got {labels})")
+        elif self.attributes == "vocabulary":
+            raise ValueError("data.attributes 'vocabulary' needs data.sources")
         return self
 
 
@@ -95,6 +188,18 @@ class OptimConfig(BaseModel):
     max_iters_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (smoke tests)")
 
 
+class SelectionConfig(BaseModel):
+    """Per-attribute decision thresholds, chosen on the held-out TRAINING identities."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    thresholds: Literal["fixed", "balanced_accuracy", "f1"] = Field(
+        "fixed",
+        description="'fixed': 0.5 for every attribute; otherwise the threshold maximising that score "
+        "per attribute on the held-out part of the training identities (stored in the checkpoint)",
+    )
+
+
 class RuntimeConfig(BaseModel):
     """Where and how the run executes."""
 
@@ -117,13 +222,24 @@ class AttributeRecipe(BaseModel):
     data: DataConfig = Field(default_factory=DataConfig, description="data")
     loss: LossConfig = Field(default_factory=LossConfig, description="loss")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="optimisation")
+    selection: SelectionConfig = Field(default_factory=SelectionConfig, description="decision thresholds")
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="execution")
+
+    @model_validator(mode="after")
+    def _check_selection(self) -> AttributeRecipe:
+        if self.selection.thresholds != "fixed" and self.data.holdout_fraction <= 0:
+            raise ValueError(
+                f"selection.thresholds {self.selection.thresholds!r} is chosen on held-out training "
+                "identities: set data.holdout_fraction > 0"
+            )
+        return self
 
 
 def load_records(
     fmt: str, root: str | Path, subsets: list[str] | None, attributes: str | list[str], split: str = "train"
 ) -> AttributeRecords:
-    """Records from any supported layout, restricted to ``attributes`` where the format allows it."""
+    """Records from any supported layout, restricted to ``attributes`` where the format allows it.
+    ``market`` records are in the vocabulary (``attributes`` then names vocabulary attributes)."""
     if fmt == "peta":
         return read_peta_attributes(root, subsets, attributes)
     if fmt in ("csv", "json"):
@@ -132,11 +248,98 @@ def load_records(
         recs = read_rap(root, split="train" if split == "train" else "test")
     elif fmt == "pa100k":
         recs = read_pa100k(root, split="trainval" if split == "train" else "test")
+    elif fmt == "market":
+        recs = read_market_attributes(root, "train" if split == "train" else "test")
+        return select_vocabulary(recs, attributes) if isinstance(attributes, list) else recs
     else:
-        raise ValueError(f"unknown data format {fmt!r}; expected peta, csv, json, rap or pa100k")
+        raise ValueError(f"unknown data format {fmt!r}; expected peta, market, csv, json, rap or pa100k")
     if isinstance(attributes, list):
         recs = select_attributes(recs, attributes)
     return recs
+
+
+def load_source(source: DataSourceConfig) -> AttributeRecords:
+    """One source's images labelled in the vocabulary (every vocabulary name, -1 where unlabelled),
+    person ids prefixed with the source's label so two sources never share a person."""
+    fmt = source.format
+    if fmt == "peta":
+        native = read_peta_attributes(source.root, source.subsets, source.peta_attributes)
+        recs = to_vocabulary(native, "peta")
+    elif fmt == "market":
+        recs = read_market_attributes(source.root, source.split)
+    elif fmt in ("rap", "pa100k"):
+        split = source.split if fmt == "rap" else ("trainval" if source.split == "train" else "test")
+        native = read_rap(source.root, split=split) if fmt == "rap" else read_pa100k(source.root, split=split)
+        recs = to_vocabulary(native, fmt)
+    else:
+        native = read_attribute_csv(source.root) if fmt == "csv" else read_attribute_json(source.root)
+        recs = to_vocabulary(native, "vocabulary")
+    prefixed = [
+        AttributeRecord(r.path, f"{source.label}:{r.person_id}", r.labels, r.subset or source.label)
+        for r in recs
+    ]
+    recs.records = prefixed
+    return recs
+
+
+def load_training_records(data: DataConfig) -> tuple[AttributeRecords, int]:
+    """(training records after the per-id cap, images before the cap) for either way of naming the
+    data (see the module docstring). With several sources, ``names`` are the chosen vocabulary
+    attributes and ``labelled_by`` in the log says which source labels what."""
+    if not data.sources:
+        recs = load_records(data.format, data.root, data.train_subsets, data.attributes, split="train")
+        return cap_images_per_id(recs, data.max_images_per_id), len(recs)
+    loaded = []
+    for source in data.sources:
+        recs = load_source(source)
+        if not recs.labelled:
+            raise ValueError(f"data.sources {source.label}: none of its attributes maps into the vocabulary")
+        if source.split != "train":
+            logger.warning("data.sources %s: training on its %r split", source.label, source.split)
+        cap = source.max_images_per_id or data.max_images_per_id
+        capped = cap_images_per_id(recs, cap)
+        logger.info(
+            "source %s: %d images (%d before the per-id cap of %s), labels %d vocabulary attributes",
+            source.label,
+            len(capped),
+            len(recs),
+            cap,
+            len(recs.labelled or ()),
+        )
+        loaded.append((source, recs, capped))
+    labelled_by = {n: [s.label for s, r, _ in loaded if n in (r.labelled or ())] for n in VOCABULARY_NAMES}
+    if data.attributes == "vocabulary":
+        names = tuple(n for n in VOCABULARY_NAMES if labelled_by[n])
+    else:
+        names = tuple(data.attributes)
+        nobody = [n for n in names if not labelled_by[n]]
+        if nobody:
+            raise ValueError(f"data.attributes: no source labels {nobody}; they would never be trained")
+    logger.info(
+        "training %d vocabulary attributes; labelled by one source only: %s",
+        len(names),
+        {n: labelled_by[n][0] for n in names if len(labelled_by[n]) == 1},
+    )
+    records: list[AttributeRecord] = []
+    subset_counts: dict[str, int] = {}
+    counts, aliased, unmapped = {}, Counter(), Counter()
+    for source, recs, capped in loaded:
+        chosen = select_vocabulary(capped, names)
+        records += chosen.records
+        subset_counts[source.label] = len(chosen)
+        counts.update({f"{source.label}/{k}": v for k, v in recs.counts.items()})
+        aliased.update(recs.aliased)
+        unmapped.update(recs.unmapped)
+    out = AttributeRecords(
+        records=records,
+        names=names,
+        subset_counts=subset_counts,
+        aliased=aliased,
+        unmapped=unmapped,
+        counts=counts,
+        labelled=names,
+    )
+    return out, sum(len(r) for _, r, _ in loaded)
 
 
 def _id_bucket(person_id: str, seed: int) -> float:
@@ -149,7 +352,7 @@ def split_holdout(
 ) -> tuple[AttributeRecords, AttributeRecords]:
     """(train, held-out) split by person id (deterministic hash), so a person is never on both sides."""
     if fraction <= 0:
-        return records, AttributeRecords(records=[], names=records.names)
+        return records, AttributeRecords(records=[], names=records.names, labelled=records.labelled)
     train, held = [], []
     for r in records:
         (held if _id_bucket(r.person_id, seed) < fraction else train).append(r)
@@ -158,8 +361,8 @@ def split_holdout(
             f"holdout_fraction {fraction} leaves an empty side ({len(train)} / {len(held)} images)"
         )
     return (
-        AttributeRecords(records=train, names=records.names),
-        AttributeRecords(records=held, names=records.names),
+        AttributeRecords(records=train, names=records.names, labelled=records.labelled),
+        AttributeRecords(records=held, names=records.names, labelled=records.labelled),
     )
 
 
@@ -177,5 +380,10 @@ def cap_images_per_id(records: AttributeRecords, cap: int | None) -> AttributeRe
         else:
             kept += [recs[int(k * len(recs) / cap)] for k in range(cap)]
     return AttributeRecords(
-        records=kept, names=records.names, unmapped=records.unmapped, aliased=records.aliased
+        records=kept,
+        names=records.names,
+        unmapped=records.unmapped,
+        aliased=records.aliased,
+        counts=dict(records.counts),
+        labelled=records.labelled,
     )

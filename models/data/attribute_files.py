@@ -19,6 +19,10 @@ RAP (v1/v2 ``RAP_annotation.mat``) and PA-100K (``annotation.mat``) are read wit
 field names their documentation gives. They are written from those documented layouts only and
 have not been run against the real files (the datasets are not available here); tests check them on
 synthetic .mat files written in those layouts with scipy.
+
+Every reader logs the images it found, labelled and could not label, the label entries that matched
+no image and the label values it could not map, and refuses (``ValueError``) a file or split where
+no image got a label. ``models.data.attribute_vocabulary`` maps any of them into the shared vocabulary.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .peta_attributes import AttributeRecord, AttributeRecords
+from .peta_attributes import AttributeRecord, AttributeRecords, ReaderCounts, check_reader_counts
 
 __all__ = ["read_attribute_csv", "read_attribute_json", "read_pa100k", "read_rap", "select_attributes"]
 
@@ -84,7 +88,21 @@ def read_attribute_csv(path: str | Path, check_images: bool = True) -> Attribute
             labels = np.array([_label_value(v, f"{path}:{line_no}") for v in values], np.float32)
             pid = row[1].strip() if has_pid else image.stem
             records.append(AttributeRecord(path=image, person_id=pid, labels=labels, subset=path.stem))
-    return AttributeRecords(records=records, names=names, subset_counts={path.stem: len(records)})
+    return _finish("CSV", path, records, names)
+
+
+def _finish(
+    kind: str, path: Path, records: list[AttributeRecord], names: tuple[str, ...]
+) -> AttributeRecords:
+    """Counts for a CSV / JSON file (every row names its image; a missing image was already an error)."""
+    unknown = sum(int((r.labels < 0).sum()) for r in records)
+    counts = ReaderCounts(images=len(records), labelled=len(records), labels=len(records))
+    check_reader_counts(counts, kind, path.stem, path, logger)
+    if unknown:
+        logger.info("%s %s: %d labels are unknown (-1 / empty)", kind, path.stem, unknown)
+    return AttributeRecords(
+        records=records, names=names, subset_counts={path.stem: len(records)}, counts={path.stem: counts}
+    )
 
 
 def read_attribute_json(path: str | Path, check_images: bool = True) -> AttributeRecords:
@@ -127,7 +145,7 @@ def read_attribute_json(path: str | Path, check_images: bool = True) -> Attribut
             raise ValueError(f"{where}: 'labels' must be an object or a list")
         pid = str(sample.get("person_id", image.stem))
         records.append(AttributeRecord(path=image, person_id=pid, labels=labels, subset=path.stem))
-    return AttributeRecords(records=records, names=names, subset_counts={path.stem: len(records)})
+    return _finish("JSON", path, records, names)
 
 
 def select_attributes(records: AttributeRecords, names: Sequence[str]) -> AttributeRecords:
@@ -137,7 +155,12 @@ def select_attributes(records: AttributeRecords, names: Sequence[str]) -> Attrib
         raise ValueError(f"attributes not in the annotation file: {', '.join(missing)}")
     idx = [records.names.index(n) for n in names]
     recs = [AttributeRecord(r.path, r.person_id, r.labels[idx], r.subset) for r in records]
-    return AttributeRecords(records=recs, names=tuple(names), subset_counts=dict(records.subset_counts))
+    return AttributeRecords(
+        records=recs,
+        names=tuple(names),
+        subset_counts=dict(records.subset_counts),
+        counts=dict(records.counts),
+    )
 
 
 def _mat_strings(arr: object) -> list[str]:
@@ -150,10 +173,27 @@ def _mat_strings(arr: object) -> list[str]:
     return out
 
 
-def read_pa100k(root: str | Path, split: str = "test") -> AttributeRecords:
+def _keep_existing(
+    kind: str, split: str, where: Path, records: list[AttributeRecord], check_images: bool, unknown: int
+) -> tuple[list[AttributeRecord], ReaderCounts]:
+    """Drop entries whose image file is missing (when checking), log the counts, refuse if none is left."""
+    kept = [r for r in records if r.path.is_file()] if check_images else records
+    counts = ReaderCounts(
+        images=len(kept),
+        labelled=len(kept),
+        labels=len(records),
+        labels_without_image=len(records) - len(kept),
+        unmapped_tokens=unknown,
+    )
+    check_reader_counts(counts, kind, split, where, logger)
+    return kept, counts
+
+
+def read_pa100k(root: str | Path, split: str = "test", check_images: bool = True) -> AttributeRecords:
     """PA-100K: ``<root>/annotation.mat`` (fields ``attributes``, ``{train,val,test}_images_name``,
     ``{train,val,test}_label``) and images in ``<root>/data/`` (or ``<root>/release_data/release_data``).
-    Untested on the real file (not available here)."""
+    Entries whose image is missing are counted and skipped (``check_images``); label values other than
+    0 / 1 become unknown (-1) and are counted. Untested on the real file (not available here)."""
     from scipy.io import loadmat
 
     root = Path(root)
@@ -167,20 +207,29 @@ def read_pa100k(root: str | Path, split: str = "test") -> AttributeRecords:
     image_dir = next(
         (d for d in (root / "data", root / "release_data" / "release_data", root) if d.is_dir()), root
     )
-    records = []
+    records, unknown = [], 0
     for part in ("train", "val") if split == "trainval" else (split,):
         files = _mat_strings(mat[f"{part}_images_name"])
         labels = np.asarray(mat[f"{part}_label"], np.float32)
+        bad = (labels != 0) & (labels != 1)
+        unknown += int(bad.sum())
+        labels[bad] = -1.0
         for f, y in zip(files, labels, strict=True):
             records.append(AttributeRecord(path=image_dir / f, person_id=Path(f).stem, labels=y, subset=part))
-    return AttributeRecords(records=records, names=names, subset_counts={split: len(records)})
+    records, counts = _keep_existing("PA-100K", split, image_dir, records, check_images, unknown)
+    return AttributeRecords(
+        records=records, names=names, subset_counts={split: len(records)}, counts={split: counts}
+    )
 
 
-def read_rap(root: str | Path, partition: int = 0, split: str = "test") -> AttributeRecords:
+def read_rap(
+    root: str | Path, partition: int = 0, split: str = "test", check_images: bool = True
+) -> AttributeRecords:
     """RAP v1: ``<root>/RAP_annotation/RAP_annotation.mat`` (struct ``RAP_annotation`` with ``imagesname``,
     ``label``, ``attribute``, ``partion{k}.{train,test}_index`` 1-based) and images in
     ``<root>/RAP_dataset/``; the 51 attributes of the common protocol are the first 51 columns.
-    Labels of 2 (RAP's "uncertain") become -1 (unknown). Untested on the real file."""
+    Labels of 2 (RAP's "uncertain") become -1 (unknown) and are counted; entries whose image is
+    missing are counted and skipped (``check_images``). Untested on the real file."""
     from scipy.io import loadmat
 
     root = Path(root)
@@ -200,7 +249,8 @@ def read_rap(root: str | Path, partition: int = 0, split: str = "test") -> Attri
     files = _mat_strings(data["imagesname"])
     names = tuple(_mat_strings(data["attribute"]))[:51]
     labels = np.asarray(data["label"], np.float32)[:, :51]
-    labels[labels > 1] = -1.0
+    uncertain = (labels != 0) & (labels != 1)
+    labels[uncertain] = -1.0
     part = data["partion"][partition, 0][0, 0]
     index = np.asarray(part[f"{split}_index"]).ravel().astype(int) - 1
     image_dir = root / "RAP_dataset"
@@ -210,4 +260,9 @@ def read_rap(root: str | Path, partition: int = 0, split: str = "test") -> Attri
         )
         for i in index
     ]
-    return AttributeRecords(records=records, names=names, subset_counts={split: len(records)})
+    records, counts = _keep_existing(
+        "RAP", split, image_dir, records, check_images, int(uncertain[index].sum()) if len(index) else 0
+    )
+    return AttributeRecords(
+        records=records, names=names, subset_counts={split: len(records)}, counts={split: counts}
+    )

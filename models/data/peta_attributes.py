@@ -15,6 +15,14 @@ Two label sets:
 A few tokens in ``Label.txt`` are spelled differently from the published list
 (``footwearSneakers`` -> ``footwearSneaker``); they are mapped and counted. Tokens that are not in the
 vocabulary at all are counted as ``unmapped`` and reported, never silently dropped.
+
+Matching a label line to images: the first token of a line is a person id (``0001``), or in some
+subsets of the full PETA release an image file name with its extension (``0606.png``). An image is
+labelled by the line whose key is its file name, its stem, or its person id (the file name up to the
+first ``_`` or ``.``; leading zeros do not matter). Per subset the reader logs the images found, the
+images labelled, the images without a label line, the label lines that matched no image and the
+label tokens it could not map, and refuses (``ValueError``) a subset where no image got a label: a
+layout it does not understand must not turn into an empty or silently shrunken training set.
 """
 
 from __future__ import annotations
@@ -39,6 +47,8 @@ __all__ = [
     "TOKEN_ALIASES",
     "AttributeRecord",
     "AttributeRecords",
+    "ReaderCounts",
+    "check_reader_counts",
     "read_peta_attributes",
     "resolve_attribute_names",
 ]
@@ -201,8 +211,59 @@ class AttributeRecord:
 
 
 @dataclass
+class ReaderCounts:
+    """What an attribute reader saw in one subset / split / file (logged, and kept on the records)."""
+
+    images: int = 0  # image files found (or listed by the annotation, for RAP / PA-100K)
+    labelled: int = 0  # images that got a label vector (= records produced)
+    images_without_label: int = 0  # images whose key matched no label entry
+    labels: int = 0  # label entries (lines, rows, identities) read
+    labels_without_image: int = 0  # label entries that matched no image
+    unmapped_tokens: int = 0  # label tokens / values the reader could not map to an attribute
+
+    def log(self, log: logging.Logger, dataset: str, subset: str) -> None:
+        """One INFO line (WARNING when something did not match)."""
+        level = (
+            logging.WARNING
+            if self.images_without_label or self.labels_without_image or self.unmapped_tokens
+            else logging.INFO
+        )
+        log.log(
+            level,
+            "%s %s: %d images found, %d labelled, %d without a label; %d label entries, %d matched no "
+            "image; %d label tokens could not be mapped",
+            dataset,
+            subset,
+            self.images,
+            self.labelled,
+            self.images_without_label,
+            self.labels,
+            self.labels_without_image,
+            self.unmapped_tokens,
+        )
+
+
+def check_reader_counts(
+    counts: ReaderCounts, dataset: str, subset: str, where: str | Path, log: logging.Logger | None = None
+) -> None:
+    """Log ``counts`` (on ``log``, default this module's logger) and refuse a subset where the reader
+    labelled no image (ValueError naming the dataset, the subset and its folder or file)."""
+    counts.log(log or logger, dataset, subset)
+    if counts.labelled == 0:
+        raise ValueError(
+            f"{dataset} {subset!r} ({where}): no image could be matched to a label "
+            f"({counts.images} images found, {counts.labels} label entries); check the layout"
+        )
+
+
+@dataclass
 class AttributeRecords:
-    """A sequence of records plus what the reader saw: names, per-subset counts, mapped/unmapped tokens."""
+    """A sequence of records plus what the reader saw: names, per-subset counts, mapped/unmapped tokens.
+
+    ``labelled`` lists the attributes this data actually labels (None = all of ``names``); a
+    vocabulary-mapped set (``models.data.attribute_vocabulary``) has every vocabulary name in ``names``
+    and -1 in the columns its dataset does not label.
+    """
 
     records: list[AttributeRecord]
     names: tuple[str, ...]
@@ -211,6 +272,8 @@ class AttributeRecords:
     unmapped: Counter = field(default_factory=Counter)
     outside_selection: Counter = field(default_factory=Counter)
     images_without_label: int = 0
+    counts: dict[str, ReaderCounts] = field(default_factory=dict)
+    labelled: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -249,6 +312,16 @@ def _person_id(file_name: str) -> str:
     return _ID_SPLIT.split(file_name, maxsplit=1)[0]
 
 
+def _label_key(token: str) -> str:
+    """A Label.txt key without an image extension (``0606.png`` -> ``0606``)."""
+    stem, dot, ext = token.rpartition(".")
+    return stem if dot and f".{ext.lower()}" in IMAGE_SUFFIXES else token
+
+
+def _int_key(key: str) -> int | None:
+    return int(key) if key.isdigit() else None
+
+
 def read_peta_attributes(
     root: str | Path,
     subsets: Sequence[str] | None = None,
@@ -256,8 +329,9 @@ def read_peta_attributes(
 ) -> AttributeRecords:
     """Read ``Label.txt`` of each subset under ``root`` (the folder holding ``VIPeR/``, ``MIT/``, ...).
 
-    ``subsets=None`` reads every subset present. Images whose person id has no label line are
-    counted (``images_without_label``) and skipped.
+    ``subsets=None`` reads every subset present. Images whose key has no label line are counted
+    (``images_without_label``) and skipped; label lines that match no image are counted too; a subset
+    where nothing matched is a ``ValueError``. Per-subset counts are in ``.counts``.
     """
     root = Path(root)
     if not root.is_dir():
@@ -274,7 +348,8 @@ def read_peta_attributes(
         label_file = folder / "Label.txt"
         if not label_file.is_file():
             raise ValueError(f"PETA subset {subset!r}: {label_file} not found")
-        by_id: dict[str, np.ndarray] = {}
+        counts = ReaderCounts()
+        by_key: dict[str, np.ndarray] = {}
         lines = label_file.read_text(encoding="utf-8", errors="replace").splitlines()
         for line_no, line in enumerate(lines, 1):
             parts = line.split()
@@ -287,32 +362,42 @@ def read_peta_attributes(
                     token = TOKEN_ALIASES[token]
                 if token not in PETA_ALL_ATTRIBUTES:
                     out.unmapped[token] += 1
+                    counts.unmapped_tokens += 1
                 elif token in index:
                     vec[index[token]] = 1.0
                 else:
                     out.outside_selection[token] += 1
-            if parts[0] in by_id:
+            key = _label_key(parts[0])
+            if key in by_key:
                 logger.warning(
                     "%s:%d: person id %s labelled twice; keeping the last line", label_file, line_no, parts[0]
                 )
-            by_id[parts[0]] = vec
-        by_int = {int(k): v for k, v in by_id.items() if k.isdigit()}
-        count = 0
+            by_key[key] = vec
+        counts.labels = len(by_key)
+        by_int = {k: v for k, v in ((_int_key(k), v) for k, v in by_key.items()) if k is not None}
+        key_of_int = {_int_key(k): k for k in by_key if _int_key(k) is not None}
+        used: set[str] = set()
         for image in sorted(folder.iterdir()):
             if image.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
+            counts.images += 1
             pid = _person_id(image.name)
-            vec = by_id.get(pid)
-            if vec is None and pid.isdigit():
-                vec = by_int.get(int(pid))
-            if vec is None:
-                out.images_without_label += 1
+            key = next((k for k in (image.name, image.stem, pid) if k in by_key), None)
+            if key is None and pid.isdigit() and int(pid) in by_int:
+                key = key_of_int[int(pid)]
+            if key is None:
+                counts.images_without_label += 1
                 continue
+            used.add(key)
             out.records.append(
-                AttributeRecord(path=image, person_id=f"{subset}/{pid}", labels=vec, subset=subset)
+                AttributeRecord(path=image, person_id=f"{subset}/{pid}", labels=by_key[key], subset=subset)
             )
-            count += 1
-        out.subset_counts[subset] = count
+            counts.labelled += 1
+        counts.labels_without_image = counts.labels - len(used)
+        check_reader_counts(counts, "PETA", subset, folder)
+        out.images_without_label += counts.images_without_label
+        out.subset_counts[subset] = counts.labelled
+        out.counts[subset] = counts
     if out.unmapped:
         logger.warning(
             "PETA: %d label tokens could not be mapped: %s", sum(out.unmapped.values()), dict(out.unmapped)
