@@ -9,7 +9,7 @@ import torch
 
 from models.backbones import create_backbone, list_backbones
 from models.reid.config import OAMNModelConfig
-from models.reid.grader import GradeThresholds, OcclusionGrader, decide_grades
+from models.reid.grader import GradeThresholds, OcclusionGrader, decide_grades, occlusion_score
 from models.reid.oamn import OAMN, OAMNInference, infer_feature_hw, load_oamn, save_oamn_weights
 from models.reid.occlusion_augment import grade_index
 
@@ -22,9 +22,10 @@ def _threads():
     torch.manual_seed(0)
 
 
-def _model(name: str, split: str, classes: int = 3) -> OAMN:
+def _model(name: str, split: str, classes: int = 3, grader: str = "softmax") -> OAMN:
     bb = create_backbone(name)
-    return OAMN(bb, split, infer_feature_hw(bb, split, HW), num_classes=classes, grader_pool_hw=(2, 2))
+    hw = infer_feature_hw(bb, split, HW)
+    return OAMN(bb, split, hw, num_classes=classes, grader_pool_hw=(2, 2), grader=grader)
 
 
 def _cases():
@@ -42,11 +43,12 @@ def test_forward_backward_every_backbone_and_split(name, split):
     x = torch.randn(4, 3, *HW)
     out = model(x)
     assert out.embedding.shape == out.feature.shape == (4, model.embedding_dim)
-    assert out.logits.shape == (4, 3) and out.scores.shape == (4, 4)
-    assert torch.allclose(out.scores.sum(1), torch.ones(4), atol=1e-5)
+    assert out.logits.shape == (4, 3) and out.scores.shape == (4, 5)
+    assert torch.allclose(out.scores[:, :4].sum(1), torch.ones(4), atol=1e-5)  # the paper's softmax
+    assert ((out.scores[:, 4] >= 0.5) & (out.scores[:, 4] <= 1)).all()  # its v: a hidden share <= 1/2
     assert out.m.shape[1] == 1 and out.m.min() >= 0 and out.m.max() <= 1
     l1 = out.logits.logsumexp(1).mean() + out.feature.square().mean() + out.f.mean()
-    l2 = (out.scores - 0.25).square().sum()
+    l2 = (out.scores[:, :4] - 0.25).square().sum()
     (l1 + l2).backward()
     for pname, p in model.named_parameters():
         if not p.requires_grad:
@@ -115,7 +117,7 @@ def test_decide_grades_thresholds_eq8():
     ]
     with pytest.raises(ValueError, match="quarter <= half"):
         GradeThresholds(0.8, 0.6)
-    with pytest.raises(ValueError, match=r"scores must be \(B, 4\)"):
+    with pytest.raises(ValueError, match=r"scores must be \(B, 4\) or \(B, 5\)"):
         decide_grades(np.zeros((2, 3)))
 
 
@@ -123,15 +125,44 @@ def test_grader_softmax_fits_targets():
     """With a softmax, eq. 7's optimum is 1/4 everywhere for holistic, s^p = 0.625 for a quarter and 1
     for a half, so eq. 8's thresholds separate the three: check the grader can learn them."""
     torch.manual_seed(0)
-    grader = OcclusionGrader(4, (1, 1))
+    grader = OcclusionGrader(4, (1, 1), kind="softmax")
     feats = torch.eye(4)[:3].view(3, 4, 1, 1) * 5
     target = torch.tensor([[0, 0, 0, 0], [0.5, 0, 0, 0], [0, 1.0, 0, 0]])
     opt = torch.optim.Adam(grader.parameters(), lr=0.1)
     for _ in range(300):
         opt.zero_grad()
-        (grader(feats) - target).square().sum(1).mean().backward()
+        (grader(feats)[:, :4] - target).square().sum(1).mean().backward()
         opt.step()
     assert decide_grades(grader(feats)).tolist() == [0, grade_index("top", 0.25), grade_index("bottom", 0.5)]
+
+
+def test_visibility_grader_fits_targets_and_says_holistic_explicitly():
+    """The visibility grader's sigmoid outputs can reach eq. 7's all-zero holistic target and a
+    visible fraction of 1, so a whole crop is graded by v >= visible, not by where s lands."""
+    torch.manual_seed(0)
+    grader = OcclusionGrader(4, (1, 1), kind="visibility")
+    # ten copies of each, so that BatchNorm's running statistics match the batch's
+    feats = (torch.eye(4)[:3].view(3, 4, 1, 1) * 5).repeat_interleave(10, 0)
+    # whole; top hidden 20 %; bottom hidden 45 % (grader_target: s^p = min(1, 2h), v = 1 - h)
+    target = torch.tensor([[0, 0, 0, 0, 1.0], [0.4, 0, 0, 0, 0.8], [0, 0.9, 0, 0, 0.55]])
+    target = target.repeat_interleave(10, 0)
+    opt = torch.optim.Adam(grader.parameters(), lr=0.05)
+    grader.train()
+    for _ in range(300):
+        opt.zero_grad()
+        (grader(feats) - target).square().sum(1).mean().backward()
+        opt.step()
+    grader.eval()
+    with torch.no_grad():
+        out = grader(feats)[::10]
+    assert (out[0, :4] < 0.2).all() and out[0, 4] > 0.9
+    thresholds = GradeThresholds(0.3, 0.7, visible=0.9)
+    assert decide_grades(out, thresholds).tolist() == [
+        0,
+        grade_index("top", 0.25),
+        grade_index("bottom", 0.5),
+    ]
+    assert occlusion_score(out.numpy()).argsort().tolist() == [0, 1, 2]
 
 
 def test_checkpoint_roundtrip_and_onnx_parity(tmp_path):

@@ -613,7 +613,7 @@ def main(argv: list[str] | None = None) -> int:
     model, cfg = load_oamn(args.weights)
     encoder = TorchEncoder(model, args.batch_size)
     hw = tuple(cfg.input_size)
-    thresholds = GradeThresholds(*cfg.grade_thresholds)
+    thresholds = cfg.thresholds()
     offsets = None if cfg.similarity_offsets is None else np.asarray(cfg.similarity_offsets, np.float32)
     extra = torch.load(args.weights, map_location="cpu", weights_only=True).get("extra", {})
     held_root = args.held_out_data or str(REPO_ROOT / extra.get("data", {}).get("root", ""))

@@ -29,10 +29,17 @@ from models.data.reid_datasets import (  # noqa: E402
     read_peta_reid,
     relabel,
 )
-from models.reid.calibration import calibrate  # noqa: E402
-from models.reid.config import ReIDRecipe  # noqa: E402
-from models.reid.evaluation import holdout_split, validate  # noqa: E402
-from models.reid.grader import GradeThresholds, decide_grades  # noqa: E402
+from models.reid.calibration import calibrate, calibrate_visibility  # noqa: E402
+from models.reid.config import OAMNModelConfig, ReIDRecipe  # noqa: E402
+from models.reid.evaluation import encode, holdout_split, validate  # noqa: E402
+from models.reid.grader import decide_grades, occlusion_score  # noqa: E402
+from models.reid.grader_data import (  # noqa: E402
+    RealisticBatches,
+    RealisticSet,
+    load_body_masks,
+    realistic_set,
+)
+from models.reid.grader_eval import roc_auc, spearman  # noqa: E402
 from models.reid.losses import OAMNLoss, score_loss  # noqa: E402
 from models.reid.oamn import OAMN, OAMNInference, save_oamn_weights  # noqa: E402
 from models.reid.occlusion_augment import augment_batch  # noqa: E402
@@ -94,6 +101,32 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+def _grader_step(
+    model: OAMN,
+    batches: RealisticBatches,
+    size: int,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    memory_format: torch.memory_format,
+) -> dict[str, float]:
+    """One step of eq. 7 on realistic occlusions with exact labels (the grader's own optimiser, as
+    eq. 10's L2). E^I and the mask module run in eval mode without gradient: the grader reads a
+    detached g, and this batch must not move the network's BatchNorm statistics."""
+    batch = batches.sample(size)
+    x = normalize(batch.images).to(device).contiguous(memory_format=memory_format)
+    model.eval()
+    with torch.no_grad():
+        g = model.masked_features(x)
+    model.train()
+    scores = model.grader(g)
+    loss = score_loss(scores, torch.from_numpy(batch.targets).to(device))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    hidden = torch.from_numpy(batch.hidden_share).to(device)
+    return {"grader": loss.item(), "visible_err": (scores[:, -1] - (1 - hidden)).abs().mean().item()}
+
+
 def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -> dict[str, Any]:
     """Run (or resume) a recipe; returns the metrics also written to ``<out_dir>/metrics.json``."""
     tc = recipe.train
@@ -115,6 +148,20 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
         time.time() - t0,
     )
     labels = torch.from_numpy(labels_np)
+    realistic: RealisticBatches | None = None
+    held_real: RealisticSet | None = None
+    if tc.grader_batch > 0:
+        if recipe.data.masks is None:
+            raise ValueError("train.grader_batch > 0 needs data.masks (a folder of parsing maps)")
+        masks, usable = load_body_masks(records, recipe.data.masks, tuple(recipe.model.input_size))
+        realistic = RealisticBatches(
+            images, masks, usable, [r.pid for r in records], tc.seed + 3, tc.occlusion_mix
+        )
+        if held_out:
+            held_masks, held_usable = load_body_masks(
+                held_out, recipe.data.masks, tuple(recipe.model.input_size)
+            )
+            held_real = realistic_set(held_images.cpu(), held_masks, held_usable, held_pids, tc.seed + 4)
 
     model = OAMN.from_config(recipe.model, num_classes=len(mapping)).to(device).train()
     if tc.freeze_stages:
@@ -154,6 +201,8 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
         if "opt_grader_only" in state:
             opt_grader_only.load_state_dict(state["opt_grader_only"])
         sampler.set_state(state["sampler"])
+        if realistic is not None and "realistic_rng" in state:
+            realistic.set_state(state["realistic_rng"])
         aug_rng.bit_generator.state = state["aug_rng"]
         gen.set_state(state["gen"])
         history = state["history"]
@@ -169,6 +218,7 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
             "opt_grader": opt_grader.state_dict(),
             "opt_grader_only": opt_grader_only.state_dict(),
             "sampler": sampler.state(),
+            "realistic_rng": realistic.state() if realistic is not None else None,
             "aug_rng": aug_rng.bit_generator.state,
             "gen": gen.get_state(),
             "history": history,
@@ -184,6 +234,11 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
     def run_validation(step: int) -> None:
         model.eval()
         metrics = validate(inference, held_images, held_pids, seed=tc.seed)[0]
+        if held_real is not None:
+            _, scores = encode(inference, normalize(held_real.images.to(device)))
+            occlusion, hidden = occlusion_score(scores), held_real.hidden_share
+            ranks = {"auc": roc_auc(occlusion, hidden > 0.3), "spearman": spearman(occlusion, hidden)}
+            metrics.update({f"grader_{k}": float("nan") if v is None else v for k, v in ranks.items()})
         model.train()
         metrics["step"] = step
         validations.append(metrics)
@@ -222,12 +277,18 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
             model.eval()
             with torch.no_grad():
                 g = model.masked_features(aug_images)
-            scores = model.grader(g)
-            l_score = score_loss(scores, target)
-            opt_grader_only.zero_grad(set_to_none=True)
-            (recipe.loss.lambda_score * l_score).backward()
-            opt_grader_only.step()
-            logs = {"score": l_score.item(), "l2": recipe.loss.lambda_score * l_score.item()}
+            if realistic is not None:  # the grader's realistic batches, not the corner-patch views
+                logs = _grader_step(model, realistic, tc.grader_batch, opt_grader_only, device, memory_format)
+                model.eval()
+                with torch.no_grad():
+                    scores = model.grader(g)
+            else:
+                scores = model.grader(g)
+                l_score = score_loss(scores, target)
+                opt_grader_only.zero_grad(set_to_none=True)
+                (recipe.loss.lambda_score * l_score).backward()
+                opt_grader_only.step()
+                logs = {"score": l_score.item(), "l2": recipe.loss.lambda_score * l_score.item()}
         else:
             factor = _lr_factor(step, tc.iterations, tc.warmup_iterations)
             lr_now = tc.lr * factor
@@ -248,8 +309,11 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
             opt_grader.zero_grad(set_to_none=True)
             (terms.l1 + terms.l2).backward()  # g is detached before T: L2 reaches only the grader
             opt_main.step()
-            opt_grader.step()
+            if realistic is None:  # else the grader learns in its own step, on realistic occlusions
+                opt_grader.step()
             scores, logs = out.scores, terms.logs
+        if realistic is not None:
+            logs.update(_grader_step(model, realistic, tc.grader_batch, opt_grader, device, memory_format))
         pred = decide_grades(scores)
         logs["grade_acc"] = float((torch.from_numpy(pred) == aug.grade).float().mean())
         for k, v in logs.items():
@@ -281,10 +345,12 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
             "shipping the network of step %d (best validation score %.2f)", best["step"], best["score"]
         )
     model.eval()
-    thresholds = GradeThresholds(*recipe.model.grade_thresholds)
-    if held_out:
+    if held_real is not None:
+        model_config.update(calibrate_visibility(inference, held_images, held_real, seed=tc.seed))
+    elif held_out:
         model_config.update(calibrate(inference, held_images, held_pids, seed=tc.seed))
-        thresholds = GradeThresholds(*model_config["grade_thresholds"])
+    thresholds = OAMNModelConfig.model_validate(model_config).thresholds()
+    if held_out:
         logger.info("grader thresholds and similarity offsets calibrated on the held-out ids: %s", thresholds)
     weights = save_oamn_weights(
         model.to(memory_format=torch.contiguous_format),
@@ -308,6 +374,7 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
         "validations": validations,
         "best_step": best["step"],
         "grade_thresholds": [thresholds.quarter, thresholds.half],
+        "visible_threshold": thresholds.visible,
         "final": history[-1] if history else {},
         "weights": str(weights),
         "wall_s_this_run": time.time() - t_start,

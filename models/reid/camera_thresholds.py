@@ -1,7 +1,8 @@
 """Per-camera grade thresholds for the pipeline: each camera's eq. 8 thresholds follow the median
-top grader score of its own recent crops (``grader.adapt_thresholds``), so a camera whose crops
-the grader scores higher than the held-out crops it was calibrated on does not grade whole people
-as occluded. No labels are needed, only the grader scores the pipeline computes anyway.
+visible fraction (``visibility`` grader) or top grader score (the paper's grader) of its own recent
+crops (``grader.adapt_thresholds``), so a camera whose crops the grader scores differently from the
+held-out crops it was calibrated on does not grade whole people as occluded. No labels are needed,
+only the grader output (N, 5) the pipeline computes anyway.
 
     cameras = CameraThresholds.from_weights("models/weights/oamn_osnet_x0_25_peta.pt")
     emb, scores = encoder(crops)
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .grader import GradeThresholds, adapt_thresholds
+from .grader import VISIBLE, GradeThresholds, adapt_thresholds
+from .occlusion_augment import LOCATIONS
 
 __all__ = ["CameraThresholds"]
 
@@ -47,14 +49,23 @@ class CameraThresholds:
             raise ValueError(
                 f"{path} has no grader_reference_median; calibrate it with tools/calibrate_reid.py"
             )
-        return cls(GradeThresholds(*cfg.grade_thresholds), cfg.grader_reference_median, **kwargs)
+        return cls(cfg.thresholds(), cfg.grader_reference_median, **kwargs)
 
     def observe(self, camera: Hashable, scores: np.ndarray) -> None:
-        """Record the grader scores (N, 4) of crops seen by ``camera``."""
+        """Record the grader output of crops seen by ``camera`` as it is: (N, 5) (four location scores
+        and the visible fraction, ``grader.VISIBLE``; ``adapt_thresholds`` moves ``visible`` by it) or a
+        legacy grader's (N, 4). A camera whose output width changes starts a new window (the two do
+        not mix)."""
         s = np.asarray(scores, dtype=np.float64)
-        if s.ndim != 2 or s.shape[1] != 4:
-            raise ValueError(f"scores must be (N, 4) grader outputs, got shape {s.shape}")
-        self._scores.setdefault(camera, deque(maxlen=self.window)).extend(s)
+        if s.ndim != 2 or s.shape[1] not in (len(LOCATIONS), VISIBLE + 1):
+            raise ValueError(
+                f"scores must be (N, {len(LOCATIONS)}) or (N, {VISIBLE + 1}) grader outputs, "
+                f"got shape {s.shape}"
+            )
+        recent = self._scores.get(camera)
+        if recent is None or (len(recent) and len(recent[0]) != s.shape[1]):
+            recent = self._scores[camera] = deque(maxlen=self.window)
+        recent.extend(s)
 
     def seen(self, camera: Hashable) -> int:
         return len(self._scores.get(camera, ()))

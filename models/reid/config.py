@@ -24,6 +24,12 @@ class OAMNModelConfig(BaseModel):
         "ResNet 'layer3'; OSNet equivalent 'conv3')",
     )
     input_size: tuple[int, int] = Field((256, 128), description="network input height, width in pixels")
+    grader: Literal["softmax", "visibility"] = Field(
+        "visibility",
+        description="occlusion grader: 'visibility' = convolutional head with sigmoid location scores "
+        "and an explicit visible fraction, trained on realistic occlusions with exact labels (issue "
+        "12); 'softmax' = the paper's single layer over four locations (checkpoints without this key)",
+    )
     grader_pool_hw: tuple[int, int] = Field(
         (8, 4), description="grid the grader's masked feature is pooled to"
     )
@@ -39,10 +45,16 @@ class OAMNModelConfig(BaseModel):
         description="eq. 8 thresholds on s^p (quarter, half); training replaces the paper's values "
         "with ones calibrated on held-out training identities when data.holdout_ids > 0",
     )
+    visible_threshold: float | None = Field(
+        None,
+        description="'visibility' grader: a crop is graded holistic when its visible fraction is at "
+        "least this; set by training on held-out training identities; null = eq. 8 on s^p alone",
+    )
     grader_reference_median: float | None = Field(
         None,
-        description="median top grader score s^p of the held-out holistic crops the thresholds were "
-        "calibrated on; a camera's thresholds are shifted by its own median's difference from it "
+        description="median top grader score s^p ('softmax' grader) or median visible fraction "
+        "('visibility' grader) of the held-out holistic crops the thresholds were calibrated on; a "
+        "camera's thresholds are shifted by its own median's difference from it "
         "(grader.adapt_thresholds). Set by training; null = no per-camera adaptation",
     )
     similarity_offsets: list[list[float]] | None = Field(
@@ -51,6 +63,12 @@ class OAMNModelConfig(BaseModel):
         "mask, subtracted by unified matching (unification.similarity_offsets). Set by training; "
         "null = the paper's raw similarities",
     )
+
+    def thresholds(self):
+        """The grade decision's thresholds (``grader.GradeThresholds``) this checkpoint carries."""
+        from .grader import GradeThresholds
+
+        return GradeThresholds(*self.grade_thresholds, visible=self.visible_threshold)
 
     @model_validator(mode="after")
     def _positive(self) -> OAMNModelConfig:
@@ -114,6 +132,12 @@ class ReIDDataConfig(BaseModel):
         description="PETA subsets to train on (ignored for layout 'market')",
     )
     min_images_per_id: int = Field(2, ge=1, description="drop identities with fewer images (triplets need 2)")
+    masks: str | None = Field(
+        None,
+        description="folder of human-parsing maps named like the training crops (<stem>.png, class 0 "
+        "= background; Market-1501's bounding_box_train_parsing): full-body masks for the grader's "
+        "realistic occlusions with exact labels (train.grader_batch); null = none",
+    )
     max_ids: int | None = Field(
         None, ge=2, description="keep only the first N identities (smoke tests); null = all"
     )
@@ -139,6 +163,18 @@ class ReIDTrainConfig(BaseModel):
         1.0, gt=0, description="learning-rate multiplier of the pretrained backbone"
     )
     grader_lr: float = Field(0.01, gt=0, description="learning rate of the grader's own optimiser (L2)")
+    grader_batch: int = Field(
+        0,
+        ge=0,
+        description="crops per grader step on realistic occlusions (other people pasted in front, "
+        "static objects, frame-border cuts; exact labels from data.masks), one step after every "
+        "network step; 0 = the paper: the grader learns from the network step's corner-patch views",
+    )
+    occlusion_mix: tuple[float, float, float, float] = Field(
+        (0.3, 0.35, 0.2, 0.15),
+        description="share of whole crops, people in front, static occluders and frame-border cuts "
+        "in the grader's realistic batches (models.reid.realistic_occlusion.KINDS)",
+    )
     grader_only_iterations: int = Field(
         0,
         ge=0,
@@ -189,3 +225,13 @@ class ReIDRecipe(BaseModel):
     data: ReIDDataConfig = Field(default_factory=ReIDDataConfig, description="training data")
     train: ReIDTrainConfig = Field(default_factory=ReIDTrainConfig, description="optimisation")
     out_dir: str = Field("runs/reid", description="checkpoints and metrics JSON go here")
+
+    @model_validator(mode="after")
+    def _grader_has_data(self) -> ReIDRecipe:
+        if self.model.grader == "visibility" and (self.train.grader_batch == 0 or self.data.masks is None):
+            raise ValueError(
+                "model.grader='visibility' learns its visible fraction from realistic occlusions with "
+                "exact labels: set train.grader_batch > 0 and data.masks (a folder of parsing maps), "
+                "or use model.grader='softmax' (the paper's grader, on corner patches)"
+            )
+        return self

@@ -14,11 +14,12 @@ import torch
 from models.data.reid_datasets import ReIDRecord, normalize
 
 from .metrics import cmc_map
-from .occlusion_augment import NUM_GRADES, grade_from_index, occlude
+from .occlusion_augment import AREAS, LOCATIONS, NUM_GRADES, grade_from_index, grade_index, occlude
 
 __all__ = [
     "encode",
     "synthesize_occlusions",
+    "synthesize_person_occlusions",
     "holdout_split",
     "first_image_queries",
     "held_out_split",
@@ -54,6 +55,31 @@ def synthesize_occlusions(images_uint8: torch.Tensor, seed: int) -> tuple[torch.
         loc, area = grade_from_index(g)
         out[i] = occlude(images_uint8[i], images_uint8[j], loc, area, rng).image
         grades[i] = g
+    return out, grades
+
+
+def synthesize_person_occlusions(
+    images_uint8: torch.Tensor, occluders: torch.Tensor, occluder_masks: torch.Tensor, seed: int
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Occlude every image with another person pasted in front (``realistic_occlusion.paste_person``)
+    from ``occluders`` (uint8 (M, 3, H, W)) and their body masks (M, H, W); deterministic given
+    ``seed``. The true grade takes the whole crop as the body (test crops have no parsing): the
+    side covered and the nearest area (holistic below 1/8 of the crop, 1/2 from 3/8)."""
+    from .realistic_occlusion import paste_person
+
+    rng = np.random.default_rng(seed)
+    out = images_uint8.clone()
+    grades = np.zeros(len(images_uint8), dtype=np.int64)
+    crop = np.ones(images_uint8.shape[-2:], dtype=bool)
+    for i in range(len(images_uint8)):
+        j = int(rng.integers(len(occluders)))
+        target = images_uint8[i].permute(1, 2, 0).numpy()
+        person = occluders[j].permute(1, 2, 0).numpy()
+        occ = paste_person(target, crop, person, occluder_masks[j].numpy(), rng)
+        out[i] = torch.from_numpy(occ.image).permute(2, 0, 1)
+        if occ.hidden_share >= 0.125:
+            area = AREAS[0] if occ.hidden_share < 0.375 else AREAS[1]
+            grades[i] = grade_index(LOCATIONS[occ.location], area)
     return out, grades
 
 

@@ -110,7 +110,7 @@ class OcclusionGallery:
         from .oamn import load_oamn
 
         model, cfg = load_oamn(path, map_location=device)
-        kwargs.setdefault("thresholds", GradeThresholds(*cfg.grade_thresholds))
+        kwargs.setdefault("thresholds", cfg.thresholds())
         if cfg.similarity_offsets is not None:
             kwargs.setdefault("offsets", np.asarray(cfg.similarity_offsets, dtype=np.float32))
         return cls.for_model(model, capacity, batch_size, device, **kwargs)
@@ -365,7 +365,7 @@ class OcclusionGallery:
                     "capacity": self.capacity,
                     "ids": ids,
                     "clock": self._clock,
-                    "thresholds": [self.thresholds.quarter, self.thresholds.half],
+                    "thresholds": [self.thresholds.quarter, self.thresholds.half, self.thresholds.visible],
                     "fill": self.fill,
                     "unify": self.unify,
                     "offsets": None if self.offsets is None else self.offsets.tolist(),

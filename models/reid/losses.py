@@ -126,8 +126,9 @@ def identity_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: f
 
 
 def score_loss(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Eq. 7: 1/(n |P'|) sum ||T(g) - s||^2 (squared error summed over the four locations)."""
-    return (scores - target).square().sum(1).mean()
+    """Eq. 7: 1/(n |P'|) sum ||T(g) - s||^2 (squared error summed over the four locations, and over
+    the visible fraction when ``target`` has it; a four-column target leaves it out)."""
+    return (scores[:, : target.shape[1]] - target).square().sum(1).mean()
 
 
 @dataclass

@@ -35,7 +35,7 @@ class OAMNOutput:
     embedding: torch.Tensor  # (B, D) BNNeck feature: what the gallery matches on
     feature: torch.Tensor  # (B, D) pre-BN feature h: the triplet loss's input
     logits: torch.Tensor | None  # (B, num_classes) identity logits r
-    scores: torch.Tensor  # (B, 4) grader softmax s over top/bottom/left/right
+    scores: torch.Tensor  # (B, 5) grader: s over top/bottom/left/right, then the visible fraction
     f: torch.Tensor  # E^I output
     m: torch.Tensor  # (B, 1, h, w) spatial mask
     g: torch.Tensor  # m * f
@@ -64,6 +64,7 @@ class OAMN(nn.Module):
         grader_pool_hw: tuple[int, int] = (8, 4),
         attention_ratio: int = 8,
         mask_init: str = "random",
+        grader: str = "visibility",
     ):
         super().__init__()
         backbone._check_stage(split_at)
@@ -83,7 +84,7 @@ class OAMN(nn.Module):
             self.mask_module.open_()
         elif mask_init != "random":
             raise ValueError(f"mask_init must be 'random' or 'open', got {mask_init!r}")
-        self.grader = OcclusionGrader(channels, grader_pool_hw)
+        self.grader = OcclusionGrader(channels, grader_pool_hw, grader)
         dim = backbone.feature_dim
         self.embedding_dim = dim
         # BNNeck (Luo et al., "Bag of Tricks", 2019): triplet on h, identity loss after BN; BN bias frozen
@@ -175,6 +176,7 @@ class OAMN(nn.Module):
             tuple(cfg.grader_pool_hw),
             cfg.attention_ratio,
             cfg.mask_init,
+            cfg.grader,
         )
 
 
@@ -222,6 +224,7 @@ def load_oamn(path: str | Path, map_location: str | torch.device = "cpu") -> tup
         cfg_dict, state = ckpt["recipe"]["model"], ckpt["model"]
     else:
         raise ValueError(f"{path}: not an OAMN checkpoint (keys {sorted(ckpt)[:6]})")
+    cfg_dict = {"grader": "softmax", **cfg_dict}  # written before the visibility grader existed
     cfg = OAMNModelConfig.model_validate(cfg_dict)
     model = OAMN.from_config(cfg, num_classes=0, load_backbone_weights=False)
     state = {k: v for k, v in state.items() if not k.startswith("classifier.")}

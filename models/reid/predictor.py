@@ -2,7 +2,7 @@
 occlusion-grader scores out, from one forward pass through any inference backend.
 
     predictor = ReidPredictor.from_config(ReidPredictorConfig(), key="grade.weights")
-    embeddings, scores = predictor(crops_bgr)   # (N, 512) unit-norm float32, (N, 4) float32
+    embeddings, scores = predictor(crops_bgr)   # (N, 512) unit-norm float32, (N, 5) float32
     grades = predictor.grades(scores)           # (N,) int64, 0 = holistic (eq. 8, checkpoint thresholds)
     gallery = OcclusionGallery(predictor.embedding_dim, 5000, predictor.encoder,
                                thresholds=predictor.thresholds, offsets=predictor.offsets)
@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_REID_WEIGHTS = "oamn_osnet_x0_25_peta.pt"
 #: output names of the exported graph (``tools/export_reid.py``): L2-normalised embedding, grader scores
 REID_OUTPUTS = ("embedding", "grade")
-NUM_LOCATIONS = 4
+#: grader output columns: four location scores, then the visible fraction (``grader.VISIBLE``)
+GRADER_COLUMNS = 5
 
 
 class ReidPredictorConfig(PredictorConfig):
@@ -52,7 +53,7 @@ class ReidPredictorConfig(PredictorConfig):
 
 
 class ReidPredictor:
-    """BGR uint8 crops (N, h, w, 3) -> (L2-normalised embeddings (N, D), grader scores (N, 4)), float32.
+    """BGR uint8 crops (N, h, w, 3) -> (L2-normalised embeddings (N, D), grader scores (N, 5)), float32.
 
     ``encoder`` is the same network as a ``models.reid.encoder.Encoder`` (normalised network input ->
     (embeddings, scores)), for ``OcclusionGallery``'s masked unification versions.
@@ -81,7 +82,7 @@ class ReidPredictor:
         self.input_size: tuple[int, int] = (int(cfg.input_size[0]), int(cfg.input_size[1]))
         self.embedding_dim = int(model.embedding_dim)
         #: eq. 8 thresholds calibrated on held-out identities when the checkpoint was trained
-        self.thresholds = GradeThresholds(*cfg.grade_thresholds)
+        self.thresholds = cfg.thresholds()
         #: median top grader score of those held-out crops (``grader.adapt_thresholds``); None = not stored
         self.reference_median: float | None = cfg.grader_reference_median
         #: (9, 9) similarity offsets of unified matching; None = the paper's raw similarities
@@ -125,7 +126,7 @@ class ReidPredictor:
         return network_input(crops_bgr, self.input_size, self._mean, self._std)
 
     def encode(self, images: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised network input (N, 3, H, W) -> (unit-norm embeddings (N, D), scores (N, 4))."""
+        """Normalised network input (N, 3, H, W) -> (unit-norm embeddings (N, D), scores (N, 5))."""
         if isinstance(images, torch.Tensor):
             images = images.detach().cpu().numpy()
         x = np.asarray(images, dtype=np.float32)
@@ -137,7 +138,7 @@ class ReidPredictor:
         if len(x) == 0:
             return (
                 np.zeros((0, self.embedding_dim), dtype=np.float32),
-                np.zeros((0, NUM_LOCATIONS), dtype=np.float32),
+                np.zeros((0, GRADER_COLUMNS), dtype=np.float32),
             )
         out = self.backend(x)
         emb = np.asarray(out[REID_OUTPUTS[0]], dtype=np.float32)
@@ -145,7 +146,7 @@ class ReidPredictor:
         return emb.astype(np.float32, copy=False), np.asarray(out[REID_OUTPUTS[1]], dtype=np.float32)
 
     def __call__(self, crops_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """BGR uint8 crops (N, h, w, 3) -> (embeddings (N, D) unit-norm, scores (N, 4)), float32."""
+        """BGR uint8 crops (N, h, w, 3) -> (embeddings (N, D) unit-norm, scores (N, 5)), float32."""
         return self.encode(self.prepare(crops_bgr))
 
     def grades(self, scores: np.ndarray, thresholds: GradeThresholds | None = None) -> np.ndarray:
