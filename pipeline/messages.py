@@ -221,19 +221,27 @@ class Tracks:
 # -- blocks the model stages add to PersonCrops (each indexes the track rows it covers) -----------
 @dataclass(frozen=True, slots=True)
 class Grades:
-    """The grade stage's output for the rows it scheduled: grader scores (top, bottom, left, right;
-    OAMN sec. 3.4), the eq. 8 grade (``GRADE_NAMES``) and the ReID embedding of the same pass."""
+    """The grade stage's output for the rows it scheduled: the grader's four location scores (top,
+    bottom, left, right; OAMN sec. 3.4), the eq. 8 grade (``GRADE_NAMES``), the ReID embedding of the
+    same pass and the person's visible fraction (``visible``: 1 = fully visible, 0 = hidden), one per row."""
 
     rows: np.ndarray = array_field("int32", (None,))
     scores: np.ndarray = array_field("float32", (None, 4))
     grade: np.ndarray = array_field("uint8", (None,))
     embedding: np.ndarray = array_field("float32", (None, None))  # L2-normalised (K, D)
+    visible: np.ndarray = array_field("float32", (None,))  # in [0, 1]
 
     def __post_init__(self) -> None:
         _check_arrays(self)
         _same_length(
             "Grades",
-            {"rows": self.rows, "scores": self.scores, "grade": self.grade, "embedding": self.embedding},
+            {
+                "rows": self.rows,
+                "scores": self.scores,
+                "grade": self.grade,
+                "embedding": self.embedding,
+                "visible": self.visible,
+            },
         )
         if len(self.grade) and int(self.grade.max()) >= len(GRADE_NAMES):
             raise MessageError(
@@ -241,6 +249,11 @@ class Grades:
             )
         if not np.all(np.isfinite(self.scores)) or not np.all(np.isfinite(self.embedding)):
             raise MessageError("Grades.scores and Grades.embedding must be finite")
+        v = self.visible
+        if len(v) and not (np.all(np.isfinite(v)) and v.min() >= 0 and v.max() <= 1):
+            raise MessageError(
+                f"Grades.visible must be finite fractions in [0, 1], got min {v.min()}, max {v.max()}"
+            )
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -271,6 +271,7 @@ def _with_blocks():
             np.full((2, 4), 0.25, np.float32),
             np.array([0, 3], np.uint8),
             np.eye(2, 5, dtype=np.float32),
+            np.array([1.0, 0.62], np.float32),
         ),
         restored=Restored(np.array([2], np.int32), crops[2:] // 2),
         attributes=Attributes(
@@ -298,6 +299,8 @@ def test_blocks_round_trip_through_the_wire() -> None:
         for name in ("rows",):
             np.testing.assert_array_equal(getattr(sent, name), getattr(got, name))
     np.testing.assert_array_equal(back.grades.embedding, message.grades.embedding)
+    np.testing.assert_array_equal(back.grades.visible, message.grades.visible)
+    assert back.grades.visible.dtype == np.float32 and back.grades.scores.shape == (2, 4)
     np.testing.assert_array_equal(back.restored.crops, message.restored.crops)
     np.testing.assert_array_equal(back.attributes.decisions, message.attributes.decisions)
     np.testing.assert_array_equal(back.identities.identity, message.identities.identity)
@@ -335,12 +338,50 @@ def test_track_end_round_trip_and_validation() -> None:
         (lambda h: h.replace('"has_grades":true', '"has_grades":false'), "sent but has_grades is false"),
         (lambda h: h.replace('"personalMale"', "5"), "names must be a non-empty list of strings"),
         (lambda h: h.replace('"grades.grade","uint8"', '"grades.grade","int64"'), "must be uint8"),
+        (lambda h: h.replace('"grades.visible","float32"', '"grades.visible","int32"'), "must be float32"),
     ],
 )
 def test_forged_block_headers_are_rejected(change, match) -> None:
     parts = encode(_with_blocks())
     with pytest.raises(MessageError, match=match):
         decode([change(bytes(parts[0]).decode()).encode()] + parts[1:])
+
+
+def _grades(visible: list[float], n: int = 2):
+    from pipeline.messages import Grades
+
+    return Grades(
+        np.arange(n, dtype=np.int32),
+        np.full((n, 4), 0.25, np.float32),
+        np.zeros(n, np.uint8),
+        np.ones((n, 3), np.float32) / np.sqrt(3),
+        np.array(visible, np.float32),
+    )
+
+
+@pytest.mark.parametrize("visible", [[0.5, 1.2], [-0.1, 0.5], [float("nan"), 0.5], [0.5, float("inf")]])
+def test_grades_visible_must_be_a_fraction(visible) -> None:
+    with pytest.raises(MessageError, match=r"Grades\.visible must be finite fractions in \[0, 1\]"):
+        _grades(visible)
+
+
+def test_grades_visible_has_one_value_per_row() -> None:
+    assert _grades([0.0, 1.0]).visible.tolist() == [0.0, 1.0]  # the bounds are allowed
+    assert _grades(np.array([0.5, 0.25], np.float64)).visible.dtype == np.float32  # safe cast
+    with pytest.raises(MessageError, match="visible=1"):
+        _grades([0.5], n=2)
+    with pytest.raises(MessageError, match=r"Grades\.visible must have shape \(N\)"):
+        _grades([[0.5], [0.5]])
+
+
+def test_grades_without_visible_is_refused_on_the_wire() -> None:
+    """An older sender's Grades (no ``visible``) fails with a message naming the field."""
+    parts = encode(_with_blocks())
+    header = json.loads(bytes(parts[0]))
+    keep = [i for i, spec in enumerate(header["a"]) if spec[0] != "grades.visible"]
+    header["a"] = [header["a"][i] for i in keep]
+    with pytest.raises(MessageError, match="visible"):
+        decode([json.dumps(header).encode()] + [parts[1 + i] for i in keep])
 
 
 def test_rows_must_index_tracks_once_in_order() -> None:

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from models.reid.grader import visible_fraction
 from pipeline.messages import (
     EndOfStream,
     Grades,
@@ -32,9 +33,13 @@ pytestmark = pytest.mark.shared_assets
 class Counter(MetricSink):
     def __init__(self) -> None:
         self.totals: dict[str, float] = {}
+        self.last: dict[str, float] = {}
 
     def count(self, stage: str, metric: str, amount: float, labels: dict[str, str]) -> None:
         self.totals[metric] = self.totals.get(metric, 0) + amount
+
+    def observe(self, stage: str, metric: str, value: float, labels: dict[str, str]) -> None:
+        self.last[metric] = value
 
 
 def person_crops(shared_dir: Path, person: str, n: int) -> np.ndarray:
@@ -80,6 +85,7 @@ def test_grade_stage_grades_scheduled_rows_only(two_people) -> None:
     stage, counter = started(GradeStage, GradeConfig())
     (empty,) = stage.process_batch([message(0, a[:0], [])])
     assert empty.grades is not None and len(empty.grades) == 0, "no tracks: an empty block, no model call"
+    assert empty.grades.scores.shape == (0, 4) and empty.grades.visible.shape == (0,)
     outputs = []
     for seq in range(4):  # confirmed on its third frame
         outputs += stage.process_batch(
@@ -95,7 +101,18 @@ def test_grade_stage_grades_scheduled_rows_only(two_people) -> None:
     assert g.rows.tolist() == [0, 1] and g.scores.shape == (2, 4) and g.embedding.shape == (2, 512)
     np.testing.assert_allclose(np.linalg.norm(g.embedding, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(g.scores.sum(1), 1.0, atol=1e-5)  # the grader's softmax
+    assert g.visible.shape == (2,) and g.visible.dtype == np.float32
+    assert ((g.visible >= 0) & (g.visible <= 1)).all()
+    _, raw = stage.predictor(np.stack([a[2], b[2]]))  # the grader's (N, 5) output for those rows
+    np.testing.assert_allclose(g.scores, raw[:, :4], atol=1e-4)
+    np.testing.assert_allclose(g.visible, visible_fraction(raw), atol=1e-4)
+    unscheduled = [m for m in outputs if not len(m.grades)]
+    assert all(m.grades.scores.shape == (0, 4) and m.grades.visible.shape == (0,) for m in unscheduled)
     assert counter.totals["rows_scheduled"] == 3 and counter.totals["rows_skipped"] == 9
+    other = graded[1].grades.visible
+    assert counter.last["visible_fraction_mean"] == pytest.approx(float(other.mean())), (
+        "gauge: the last frame's"
+    )
     assert [m.seq for m in outputs] == [0, 0, 1, 1, 2, 2, 3, 3], "every message passes, in order"
     assert list(stage.process(EndOfStream("cam", "finished"))) == [] and len(stage.scheduler) == 1
 
@@ -114,6 +131,7 @@ def test_deocclude_routes_only_occluded_tall_rows_and_keeps_visible_pixels(two_p
         np.full((3, 4), 0.25, np.float32),
         np.array([4, 0, 2], np.uint8),
         np.ones((3, 8), np.float32) / np.sqrt(8),
+        np.array([0.5, 1.0, 0.5], np.float32),
     )
     (out,) = stage.process_batch([replace(base, grades=grades)])
     assert out.restored is not None and out.restored.rows.tolist() == [0], "bottom-1/2 only (top not routed)"
@@ -201,10 +219,12 @@ def test_forged_blocks_are_rejected_on_the_wire(two_people) -> None:
             np.full((1, 4), 0.25, np.float32),
             np.array([3], np.uint8),
             np.ones((1, 4), np.float32) / 2,
+            np.array([0.75], np.float32),
         ),
     )
     back = decode(encode(good))
     assert back.grades.rows.tolist() == [1] and back.grades.grade.tolist() == [3]
+    assert back.grades.visible.tolist() == [0.75]
     parts = encode(good)
     header = parts[0].decode().replace('"grades.rows","int32",[1]', '"grades.rows","int32",[1]')
     rows = np.array([5], np.int32)  # a row that does not exist
@@ -221,4 +241,5 @@ def test_forged_blocks_are_rejected_on_the_wire(two_people) -> None:
             np.zeros((1, 4), np.float32),
             np.array([9], np.uint8),
             np.zeros((1, 4), np.float32),
+            np.ones(1, np.float32),
         )

@@ -80,6 +80,7 @@ def _crops(
     rows: list[tuple[int, int]],
     *,
     grades: dict[int, int] | None = None,
+    visible: dict[int, float] | None = None,
     restored: tuple[int, ...] | None = None,
     identities: dict[int, int] | None = None,
     decisions: dict[int, list[int]] | None = None,
@@ -87,7 +88,8 @@ def _crops(
     dt: float = 0.1,
     size: tuple[int, int] = (360, 640),
 ) -> PersonCrops:
-    """PersonCrops for frame ``seq`` with (track_id, state) rows and model blocks keyed by track id."""
+    """PersonCrops for frame ``seq`` with (track_id, state) rows and model blocks keyed by track id
+    (a graded track's visible fraction: ``visible``, else 0.6)."""
     tracks = _tracks(rows)
     index = {tid: i for i, (tid, _) in enumerate(rows)}
     n = len(rows)
@@ -105,6 +107,7 @@ def _crops(
             np.full((len(gr), 4), 0.5, np.float32),
             np.array([by_row[r] for r in gr], np.uint8),
             np.full((len(gr), 8), 0.35, np.float32),
+            np.array([(visible or {}).get(rows[r][0], 0.6) for r in gr], np.float32),
         )
     if restored is not None:
         rr = sorted(index[t] for t in restored)
@@ -152,7 +155,7 @@ def _end(
 def test_sqlite_grades_restored_identities_attributes_and_track_end(tmp_path: Path) -> None:
     sink = SqliteSink(SqliteSinkConfig(batch_size=100), _context(tmp_path))
     sink.on_start()
-    sink.process(_crops("cam1", 0, [(1, N), (2, N)], grades={1: 0, 2: 3}))
+    sink.process(_crops("cam1", 0, [(1, N), (2, N)], grades={1: 0, 2: 3}, visible={1: 1.0, 2: 0.75}))
     sink.process(_crops("cam1", 1, [(1, U), (2, U)], restored=(2,), identities={1: 5}))
     sink.process(_crops("cam1", 2, [(1, U), (2, U)], identities={1: 6, 2: 5}, decisions={1: [1, -1, 0]}))
     sink.process(_crops("cam1", 3, [(1, U), (2, U)], identities={1: 6}, decisions={1: [1, 1, 0]}))
@@ -177,6 +180,11 @@ def test_sqlite_grades_restored_identities_attributes_and_track_end(tmp_path: Pa
         (2, 2, None, 0, 5),
     ]
     assert GRADE_NAMES[3] == "bottom-1/4"
+    visible = db.execute(
+        "SELECT t.track_id, o.seq, o.visible FROM observations o JOIN tracks t ON t.id = o.track "
+        "WHERE o.stream_id='cam1' AND o.seq < 2 ORDER BY o.seq, t.track_id"
+    ).fetchall()
+    assert visible == [(1, 0, 1.0), (2, 0, 0.75), (1, 1, None), (2, 1, None)]  # NULL = not graded
     tracks = db.execute(
         "SELECT stream_id, track_id, state, identity FROM tracks ORDER BY stream_id, track_id"
     ).fetchall()
@@ -256,16 +264,26 @@ def test_sqlite_upgrades_an_old_schema_database_in_place(tmp_path: Path) -> None
     old.close()
     sink = SqliteSink(SqliteSinkConfig(), _context(tmp_path))
     sink.on_start()
-    sink.process(_crops("cam1", 0, [(1, N)], grades={1: 2}, identities={1: 3}, decisions={1: [1, 0, 0]}))
+    sink.process(
+        _crops(
+            "cam1",
+            0,
+            [(1, N)],
+            grades={1: 2},
+            visible={1: 0.5},
+            identities={1: 3},
+            decisions={1: [1, 0, 0]},
+        )
+    )
     sink.process(_end("cam1", 1, [1], identities={1: 3}))
     sink.on_stop()
     db = sqlite3.connect(tmp_path / "events.db")
     columns = {r[1] for r in db.execute("PRAGMA table_info(observations)")}
-    assert {"grade", "restored", "identity"} <= columns
+    assert {"grade", "visible", "restored", "identity"} <= columns
     assert "identity" in {r[1] for r in db.execute("PRAGMA table_info(tracks)")}
-    new_columns = "SELECT grade, restored, identity FROM observations WHERE stream_id=?"
-    assert db.execute(new_columns, ("old",)).fetchone() == (None, 0, None)  # old rows: defaults
-    assert db.execute(new_columns, ("cam1",)).fetchone() == (2, 0, 3)
+    new_columns = "SELECT grade, visible, restored, identity FROM observations WHERE stream_id=?"
+    assert db.execute(new_columns, ("old",)).fetchone() == (None, None, 0, None)  # old rows: defaults
+    assert db.execute(new_columns, ("cam1",)).fetchone() == (2, 0.5, 0, 3)
     assert db.execute("SELECT identity, state FROM tracks WHERE stream_id='cam1'").fetchone() == (3, "ended")
     assert db.execute("SELECT id, tracks FROM identities").fetchall() == [(3, 1)]
     indices = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='index'")}
@@ -287,6 +305,7 @@ def test_jsonl_lines_carry_model_fields_and_track_end(tmp_path: Path) -> None:
             1,
             [(1, U), (2, U)],
             grades={1: 1},
+            visible={1: 0.6234},
             restored=(1,),
             identities={1: 4},
             decisions={2: [1, -1, 0]},
@@ -302,10 +321,11 @@ def test_jsonl_lines_carry_model_fields_and_track_end(tmp_path: Path) -> None:
     assert set(lines[0]["tracks"][0]) == {"track_id", "xyxy", "confidence", "state"}  # nothing reported
     one, two = lines[1]["tracks"]
     assert one["grade"] == 1 and one["grade_name"] == "top-1/4" and one["restored"] is True
+    assert one["visible"] == 0.623  # rounded to 3 decimals
     assert one["identity"] == 4 and one["identity_score"] == pytest.approx(0.7)
     assert "attributes" not in one
     assert two["attributes"] == {"personalMale": True, "carryingBackpack": None, "accessoryHat": False}
-    assert "grade" not in two and "identity" not in two and "restored" not in two
+    assert "grade" not in two and "visible" not in two and "identity" not in two and "restored" not in two
     assert lines[2] == {
         "type": "track_end",
         "stream_id": "cam1",
@@ -348,6 +368,7 @@ def test_pub_header_and_track_end_carry_model_fields(tmp_path: Path) -> None:
         tracks = json.loads(header)["tracks"]
         assert tracks[0]["identity"] == 9 and "grade" not in tracks[0]
         assert tracks[1]["grade"] == 8 and tracks[1]["grade_name"] == "right-1/2" and tracks[1]["restored"]
+        assert tracks[1]["visible"] == 0.6 and "visible" not in tracks[0]
         crop = cv2.imdecode(np.frombuffer(jpegs[1], np.uint8), cv2.IMREAD_COLOR)
         assert abs(int(crop.mean()) - 250) <= 3  # the restored crop, not the original (40)
         while sub.poll(200):  # drain the repeats
@@ -379,6 +400,8 @@ def test_short_attribute_and_label_lines() -> None:
     )
     assert label_lines(3, label) == ["#3 ID 12", "occl top-1/4", "male, hat, backpack"]
     assert label_lines(3, TrackLabel(grade=0)) == ["#3"]  # holistic: no occlusion line
+    assert label_lines(3, TrackLabel(grade=4, visible=0.624)) == ["#3", "occl bottom-1/2, 62% visible"]
+    assert label_lines(3, TrackLabel(grade=0, visible=0.97)) == ["#3"]
     assert label_lines(3, None) == ["#3"]
 
 
@@ -454,6 +477,7 @@ def test_video_frames_wait_for_their_labels(tmp_path: Path) -> None:
     for seq, decoded in enumerate(frames):  # each frame carries its own frame's labels
         label = TrackLabel(
             grade=4,
+            visible=float(np.float32(0.6)),
             identity=11 if seq >= 5 else None,
             attributes=("personalMale", "carryingBackpack") if seq >= 8 else (),
         )

@@ -87,6 +87,7 @@ class RowBlocks:
     """The model blocks of one PersonCrops read per track row (each dict is keyed by row)."""
 
     grade: dict[int, int]
+    visible: dict[int, float]  # row -> visible fraction of the graded person (0..1)
     restored: dict[int, int]  # row -> index into restored.crops
     identity: dict[int, tuple[int, float]]  # row -> (identity, score)
     decisions: dict[int, int]  # row -> index into attributes.decisions
@@ -101,9 +102,10 @@ class RowBlocks:
             message.identities,
             message.attributes,
         )
-        grade, identity = {}, {}
+        grade, visible, identity = {}, {}, {}
         if grades is not None:
             grade = dict(zip(grades.rows.tolist(), grades.grade.tolist(), strict=True))
+            visible = dict(zip(grades.rows.tolist(), grades.visible.tolist(), strict=True))
         if identities is not None:
             identity = {
                 int(r): (int(k), float(s))
@@ -111,6 +113,7 @@ class RowBlocks:
             }
         return cls(
             grade=grade,
+            visible=visible,
             restored={} if restored is None else row_index(restored.rows),
             identity=identity,
             decisions={} if attributes is None else row_index(attributes.decision_rows),
@@ -141,9 +144,10 @@ def tracks_record(message: PersonCrops) -> dict[str, Any]:
     """The JSON-able event for one frame's tracks (JSONL line, PUB header).
 
     Each track: ``track_id``, ``xyxy``, ``confidence``, ``state``; and only when a model stage said
-    so for this row (absent otherwise, to keep lines short): ``grade`` + ``grade_name`` (graded in
-    this frame), ``restored: true`` (a de-occluded crop was made), ``identity`` + ``identity_score``,
-    ``attributes`` ({name: true/false/null}; only in frames where the track's decisions changed).
+    so for this row (absent otherwise, to keep lines short): ``grade`` + ``grade_name`` + ``visible``
+    (graded in this frame; ``visible``: the person's visible fraction, 0..1, 3 decimals),
+    ``restored: true`` (a de-occluded crop was made), ``identity`` + ``identity_score``, ``attributes``
+    ({name: true/false/null}; only in frames where the track's decisions changed).
     """
     tracks = message.tracks
     blocks = RowBlocks.of(message)
@@ -159,6 +163,7 @@ def tracks_record(message: PersonCrops) -> dict[str, Any]:
         if grade is not None:
             entry["grade"] = int(grade)
             entry["grade_name"] = grade_name(grade)
+            entry["visible"] = round(blocks.visible[i], 3)
         if i in blocks.restored:
             entry["restored"] = True
         identity = blocks.identity.get(i)

@@ -4,18 +4,20 @@ Line shapes (``type`` says which)::
 
     {"type": "tracks", "stream_id": "cam1", "seq": 12, "pts": 0.5, "capture_time": 1.7e9,
      "frame_size": [360, 640], "tracks": [{"track_id": 3, "xyxy": [..4 floats..],
-     "confidence": 0.91, "state": "updated", "grade": 1, "grade_name": "top-1/4", "restored": true,
-     "identity": 7, "identity_score": 0.83, "attributes": {"personalMale": true, "hairLong": null}}]}
+     "confidence": 0.91, "state": "updated", "grade": 1, "grade_name": "top-1/4", "visible": 0.62,
+     "restored": true, "identity": 7, "identity_score": 0.83,
+     "attributes": {"personalMale": true, "hairLong": null}}]}
     {"type": "track_end", "stream_id": "cam1", "seq": 40, "capture_time": 1.7e9,
      "tracks": [{"track_id": 3, "identity": 7,
                  "attributes": {"personalMale": {"decision": true, "probability": 0.91}}}]}
     {"type": "end_of_stream", "stream_id": "cam1", "reason": "finished", "detail": "", "lost": 0}
 
-In a ``tracks`` line, ``grade``/``grade_name`` (``pipeline.messages.GRADE_NAMES``), ``restored``,
-``identity``/``identity_score`` and ``attributes`` are present only when a model stage reported them
-for that row in that frame (``attributes``: only when the track's decisions changed; null =
-undecided). A ``track_end`` line may repeat a track when the graph fans in: the later one carries the
-model stages' final word (identity null / attributes absent when there is none); keep the last.
+In a ``tracks`` line, ``grade``/``grade_name``/``visible`` (``pipeline.messages.GRADE_NAMES``; the
+person's visible fraction, 0..1, rounded to 3 decimals), ``restored``, ``identity``/``identity_score``
+and ``attributes`` are present only when a model stage reported them for that row in that frame
+(``attributes``: only when the track's decisions changed; null = undecided). A ``track_end`` line may
+repeat a track when the graph fans in: the later one carries the model stages' final word (identity
+null / attributes absent when there is none); keep the last.
 
 Each line is flushed to the OS as it is written; the file is fsync'ed at every end of stream and
 when the stage stops, so a drained pipeline leaves every line on disk.

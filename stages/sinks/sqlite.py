@@ -15,9 +15,10 @@ upgraded in place by adding the missing columns):
   ``tracks_by_identity(identity)`` answers "streams and tracks of identity X":
   ``SELECT stream_id, track_id, session, first_seen, last_seen FROM tracks WHERE identity=?``.
 * ``observations(track -> tracks.id, stream_id, seq, pts, capture_time, x1, y1, x2, y2, confidence,
-  state, grade, restored, identity)``: every track row of every frame; ``grade`` is the occlusion grade
-  when the row was graded in that frame (an index into ``pipeline.messages.GRADE_NAMES``: 0 = holistic,
-  1 = top-1/4, ... ; NULL = not graded), ``restored`` 1 when a de-occluded crop was made for the row,
+  state, grade, visible, restored, identity)``: every track row of every frame; ``grade`` is the
+  occlusion grade when the row was graded in that frame (an index into ``pipeline.messages.GRADE_NAMES``:
+  0 = holistic, 1 = top-1/4, ... ; NULL = not graded), ``visible`` the person's visible fraction from
+  the same grading (0..1; NULL = not graded), ``restored`` 1 when a de-occluded crop was made for the row,
   ``identity`` the identity reported for that row (NULL if none). Indices by track and by
   (stream_id, capture_time).
 * ``identities(id PK, first_seen, last_seen, tracks)``: every identity seen: capture times of its
@@ -106,6 +107,7 @@ CREATE TABLE IF NOT EXISTS observations (
     confidence REAL NOT NULL,
     state TEXT NOT NULL,
     grade INTEGER,
+    visible REAL,
     restored INTEGER NOT NULL DEFAULT 0,
     identity INTEGER
 );
@@ -135,7 +137,12 @@ CREATE TABLE IF NOT EXISTS track_attributes (
 ADDED_COLUMNS: dict[str, dict[str, str]] = {
     "streams": {"lost": "INTEGER NOT NULL DEFAULT 0"},
     "tracks": {"identity": "INTEGER"},
-    "observations": {"grade": "INTEGER", "restored": "INTEGER NOT NULL DEFAULT 0", "identity": "INTEGER"},
+    "observations": {
+        "grade": "INTEGER",
+        "restored": "INTEGER NOT NULL DEFAULT 0",
+        "identity": "INTEGER",
+        "visible": "REAL",
+    },
 }
 
 INDICES = """
@@ -155,7 +162,7 @@ IDENTITY_TRACKS_QUERY = (
 
 _INSERT_OBSERVATION = (
     "INSERT INTO observations (track, stream_id, seq, pts, capture_time, x1, y1, x2, y2, confidence, state, "
-    "grade, restored, identity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "grade, visible, restored, identity) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _UPSERT_IDENTITY = (
     "INSERT INTO identities (id, first_seen, last_seen, tracks) VALUES (?, ?, ?, 0) "
@@ -420,6 +427,7 @@ class SqliteSink(Stage):
                     float(tracks.confidence[i]),
                     state,
                     grade,
+                    blocks.visible.get(i),
                     int(i in blocks.restored),
                     None if identity is None else identity[0],
                 )

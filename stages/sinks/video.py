@@ -12,9 +12,10 @@ of speeding the video up. Drawing uses OpenCV on a copy of the frame (received f
 views of the wire buffer).
 
 **Labels.** Frames come from the track stage; the model stages' PersonCrops (wire the last one, e.g.
-``inputs: [track, identify]``) update a per-(stream, track) label cache: latest occlusion grade,
-identity, and the attributes decided yes (:func:`short_attribute` makes them readable). Each box gets
-``#track ID n`` / ``occl top-1/4`` / up to ``max_attributes`` attributes on a dark strip above it.
+``inputs: [track, identify]``) update a per-(stream, track) label cache: latest occlusion grade and
+visible fraction, identity, and the attributes decided yes (:func:`short_attribute` makes them
+readable). Each box gets ``#track ID n`` / ``occl top-1/4, 62% visible`` / up to ``max_attributes``
+attributes on a dark strip above it.
 
 **Label sync rule** (``sync_labels``, default on). A Frame arrives before the labelled PersonCrops of
 the same (stream, seq), so frames are buffered per stream and frame ``seq`` is written once a
@@ -113,10 +114,11 @@ class VideoSinkConfig(BaseModel):
 # -- labels ---------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class TrackLabel:
-    """What the model stages said about a track: grade (``GRADE_NAMES`` index), identity, and the
-    attribute names decided yes, most probable first."""
+    """What the model stages said about a track: grade (``GRADE_NAMES`` index) and visible fraction
+    (0..1) of its latest grading, identity, and the attribute names decided yes, most probable first."""
 
     grade: int | None = None
+    visible: float | None = None
     identity: int | None = None
     attributes: tuple[str, ...] = ()
 
@@ -170,14 +172,17 @@ def short_attribute(name: str) -> str | None:
 
 
 def label_lines(track_id: int, label: TrackLabel | None, max_attributes: int = 3) -> list[str]:
-    """The text lines drawn above a box: ``#id ID n``, ``occl <grade>`` (nothing when holistic),
-    up to ``max_attributes`` readable attributes."""
+    """The text lines drawn above a box: ``#id ID n``, ``occl <grade>`` (nothing when holistic; with
+    ``, 62% visible`` when the visible fraction is known), up to ``max_attributes`` readable attributes."""
     if label is None:
         return [f"#{track_id}"]
     head = f"#{track_id}" if label.identity is None else f"#{track_id} ID {label.identity}"
     lines = [head]
     if label.grade:
-        lines.append(f"occl {GRADE_NAMES[label.grade]}")
+        occluded = f"occl {GRADE_NAMES[label.grade]}"
+        if label.visible is not None:
+            occluded += f", {round(100 * label.visible)}% visible"
+        lines.append(occluded)
     shown: list[str] = []
     for name in label.attributes:
         text = short_attribute(name)
@@ -379,7 +384,7 @@ class VideoSink(Stage):
                 continue
             label = label or TrackLabel()
             if grade is not None:
-                label = replace(label, grade=int(grade))
+                label = replace(label, grade=int(grade), visible=blocks.visible.get(i))
             if identity is not None:
                 label = replace(label, identity=identity[0])
             if positive is not None:
