@@ -172,6 +172,22 @@ def test_eval_program_on_market_layout(shared_dir, tmp_path):
     assert set(res["occluded"]) >= {"none", "unified_oracle", "unified_grader"}
     assert "unified_grader_raw" not in res["occluded"] and "unified_grader_adapted" not in res["occluded"]
     assert res["grader"]["occluded_queries"]["num"] == 4 and res["similarity_offsets"] is False
+    # people pasted in front of the queries (their parsing maps give the occluders' bodies), plain rows
+    occluders = [f"{i:04d}_c3s1_000001_00.jpg" for i in range(7, 10)]
+    _write(tmp_path / "people", occluders, rng)
+    (tmp_path / "parsing").mkdir()
+    for name in occluders:
+        parsing = np.zeros((40, 20), np.uint8)
+        parsing[5:38, 4:16] = 5  # an "upper clothes" body
+        Image.fromarray(parsing).save(tmp_path / "parsing" / name.replace(".jpg", ".png"))
+    person_args = ["--occlusion", "person", "--occluders", str(tmp_path / "people")]
+    person_args += ["--occluder-masks", str(tmp_path / "parsing"), "--no-unification"]
+    assert main(args + person_args) == 0
+    res = json.loads(out.read_text())
+    assert set(res["occluded"]) == {"none"} and res["occlusion"].startswith("people from")
+    assert res["grader"]["occluded_queries"]["num"] == 4
+    with pytest.raises(SystemExit):  # person occluders need their masks
+        main(args + ["--occlusion", "person", "--occluders", str(tmp_path / "people")])
     with pytest.raises(FileNotFoundError, match="neither a Market-style root"):
         main(
             [
