@@ -1,0 +1,341 @@
+"""Self-supervised adaptation of the occlusion grader to a site (``models/reid/site_adaptation.py``,
+``tools/adapt_grader.py``): box geometry on hand-made boxes, the sampling and the track split, and
+the tool end to end on a video made in the test, whose tracks file plants a known number of
+occluded, clear, partly covered and truncated boxes. The network is tiny and random, so only
+invariants are checked, never that adaptation improves the grader."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from models.data.reid_datasets import normalize
+from models.data.transforms import resize
+from models.reid.grader import VISIBLE, calibrate_visible_threshold
+from models.reid.occlusion_augment import LOCATIONS
+from models.reid.site_adaptation import (
+    Candidate,
+    LabelCounts,
+    box_occlusion,
+    label_boxes,
+    pseudo_label,
+    sample_boxes,
+    split_tracks,
+)
+
+torch.set_num_threads(1)
+
+HW = (240, 320)  # frame height, width
+FRAMES = 40
+FPS = 10
+TRACK_STEP = 2
+
+
+# ------------------------------------------------------------------------------------- box geometry
+
+
+def test_box_half_covered_from_below():
+    boxes = [[100, 100, 140, 200], [90, 150, 150, 260]]  # the second is nearer: its y2 is larger
+    back, front = box_occlusion(boxes, (300, 400))
+    assert back.covered == pytest.approx(0.5) and LOCATIONS[back.location] == "bottom"
+    assert not back.truncated
+    assert front.covered == 0.0 and front.location == -1 and not front.truncated
+
+
+def test_box_covered_from_a_side_and_equal_bottoms():
+    back, front = box_occlusion([[100, 100, 140, 200], [120, 80, 200, 210]], (300, 400))
+    assert back.covered == pytest.approx(0.5) and LOCATIONS[back.location] == "right"
+    assert front.covered == 0.0
+    # the same bottom edge: neither is in front of the other
+    a, b = box_occlusion([[100, 100, 140, 200], [120, 80, 200, 200]], (300, 400))
+    assert a.covered == 0.0 and b.covered == 0.0
+
+
+def test_box_at_the_frame_edge_is_truncated():
+    covers = box_occlusion(
+        [[0, 10, 30, 90], [300, 10, 399, 90], [150, 10, 190, 299], [150, 10, 190, 90]], (300, 400)
+    )
+    assert [c.truncated for c in covers] == [True, True, True, False]
+    assert box_occlusion(np.zeros((0, 4)), (300, 400)) == []
+    with pytest.raises(ValueError, match=r"\(N, 4\)"):
+        box_occlusion([[1, 2, 3]], (300, 400))
+
+
+def test_pseudo_labels_and_counts():
+    boxes = np.array(
+        [
+            [100, 100, 140, 200],  # half covered by the next: occluded
+            [90, 150, 150, 260],  # in front: clear
+            [200, 100, 240, 200],  # a fifth covered by the next: partly covered, unused
+            [200, 180, 240, 280],
+            [0, 10, 30, 90],  # at the edge: truncated
+            [300, 10, 302, 12],  # 2 x 2 px: small
+        ],
+        dtype=np.float64,
+    )
+    counts = LabelCounts()
+    out = label_boxes(7, 3, [1, 2, 3, 4, 5, 6], boxes, (300, 400), counts)
+    assert counts.as_dict() == {
+        "boxes": 6,
+        "small": 1,
+        "truncated": 1,
+        "occluded": 1,
+        "clear": 2,
+        "partial": 1,
+    }
+    assert [(c.track_id, c.label) for c in out] == [(1, "occluded"), (2, "clear"), (4, "clear")]
+    assert out[0].key == 7 and out[0].frame == 3 and LOCATIONS[out[0].location] == "bottom"
+    covers = box_occlusion(boxes, (300, 400))
+    assert pseudo_label(covers[2]) is None and pseudo_label(covers[2], min_covered=0.1) == "occluded"
+
+
+def _candidate(frame: int, track: int, label: str) -> Candidate:
+    return Candidate(0, frame, track, (0.0, 0.0, 1.0, 1.0), 0.5 if label == "occluded" else 0.0, 1, label)
+
+
+def test_sampling_step_and_cap():
+    cands = [_candidate(f, 1, "clear") for f in range(10)] + [
+        _candidate(f, 2, "occluded") for f in (0, 1, 4, 5)
+    ]
+    chosen = sample_boxes(cands, track_step=3, max_crops=100)
+    assert [c.frame for c in chosen if c.track_id == 1] == [0, 3, 6, 9]
+    assert [c.frame for c in chosen if c.track_id == 2] == [0, 4]
+    capped = sample_boxes(cands, track_step=1, max_crops=3, seed=5)
+    assert sum(c.label == "clear" for c in capped) == 3 and sum(c.label == "occluded" for c in capped) == 3
+    assert capped == sample_boxes(cands, track_step=1, max_crops=3, seed=5)  # seeded
+
+
+def test_split_keeps_occlusions_on_both_sides():
+    for seed in range(5):
+        check = split_tracks([1, 3], [1, 2, 3, 4, 5], seed=seed)
+        assert len(check & {1, 3}) == 1 and len(check & {2, 4, 5}) == 1
+    assert split_tracks([1], [1, 2], seed=0) == frozenset()  # one track per group: nothing to hold out
+
+
+# ------------------------------------------------------------------------------ the planted footage
+
+
+def _boxes(f: int) -> dict[int, list[int]]:
+    """Boxes (x1, y1, x2, y2, clipped to the frame) of frame ``f``. Two people stand still (1, 3);
+    two walk in from the frame edges and stop in front of them (2, 4: lower in the frame); one stands
+    apart (5). Every edge is a multiple of the grid cells of the covered boxes (32 x 96 px boxes,
+    2 x 3 px cells), so the covered share is the exact area ratio."""
+    x2 = min(8 * f - 16, 56)
+    x4 = max(300 - 8 * f, 196)
+    return {
+        1: [60, 60, 92, 156],
+        2: [max(0, x2), 111, min(HW[1], x2 + 40), 231],
+        3: [200, 60, 232, 156],
+        4: [max(0, x4), 111, min(HW[1], x4 + 40), 231],
+        5: [140, 20, 170, 100],
+    }
+
+
+def _expected_label(box: list[int], others: list[list[int]]) -> str:
+    """The label by the continuous geometry: area of the box under boxes with a larger bottom."""
+    x1, y1, x2, y2 = box
+    if x1 <= 2 or y1 <= 2 or x2 >= HW[1] - 2 or y2 >= HW[0] - 2:
+        return "truncated"
+    covered = 0.0
+    for ox1, oy1, ox2, oy2 in others:  # the planted fronts never overlap each other
+        if oy2 > y2:
+            covered += max(0, min(x2, ox2) - max(x1, ox1)) * max(0, min(y2, oy2) - max(y1, oy1))
+    share = covered / ((x2 - x1) * (y2 - y1))
+    return "occluded" if share >= 0.3 else "clear" if share == 0 else "partial"
+
+
+def _expected():
+    """Box counts, the boxes sampled every TRACK_STEP frames per track, by label."""
+    counts = {"boxes": 0, "small": 0, "truncated": 0, "occluded": 0, "clear": 0, "partial": 0}
+    last: dict[int, int] = {}
+    sampled: dict[str, list[tuple[int, int]]] = {"occluded": [], "clear": []}
+    for f in range(FRAMES):
+        boxes = _boxes(f)
+        for track, box in boxes.items():
+            label = _expected_label(box, [b for t, b in boxes.items() if t != track])
+            counts["boxes"] += 1
+            counts[label] += 1
+            if label in sampled and (track not in last or f - last[track] >= TRACK_STEP):
+                last[track] = f
+                sampled[label].append((f, track))
+    return counts, sampled
+
+
+def _draw(f: int, background: np.ndarray) -> np.ndarray:
+    image = background.copy()
+    colours = {1: (40, 40, 200), 2: (200, 60, 40), 3: (40, 180, 60), 4: (180, 40, 180), 5: (30, 200, 220)}
+    boxes = _boxes(f)
+    for track in sorted(boxes, key=lambda t: boxes[t][3]):  # the nearest person last
+        x1, y1, x2, y2 = boxes[track]
+        head = (x2 - x1) // 3
+        cx = (x1 + x2) // 2
+        cv2.circle(image, (cx, y1 + head), head, (150, 170, 210), -1)
+        cv2.rectangle(image, (x1, y1 + 2 * head), (x2 - 1, y2 - 1), colours[track], -1)
+        cv2.line(image, (cx, y1 + 2 * head), (cx, y2 - 1), (20, 20, 20), 2)
+    return image
+
+
+@pytest.fixture(scope="module")
+def footage(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("site")
+    rng = np.random.default_rng(0)
+    background = cv2.GaussianBlur(rng.integers(60, 200, (*HW, 3), dtype=np.uint8), (5, 5), 0)
+    video = root / "rec.mp4"
+    with av.open(str(video), "w") as out:
+        stream = out.add_stream("mpeg4", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = HW[1], HW[0], "yuv420p"
+        stream.options = {"qscale": "3"}
+        for f in range(FRAMES):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(_draw(f, background), format="bgr24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    lines = []
+    for f in range(FRAMES):
+        tracks = [
+            {"track_id": t, "xyxy": b, "confidence": 0.9, "state": "updated"} for t, b in _boxes(f).items()
+        ]
+        line = {"type": "tracks", "stream_id": "cam1", "seq": f, "pts": f / FPS, "frame_size": list(HW)}
+        lines.append({**line, "tracks": tracks})
+        if f == 5:
+            lines.append(lines[-1])  # a graph that fans in writes a frame twice
+        if f % 10 == 0:  # another camera in the same file
+            other = [{"track_id": 1, "xyxy": [10, 10, 50, 120]}]
+            lines.append({**line, "stream_id": "cam2", "frame_size": [480, 640], "tracks": other})
+    # a line past the end of the recording: matches no frame
+    lines.append(
+        {**lines[-1], "seq": 99, "pts": 10.0, "tracks": [{"track_id": 9, "xyxy": [250, 150, 280, 200]}]}
+    )
+    lines.append({"type": "track_end", "stream_id": "cam1", "seq": 99, "tracks": [{"track_id": 1}]})
+    lines.append(
+        {"type": "end_of_stream", "stream_id": "cam1", "reason": "finished", "detail": "", "lost": 0}
+    )
+    tracks = root / "events.jsonl"
+    tracks.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return video, tracks
+
+
+def _oamn(path: Path, grader: str = "visibility") -> Path:
+    from models.reid.config import OAMNModelConfig
+    from models.reid.oamn import OAMN, save_oamn_weights
+
+    torch.manual_seed(0)
+    cfg = OAMNModelConfig(backbone="osnet_x0_25", input_size=(64, 32), grader_pool_hw=(2, 2), grader=grader)
+    model = OAMN.from_config(cfg, load_backbone_weights=False).eval()
+    return save_oamn_weights(model, cfg.model_dump(mode="json"), path, {"seed": 3})
+
+
+@pytest.fixture(scope="module")
+def tiny_oamn(tmp_path_factory) -> Path:
+    return _oamn(tmp_path_factory.mktemp("weights") / "oamn.pt")
+
+
+def test_tool_end_to_end(tmp_path, footage, tiny_oamn):
+    from models.reid.oamn import load_oamn
+    from tools.adapt_grader import main
+
+    video, tracks = footage
+    out, report_path = tmp_path / "site.pt", tmp_path / "report.json"
+    args = ["--weights", str(tiny_oamn), "--video", str(video), "--tracks", str(tracks), "--out", str(out)]
+    args += ["--json", str(report_path), "--stream", "cam1", "--steps", "6", "--track-step", str(TRACK_STEP)]
+    assert main([*args, "--threads", "1", "--seed", "1"]) == 0
+    report = json.loads(report_path.read_text())
+
+    counts, sampled = _expected()
+    assert counts == {"boxes": 200, "small": 0, "truncated": 6, "occluded": 60, "clear": 128, "partial": 6}
+    # the boxes are labelled from the tracks file alone: the line past the end adds a clear box of
+    # track 9, which is sampled but cut from no frame
+    assert report["boxes"] == {**counts, "boxes": 201, "clear": 129}
+    assert report["sampled"] == {"occluded": len(sampled["occluded"]), "clear": len(sampled["clear"]) + 1}
+    assert report["crops"]["occluded"] == len(sampled["occluded"]) == 30
+    assert report["crops"]["clear"] == len(sampled["clear"]) == 66
+    lines = report["lines"]
+    assert lines["tracks_lines"] == FRAMES + 1 and lines["matched"] == FRAMES and lines["unmatched"] == 1
+    assert lines["duplicates"] == 1 and lines["other_streams"] == 4 and lines["other_types"] == 2
+    assert lines["chosen_unmatched"] == 1 and lines["no_pts"] == 0
+    crops = report["crops"]
+    assert crops["adapt"]["occluded"] + crops["check"]["occluded"] == 30
+    assert crops["adapt"]["clear"] + crops["check"]["clear"] == 66
+    assert crops["adapt"]["occluded"] > 0 and crops["check"]["occluded"] > 0  # two occluded tracks
+    for part in ("before", "after"):
+        m = report[part]
+        assert (m["occluded"], m["clear"]) == (crops["check"]["occluded"], crops["check"]["clear"])
+        assert 0.0 <= m["auc"] <= 1.0 and 0.0 <= m["clear_graded_occluded"] <= 1.0
+        assert m["spearman"] is None or -1.0 <= m["spearman"] <= 1.0
+    for which in ("first", "last"):
+        assert all(np.isfinite(v) for v in report["losses"][which].values())
+        assert set(report["losses"][which]) == {"total", "rank", "bound", "location", "clear", "distill"}
+
+    # the checkpoint: loads, only the grader changed, the threshold is the clear crops' calibration
+    model, cfg = load_oamn(out)
+    original, cfg0 = load_oamn(tiny_oamn)
+    assert cfg.grade_thresholds == cfg0.grade_thresholds and cfg.grader == "visibility"
+    new, old = model.state_dict(), original.state_dict()
+    assert new.keys() == old.keys()
+    for key in old:
+        if not key.startswith("grader."):
+            assert torch.equal(new[key], old[key]), key
+    assert any(not torch.equal(new[k], old[k]) for k in old if k.startswith("grader."))
+    assert 0.5 <= cfg.visible_threshold <= 1.0
+    check = set(report["check_tracks"])
+    adapt_clear = [(f, t) for f, t in sampled["clear"] if t not in check]
+    assert len(adapt_clear) == crops["adapt"]["clear"]
+    frames = {}
+    with av.open(str(video)) as container:
+        for f, frame in enumerate(container.decode(video=0)):
+            frames[f] = frame.to_ndarray(format="bgr24")
+    images = []
+    for f, t in adapt_clear:
+        x1, y1, x2, y2 = _boxes(f)[t]
+        images.append(resize(np.ascontiguousarray(frames[f][y1:y2, x1:x2]), (64, 32))[..., ::-1])
+    x = normalize(torch.from_numpy(np.ascontiguousarray(np.stack(images))).permute(0, 3, 1, 2))
+    with torch.no_grad():
+        v = model.grader(model.masked_features(x))[:, VISIBLE].numpy()
+    assert cfg.visible_threshold == pytest.approx(calibrate_visible_threshold(v), abs=1e-5)
+    assert cfg.grader_reference_median == pytest.approx(float(np.median(v)), abs=1e-5)
+    assert report["visible_threshold"]["after"] == pytest.approx(cfg.visible_threshold)
+
+    extra = torch.load(out, map_location="cpu", weights_only=True)["extra"]
+    assert extra["seed"] == 3  # the checkpoint's own extra is kept
+    assert extra["adaptation"]["video"] == "rec.mp4" and extra["adaptation"]["steps"] == 6
+    assert extra["adaptation"]["crops"] == report["crops"] and "after" in extra["adaptation"]
+
+
+def test_tool_clear_errors(tmp_path, footage, tiny_oamn):
+    from tools.adapt_grader import main
+
+    video, tracks = footage
+    base = ["--video", str(video), "--out", str(tmp_path / "o.pt"), "--steps", "1", "--threads", "1"]
+    args = ["--weights", str(tiny_oamn), *base]
+    with pytest.raises(SystemExit, match=r"several streams \['cam1', 'cam2'\]: .*--stream"):
+        main([*args, "--tracks", str(tracks)])
+    with pytest.raises(SystemExit, match=r"no tracks of stream 'cam9'"):
+        main([*args, "--tracks", str(tracks), "--stream", "cam9"])
+
+    text = tracks.read_text().splitlines()
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text("\n".join([*text[:2], '{"type": "tracks", "stream_id": "cam1"', *text[3:]]) + "\n")
+    with pytest.raises(SystemExit, match=r"broken\.jsonl:3: not a JSON line"):
+        main([*args, "--tracks", str(broken), "--stream", "cam1"])
+    record = json.loads(text[0])
+    record["tracks"][1]["xyxy"] = [1, 2, 3]
+    broken.write_text("\n".join([text[1], json.dumps(record)]) + "\n")
+    with pytest.raises(SystemExit, match=r"broken\.jsonl:2: malformed tracks line: track 1: xyxy"):
+        main([*args, "--tracks", str(broken), "--stream", "cam1"])
+
+    with pytest.raises(
+        SystemExit, match=r"found 30 occluded and 66 clear crops, need at least 100 .*--min-covered"
+    ):
+        main([*args, "--tracks", str(tracks), "--stream", "cam1", "--track-step", "2", "--min-crops", "100"])
+
+    softmax = _oamn(tmp_path / "softmax.pt", grader="softmax")
+    with pytest.raises(SystemExit, match="softmax grader has no visible fraction to adapt"):
+        main(["--weights", str(softmax), *base, "--tracks", str(tracks), "--stream", "cam1"])
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["--weights", str(tmp_path / "missing.pt"), *base, "--tracks", str(tracks)])
