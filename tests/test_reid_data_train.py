@@ -382,6 +382,18 @@ def test_visibility_grader_trains_on_realistic_occlusions_calibrates_and_resumes
     assert cfg.grader == "visibility" and 0.5 <= cfg.visible_threshold <= 1.0
     assert cfg.grade_thresholds[0] <= cfg.grade_thresholds[1] and 0 <= cfg.grader_reference_median <= 1
     assert metrics["visible_threshold"] == cfg.visible_threshold
+    # the grader evaluation on those held-out identities, occluded realistically, per kind
+    from tools.eval_grader import main as eval_grader
+
+    out = tmp_path / "held_out.json"
+    args = ["--weights", str(tmp_path / "run/oamn.pt"), "--data", raw["data"]["root"], "--json", str(out)]
+    assert eval_grader([*args, "--held-out", raw["data"]["masks"], "--threads", "1"]) == 0
+    report = json.loads(out.read_text())
+    assert report["held_out_ids"] == 3 and set(report["kinds"]) <= {"person", "static", "truncate"}
+    assert (
+        sum(report["overall"]["area_confusion"][i][j] for i in range(3) for j in range(3))
+        == (report["overall"]["boxes"])
+    )
     # a longer grader phase continues from the last checkpoint
     raw["train"]["grader_only_iterations"] = 12
     resumed = train(ReIDRecipe.model_validate(raw), show_progress=False)

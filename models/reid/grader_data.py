@@ -155,3 +155,24 @@ def realistic_set(
     drawn with the default mixture, so about a third stay whole)."""
     batches = RealisticBatches(images, masks, usable, pids, seed)
     return batches.sample(copies * len(batches.index))
+
+
+def held_out_report(
+    scores: np.ndarray, grades: np.ndarray, realistic: RealisticSet, visibility_threshold: float = 0.7
+) -> dict:
+    """The grader's figures (``grader_eval.grader_metrics``) on a realistic held-out set, overall
+    and per occlusion kind (each kind's crops together with the whole ones, so every row has both
+    classes): its ``scores`` (N, 5) and ``grades`` (N,) on ``realistic.images``."""
+    from .grader import occlusion_score
+    from .grader_eval import grader_metrics
+
+    occlusion = occlusion_score(scores)
+    visibility = 1.0 - realistic.hidden_share
+    report = {"overall": grader_metrics(occlusion, grades, visibility, visibility_threshold), "kinds": {}}
+    whole = realistic.kinds == "none"
+    for kind in sorted(set(realistic.kinds.tolist()) - {"none"}):
+        rows = whole | (realistic.kinds == kind)
+        report["kinds"][kind] = grader_metrics(
+            occlusion[rows], grades[rows], visibility[rows], visibility_threshold
+        )
+    return report
