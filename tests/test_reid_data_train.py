@@ -186,6 +186,11 @@ def test_eval_program_on_market_layout(shared_dir, tmp_path):
     res = json.loads(out.read_text())
     assert set(res["occluded"]) == {"none"} and res["occlusion"].startswith("people from")
     assert res["grader"]["occluded_queries"]["num"] == 4
+    both = ["--occlusion", "corner", "person", *person_args[2:]]
+    assert main(args + both) == 0  # both kinds against the same gallery
+    res = json.loads(out.read_text())
+    assert {"occluded", "person_occluded", "grader", "grader_person_occluded"} <= set(res)
+    assert res["person_occluded_seed0"]["none"] == res["person_occluded"]["none"]  # one seed: its rows
     with pytest.raises(SystemExit):  # person occluders need their masks
         main(args + ["--occlusion", "person", "--occluders", str(tmp_path / "people")])
     with pytest.raises(FileNotFoundError, match="neither a Market-style root"):

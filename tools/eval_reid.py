@@ -152,6 +152,7 @@ def evaluate(
     reference_median: float | None = None,
     occlude=synthesize_occlusions,
     unify: bool = True,
+    extra_occlusions: dict | None = None,
 ) -> dict:
     """Rows per query view (holistic, each occlusion seed): ``none``, ``unified_oracle`` and, with a
     grader, ``unified_grader`` (its grades, minus ``offsets`` when given), ``unified_grader_raw``
@@ -159,7 +160,10 @@ def evaluate(
     adapted to each camera from its own holistic crops, ``grader.adapt_thresholds``, when
     ``reference_median`` is given: the gallery from the gallery crops, the queries from the
     holistic queries). ``occlude(images_uint8, seed) -> (images, true grades)`` makes the occluded
-    queries; ``unify=False`` gives the ``none`` rows only (no masked versions: much faster)."""
+    queries; ``unify=False`` gives the ``none`` rows only (no masked versions: much faster).
+    ``extra_occlusions`` ({name: occlude}) adds query sets of other occlusion kinds against the same
+    gallery versions, reported as ``<name>`` (mean over the seeds), ``<name>_seedN`` and
+    ``grader_<name>``."""
     q_ids = np.array([r.pid for r in query])
     g_ids = np.array([r.pid for r in gallery])
     q_cams = np.array([r.camid for r in query])
@@ -175,9 +179,11 @@ def evaluate(
     holistic_gallery = np.zeros(len(gallery), dtype=np.int64)
     g_oracle = _versions(model, g_img, batch, holistic_gallery, g_plain) if unify else None
     views = [("holistic", normalize(q_raw), np.zeros(len(query), dtype=np.int64))]
-    for seed in dict.fromkeys(seeds):
-        occluded, true_grades = occlude(q_raw, seed)
-        views.append((f"occluded_seed{seed}", normalize(occluded), true_grades))
+    kinds = {"occluded": occlude, **(extra_occlusions or {})}
+    for kind, occlude_fn in kinds.items():
+        for seed in dict.fromkeys(seeds):
+            occluded, true_grades = occlude_fn(q_raw, seed)
+            views.append((f"{kind}_seed{seed}", normalize(occluded), true_grades))
     has_grader = g_scores is not None
     results: dict = {
         "num_query": len(query),
@@ -232,24 +238,25 @@ def evaluate(
             rows["query_graded_occluded_fraction_adapted"] = float((q_pred_a > 0).mean())
         results[name] = rows
         _log_rows(name, rows)
-    # the occluded rows averaged over the seeds (one seed: its rows)
-    by_seed = [results[name] for name, _, _ in views[1:]]
-    results["occluded"] = {
-        k: _mean_rows([r[k] for r in by_seed])
-        if isinstance(by_seed[0][k], dict)
-        else float(np.mean([r[k] for r in by_seed]))
-        for k in by_seed[0]
-    }
-    _log_rows(f"occluded, mean of {len(by_seed)} seeds", results["occluded"])
-    if has_grader:
-        results["grader"] = {
-            "occluded_queries": grader_report(
-                np.concatenate(grader_true[1:]), np.concatenate(grader_pred[1:])
-            ),
-            "holistic_and_occluded_queries": grader_report(
-                np.concatenate(grader_true), np.concatenate(grader_pred)
-            ),
+    # each kind's occluded rows averaged over the seeds (one seed: its rows)
+    names = [name for name, _, _ in views]
+    for kind in kinds:
+        picked = [i for i, name in enumerate(names) if name.startswith(f"{kind}_seed")]
+        by_seed = [results[names[i]] for i in picked]
+        results[kind] = {
+            k: _mean_rows([r[k] for r in by_seed])
+            if isinstance(by_seed[0][k], dict)
+            else float(np.mean([r[k] for r in by_seed]))
+            for k in by_seed[0]
         }
+        _log_rows(f"{kind}, mean of {len(by_seed)} seeds", results[kind])
+        if has_grader:
+            true = [grader_true[0]] + [grader_true[i] for i in picked]
+            pred = [grader_pred[0]] + [grader_pred[i] for i in picked]
+            results["grader" if kind == "occluded" else f"grader_{kind}"] = {
+                "occluded_queries": grader_report(np.concatenate(true[1:]), np.concatenate(pred[1:])),
+                "holistic_and_occluded_queries": grader_report(np.concatenate(true), np.concatenate(pred)),
+            }
     results["encode_wall_s"] = time.time() - t0
     return results
 
@@ -330,9 +337,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--occlusion",
         choices=["corner", "person"],
-        default="corner",
-        help="synthetic query occlusion: OAMN's corner patches (sec. 3.1) or another person pasted in "
-        "front (models.reid.realistic_occlusion; needs --occluders and --occluder-masks)",
+        nargs="+",
+        default=["corner"],
+        help="synthetic query occlusion kinds, each against the same gallery: OAMN's corner patches "
+        "(sec. 3.1; rows 'occluded') and/or another person pasted in front "
+        "(models.reid.realistic_occlusion; rows 'person_occluded'; needs --occluders and --occluder-masks)",
     )
     parser.add_argument("--occluders", help="folder of person crops to paste in front (e.g. Market train)")
     parser.add_argument("--occluder-masks", help="their parsing maps (<stem>.png, 0 = background)")
@@ -372,12 +381,17 @@ def main(argv: list[str] | None = None) -> int:
     else:
         query, gallery = evaluation_split(args.data, args.subset, args.query_cam, args.gallery_cam)
         desc["split"] = f"{args.subset} camera {args.query_cam} -> {args.gallery_cam}"
-    occlude = synthesize_occlusions
-    if args.occlusion == "person":
+    kinds = {}
+    if "person" in args.occlusion:
         if not (args.occluders and args.occluder_masks):
             parser.error("--occlusion person needs --occluders and --occluder-masks")
-        occlude = _person_occluder(args.occluders, args.occluder_masks, hw)
-        desc["occlusion"] = f"people from {args.occluders} pasted in front"
+        kinds["person_occluded"] = _person_occluder(args.occluders, args.occluder_masks, hw)
+        desc["person_occlusion"] = f"people from {args.occluders} pasted in front"
+    if "corner" in args.occlusion:
+        occlude = synthesize_occlusions
+    else:  # person only: its rows under 'occluded'
+        occlude = kinds.pop("person_occluded")
+        desc["occlusion"] = desc.pop("person_occlusion")
     results = evaluate(
         model,
         hw,
@@ -390,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         reference_median,
         occlude,
         not args.no_unification,
+        kinds,
     )
     results.update(
         desc,
