@@ -127,6 +127,20 @@ def _grader_step(
     return {"grader": loss.item(), "visible_err": (scores[:, -1] - (1 - hidden)).abs().mean().item()}
 
 
+def _ship_best_network(model: OAMN, best: dict[str, Any], validating: bool) -> None:
+    """Load the network of the best validation (keeping the current grader) when it is not the
+    last step's. Called before the grader-only phase, so that the grader learns on the masked
+    features g of the network that ships (the mask module changes g), or at the end without one."""
+    if not validating or best["model"] is None:
+        return
+    current = {k: v for k, v in model.state_dict().items() if not k.startswith("grader.")}
+    if all(torch.equal(v, best["model"][k]) for k, v in current.items()):
+        return
+    grader = {k: v for k, v in model.state_dict().items() if k.startswith("grader.")}
+    model.load_state_dict({**best["model"], **grader})
+    logger.info("shipping the network of step %d (best validation score %.2f)", best["step"], best["score"])
+
+
 def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -> dict[str, Any]:
     """Run (or resume) a recipe; returns the metrics also written to ``<out_dir>/metrics.json``."""
     tc = recipe.train
@@ -263,6 +277,8 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
     total = tc.iterations + tc.grader_only_iterations
     for step in progress(range(start, total), total=total - start, desc="oamn", enabled=show_progress):
         grader_only = step >= tc.iterations
+        if step == tc.iterations and step > 0:
+            _ship_best_network(model, best, validating and tc.grader_only_iterations > 0)
         idx = torch.tensor(sampler.next_batch())
         batch = _train_transform(images[idx], tc.flip, tc.pad_crop, gen)
         aug = augment_batch(normalize(batch), aug_rng)  # sec. 3.1: holistic + 4 occluded views
@@ -337,13 +353,8 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
             ckpt.save(snapshot(step + 1))
 
     model_config = recipe.model.model_dump(mode="json")
-    if validating and best["model"] is not None and best["step"] != tc.iterations:
-        # keep the final grader (trained on the frozen network in the grader-only phase, if any)
-        grader = {k: v for k, v in model.state_dict().items() if k.startswith("grader.")}
-        model.load_state_dict({**best["model"], **grader})
-        logger.info(
-            "shipping the network of step %d (best validation score %.2f)", best["step"], best["score"]
-        )
+    if tc.grader_only_iterations == 0:
+        _ship_best_network(model, best, validating)
     model.eval()
     if held_real is not None:
         model_config.update(calibrate_visibility(inference, held_images, held_real, seed=tc.seed))
