@@ -275,10 +275,43 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
     t_start = time.time()
     window: dict[str, list[float]] = {}
     total = tc.iterations + tc.grader_only_iterations
+
+    def _log_and_checkpoint(step: int, logs: dict[str, float], lr_now: float) -> None:
+        for k, v in logs.items():
+            window.setdefault(k, []).append(v)
+        if (step + 1) % tc.log_every == 0 or step + 1 in (tc.iterations, total):
+            row = {k: float(np.mean(v)) for k, v in window.items()}
+            row.update(step=step + 1, lr=lr_now, sec_per_iter=(time.time() - t_start) / (step + 1 - start))
+            history.append(row)
+            window.clear()
+            row["phase"] = "grader" if step >= tc.iterations else "joint"
+            logger.info(
+                "step %d/%d %s",
+                step + 1,
+                total,
+                " ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("step", "phase")),
+            )
+        if validating and ((step + 1) % tc.validate_every == 0 or step + 1 == tc.iterations):
+            if step < tc.iterations:  # the grader-only phase does not change the embedding
+                run_validation(step + 1)
+        if (step + 1) % tc.checkpoint_every == 0 or step + 1 in (tc.iterations, total):
+            ckpt.save(snapshot(step + 1))
+
+    if start > tc.iterations:  # resumed in the grader-only phase: its network is the one that ships
+        _ship_best_network(model, best, validating)
     for step in progress(range(start, total), total=total - start, desc="oamn", enabled=show_progress):
         grader_only = step >= tc.iterations
         if step == tc.iterations and step > 0:
             _ship_best_network(model, best, validating and tc.grader_only_iterations > 0)
+        if grader_only and realistic is not None:
+            # the grader alone on realistic batches, the network frozen (no corner-patch views needed)
+            factor = _lr_factor(step - tc.iterations, tc.grader_only_iterations, 0)
+            lr_now = tc.grader_only_lr * factor
+            for group in opt_grader_only.param_groups:
+                group["lr"] = lr_now
+            logs = _grader_step(model, realistic, tc.grader_batch, opt_grader_only, device, memory_format)
+            _log_and_checkpoint(step, logs, lr_now)
+            continue
         idx = torch.tensor(sampler.next_batch())
         batch = _train_transform(images[idx], tc.flip, tc.pad_crop, gen)
         aug = augment_batch(normalize(batch), aug_rng)  # sec. 3.1: holistic + 4 occluded views
@@ -293,18 +326,12 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
             model.eval()
             with torch.no_grad():
                 g = model.masked_features(aug_images)
-            if realistic is not None:  # the grader's realistic batches, not the corner-patch views
-                logs = _grader_step(model, realistic, tc.grader_batch, opt_grader_only, device, memory_format)
-                model.eval()
-                with torch.no_grad():
-                    scores = model.grader(g)
-            else:
-                scores = model.grader(g)
-                l_score = score_loss(scores, target)
-                opt_grader_only.zero_grad(set_to_none=True)
-                (recipe.loss.lambda_score * l_score).backward()
-                opt_grader_only.step()
-                logs = {"score": l_score.item(), "l2": recipe.loss.lambda_score * l_score.item()}
+            scores = model.grader(g)
+            l_score = score_loss(scores, target)
+            opt_grader_only.zero_grad(set_to_none=True)
+            (recipe.loss.lambda_score * l_score).backward()
+            opt_grader_only.step()
+            logs = {"score": l_score.item(), "l2": recipe.loss.lambda_score * l_score.item()}
         else:
             factor = _lr_factor(step, tc.iterations, tc.warmup_iterations)
             lr_now = tc.lr * factor
@@ -332,25 +359,7 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
             logs.update(_grader_step(model, realistic, tc.grader_batch, opt_grader, device, memory_format))
         pred = decide_grades(scores)
         logs["grade_acc"] = float((torch.from_numpy(pred) == aug.grade).float().mean())
-        for k, v in logs.items():
-            window.setdefault(k, []).append(v)
-        if (step + 1) % tc.log_every == 0 or step + 1 in (tc.iterations, total):
-            row = {k: float(np.mean(v)) for k, v in window.items()}
-            row.update(step=step + 1, lr=lr_now, sec_per_iter=(time.time() - t_start) / (step + 1 - start))
-            history.append(row)
-            window = {}
-            row["phase"] = "grader" if grader_only else "joint"
-            logger.info(
-                "step %d/%d %s",
-                step + 1,
-                total,
-                " ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("step", "phase")),
-            )
-        if validating and ((step + 1) % tc.validate_every == 0 or step + 1 == tc.iterations):
-            if step < tc.iterations:  # the grader-only phase does not change the embedding
-                run_validation(step + 1)
-        if (step + 1) % tc.checkpoint_every == 0 or step + 1 in (tc.iterations, total):
-            ckpt.save(snapshot(step + 1))
+        _log_and_checkpoint(step, logs, lr_now)
 
     model_config = recipe.model.model_dump(mode="json")
     if tc.grader_only_iterations == 0:
