@@ -21,7 +21,7 @@ from models.deocclusion.predictor import DeocclusionPredictor, DeocclusionPredic
 from models.reid.encoder import TorchEncoder, prepare_crops
 from models.reid.gallery import OcclusionGallery
 from models.reid.grader import GradeThresholds
-from models.reid.predictor import ReidPredictor, ReidPredictorConfig
+from models.reid.predictor import DEFAULT_REID_WEIGHTS, ReidPredictor, ReidPredictorConfig
 from models.weights_path import (
     WEIGHTS_DIR,
     require_file,
@@ -180,16 +180,16 @@ def test_missing_files_are_config_errors_naming_key_and_path(predictor_cls, conf
 def test_reid_empty_one_and_batch(reid, crops):
     d = reid.embedding_dim
     emb, scores = reid(crops[:0])
-    assert emb.shape == (0, d) and scores.shape == (0, 4)
+    assert emb.shape == (0, d) and scores.shape == (0, 5)
     assert emb.dtype == np.float32 and scores.dtype == np.float32
     assert reid.grades(scores).shape == (0,)
     for batch in (crops[:1], crops):
         emb, scores = reid(batch)
-        assert emb.shape == (len(batch), d) and scores.shape == (len(batch), 4)
+        assert emb.shape == (len(batch), d) and scores.shape == (len(batch), 5)
         assert emb.dtype == np.float32 and scores.dtype == np.float32
         assert np.isfinite(emb).all() and np.isfinite(scores).all()
         np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
-        np.testing.assert_allclose(scores.sum(1), 1.0, atol=1e-5)  # grader softmax
+        assert ((scores >= 0) & (scores <= 1)).all()  # sigmoid location scores and visible fraction
         grades = reid.grades(scores)
         assert grades.dtype == np.int64 and grades.shape == (len(batch),)
         assert ((grades >= 0) & (grades <= 8)).all()
@@ -201,12 +201,14 @@ def test_reid_metadata_from_the_checkpoint(reid):
     assert reid.input_size == (256, 128) and reid.embedding_dim == 512
     assert reid.backend_name == "torch"
     assert isinstance(reid.thresholds, GradeThresholds)
-    assert reid.thresholds.quarter == pytest.approx(0.50575, abs=1e-4)
-    assert reid.thresholds.half == pytest.approx(0.81465, abs=1e-4)
-    assert reid.reference_median == pytest.approx(0.35585, abs=1e-4)
+    # the shipped Market-1501 checkpoint's calibration (held-out training identities)
+    assert reid.model_config.grader == "visibility"
+    assert (reid.thresholds.quarter, reid.thresholds.half) == pytest.approx((0.5, 0.7), abs=1e-4)
+    assert reid.thresholds.visible == pytest.approx(0.81517, abs=1e-4)
+    assert reid.reference_median == pytest.approx(0.94856, abs=1e-4)
     assert reid.offsets.shape == (9, 9) and reid.offsets.dtype == np.float32
-    # explicit thresholds win: everything graded holistic when quarter = half = 1
-    scores = np.array([[0.9, 0.05, 0.03, 0.02], [0.2, 0.6, 0.1, 0.1]], np.float32)
+    # explicit thresholds win: everything graded holistic when quarter = half = 1 (eq. 8 alone)
+    scores = np.array([[0.9, 0.05, 0.03, 0.02, 0.4], [0.2, 0.6, 0.1, 0.1, 0.7]], np.float32)
     assert reid.grades(scores).tolist() != [0, 0]
     assert reid.grades(scores, GradeThresholds(1.0, 1.0)).tolist() == [0, 0]
 
@@ -225,7 +227,7 @@ def test_reid_is_one_pass_of_the_checkpoint(reid, crops):
     """Same numbers as the eager OAMN encoder the gallery used before (one forward pass)."""
     from models.reid.oamn import load_oamn
 
-    model, _ = load_oamn(WEIGHTS_DIR / "oamn_osnet_x0_25_peta.pt")
+    model, _ = load_oamn(WEIGHTS_DIR / DEFAULT_REID_WEIGHTS)
     ref_emb, ref_scores = TorchEncoder(model)(reid.prepare(crops))
     emb, scores = reid(crops)
     np.testing.assert_allclose(emb, ref_emb, atol=1e-4)
@@ -239,7 +241,7 @@ def test_reid_encoder_feeds_the_gallery(reid, crops):
     t_emb, _ = reid.encoder(torch.from_numpy(x))  # the gallery's masking passes tensors
     np.testing.assert_allclose(t_emb, emb, atol=1e-6)
     e0, s0 = reid.encoder(x[:0])
-    assert e0.shape == (0, 512) and s0.shape == (0, 4)
+    assert e0.shape == (0, 512) and s0.shape == (0, 5)
     with pytest.raises(ValueError, match="network input"):
         reid.encoder(np.zeros((1, 3, 128, 64), np.float32))
     gallery = OcclusionGallery(
@@ -384,7 +386,7 @@ def test_reid_onnxruntime_parity_without_process_state(onnx_files, reid, crops):
     np.testing.assert_allclose(emb, ref_emb, atol=1e-4)
     np.testing.assert_allclose(scores, ref_scores, atol=1e-4)
     e0, s0 = ort(crops[:0])
-    assert e0.shape == (0, 512) and s0.shape == (0, 4)
+    assert e0.shape == (0, 512) and s0.shape == (0, 5)
 
 
 def test_deocclusion_and_attributes_onnxruntime_parity(onnx_files, deocc, attrs, crops):
@@ -412,7 +414,7 @@ def test_onnx_auto_exports_once_into_the_cache_and_onnxruntime_runs_it(tmp_path,
     monkeypatch.setenv("AMODAL_CACHE", str(tmp_path))
     first = ReidPredictor.from_config(ReidPredictorConfig())  # onnx: auto, default preference
     assert first.backend_name == "onnxruntime"
-    (export,) = (tmp_path / "onnx").glob("oamn_osnet_x0_25_peta-*.onnx")
+    (export,) = (tmp_path / "onnx").glob(Path(DEFAULT_REID_WEIGHTS).stem + "-*.onnx")
     stamp = export.stat().st_mtime_ns
     again = ReidPredictor.from_config(ReidPredictorConfig())
     assert again.backend_name == "onnxruntime" and export.stat().st_mtime_ns == stamp, "exported once"

@@ -10,8 +10,10 @@ from models.reid.grader_data import RealisticBatches, realistic_set
 from models.reid.occlusion_augment import LOCATIONS
 from models.reid.realistic_occlusion import (
     KINDS,
+    degrade,
     grader_target,
     hidden_location,
+    paste_behind,
     paste_person,
     static_occluder,
     synthesize,
@@ -138,3 +140,22 @@ def test_batches_take_occluders_from_other_identities_and_resume():
     assert len(held.images) == 6  # two copies of each crop with a mask
     with pytest.raises(ValueError, match="at least two crops"):
         RealisticBatches(images, masks, np.array([True, False, False, False]), ["a"] * 4, seed=0)
+
+
+def test_a_person_behind_hides_nothing_and_leaves_the_body_as_it_was():
+    target, body = _person(200, 0)
+    other, other_body = _person(90, 1)
+    touched = 0
+    for seed in range(20):
+        occ = paste_behind(target, body, other, other_body, np.random.default_rng(seed))
+        assert occ.hidden_share == 0 and occ.location == -1 and occ.kind == "behind"
+        assert np.array_equal(occ.image[body], target[body])  # the target's body is drawn on top
+        touched += int(np.any(occ.image != target))
+    assert touched > 0  # and the person behind does show around it
+
+
+def test_degrade_keeps_the_shape_and_is_seeded():
+    target, _ = _person(200, 0)
+    a = degrade(target, np.random.default_rng(5))
+    assert a.shape == target.shape and a.dtype == np.uint8
+    assert np.array_equal(a, degrade(target, np.random.default_rng(5)))

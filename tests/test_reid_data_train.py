@@ -394,11 +394,25 @@ def test_visibility_grader_trains_on_realistic_occlusions_calibrates_and_resumes
     args = ["--weights", str(tmp_path / "run/oamn.pt"), "--data", raw["data"]["root"], "--json", str(out)]
     assert eval_grader([*args, "--held-out", raw["data"]["masks"], "--threads", "1"]) == 0
     report = json.loads(out.read_text())
-    assert report["held_out_ids"] == 3 and set(report["kinds"]) <= {"person", "static", "truncate"}
+    assert report["held_out_ids"] == 3
+    assert set(report["kinds"]) <= {"person", "behind", "static", "truncate"}
     assert (
         sum(report["overall"]["area_confusion"][i][j] for i in range(3) for j in range(3))
         == (report["overall"]["boxes"])
     )
+    # stage 2: a fresh grader on that network alone (iterations 0), with camera variety
+    stage2 = {**raw, "out_dir": str(tmp_path / "stage2")}
+    stage2["train"] = {**raw["train"], "iterations": 0, "init_weights": str(tmp_path / "run/oamn.pt")}
+    stage2["train"]["grader_augment"] = True
+    second = train(ReIDRecipe.model_validate(stage2), show_progress=False)
+    assert [h["phase"] for h in second["history"]] == ["grader", "grader"]
+    first_net, _ = load_oamn(tmp_path / "run/oamn.pt")
+    second_net, _ = load_oamn(tmp_path / "stage2/oamn.pt")
+    a, b = first_net.state_dict(), second_net.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a if not k.startswith("grader."))  # network untouched
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("grader."))
+    with pytest.raises(ValueError, match="needs train.init_weights"):
+        ReIDRecipe.model_validate({**raw, "train": {**raw["train"], "iterations": 0}})
     # a longer grader phase continues from the last checkpoint
     raw["train"]["grader_only_iterations"] = 12
     resumed = train(ReIDRecipe.model_validate(raw), show_progress=False)

@@ -41,7 +41,7 @@ from models.reid.grader_data import (  # noqa: E402
 )
 from models.reid.grader_eval import roc_auc, spearman  # noqa: E402
 from models.reid.losses import OAMNLoss, score_loss  # noqa: E402
-from models.reid.oamn import OAMN, OAMNInference, save_oamn_weights  # noqa: E402
+from models.reid.oamn import OAMN, OAMNInference, load_oamn, save_oamn_weights  # noqa: E402
 from models.reid.occlusion_augment import augment_batch  # noqa: E402
 from models.reid.sampler import PKSampler  # noqa: E402
 from models.training import (  # noqa: E402
@@ -127,6 +127,19 @@ def _grader_step(
     return {"grader": loss.item(), "visible_err": (scores[:, -1] - (1 - hidden)).abs().mean().item()}
 
 
+def _load_network(model: OAMN, path: str) -> None:
+    """The network of an OAMN checkpoint (not its grader or identity classifier) into ``model``."""
+    init, _ = load_oamn(path)
+    state = {k: v for k, v in init.state_dict().items() if not k.startswith("grader.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    left = [k for k in missing if not k.startswith(("grader.", "classifier."))]
+    if left or unexpected:
+        raise ValueError(
+            f"{path}: its network does not match the recipe's model: {left[:5]} {unexpected[:5]}"
+        )
+    logger.info("network from %s (the grader starts fresh)", path)
+
+
 def _ship_best_network(model: OAMN, best: dict[str, Any], validating: bool) -> None:
     """Load the network of the best validation (keeping the current grader) when it is not the
     last step's. Called before the grader-only phase, so that the grader learns on the masked
@@ -169,7 +182,7 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
             raise ValueError("train.grader_batch > 0 needs data.masks (a folder of parsing maps)")
         masks, usable = load_body_masks(records, recipe.data.masks, tuple(recipe.model.input_size))
         realistic = RealisticBatches(
-            images, masks, usable, [r.pid for r in records], tc.seed + 3, tc.occlusion_mix
+            images, masks, usable, [r.pid for r in records], tc.seed + 3, tc.occlusion_mix, tc.grader_augment
         )
         if held_out:
             held_masks, held_usable = load_body_masks(
@@ -178,6 +191,8 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
             held_real = realistic_set(held_images.cpu(), held_masks, held_usable, held_pids, tc.seed + 4)
 
     model = OAMN.from_config(recipe.model, num_classes=len(mapping)).to(device).train()
+    if tc.init_weights:
+        _load_network(model, tc.init_weights)
     if tc.freeze_stages:
         model.freeze_stages(tc.freeze_stages)
     memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format

@@ -152,7 +152,9 @@ class ReIDDataConfig(BaseModel):
 class ReIDTrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    iterations: int = Field(1000, ge=1, description="optimiser steps")
+    iterations: int = Field(
+        1000, ge=0, description="optimiser steps of the network (0: grader only, needs init_weights)"
+    )
     p: int = Field(16, ge=2, description="identities per batch (P of the P x K sampler)")
     k: int = Field(4, ge=2, description="images per identity (K of the P x K sampler)")
     optimizer: Literal["sgd", "adam"] = Field(
@@ -170,10 +172,22 @@ class ReIDTrainConfig(BaseModel):
         "static objects, frame-border cuts; exact labels from data.masks), one step after every "
         "network step; 0 = the paper: the grader learns from the network step's corner-patch views",
     )
-    occlusion_mix: tuple[float, float, float, float] = Field(
-        (0.3, 0.35, 0.2, 0.15),
-        description="share of whole crops, people in front, static occluders and frame-border cuts "
-        "in the grader's realistic batches (models.reid.realistic_occlusion.KINDS)",
+    occlusion_mix: tuple[float, float, float, float, float] = Field(
+        (0.2, 0.3, 0.15, 0.2, 0.15),
+        description="share of whole crops, people in front, people behind (nothing hidden), static "
+        "occluders and frame-border cuts in the grader's realistic batches "
+        "(models.reid.realistic_occlusion.KINDS)",
+    )
+    grader_augment: bool = Field(
+        False,
+        description="jitter brightness and contrast of the grader's realistic batches and at times "
+        "lower their resolution or blur them (realistic_occlusion.degrade): cameras unlike the "
+        "training set's",
+    )
+    init_weights: str | None = Field(
+        None,
+        description="OAMN checkpoint whose network (all but the grader and the identity classifier) "
+        "starts this run; with iterations 0 the run trains a fresh grader on that network only",
     )
     grader_only_iterations: int = Field(
         0,
@@ -225,6 +239,17 @@ class ReIDRecipe(BaseModel):
     data: ReIDDataConfig = Field(default_factory=ReIDDataConfig, description="training data")
     train: ReIDTrainConfig = Field(default_factory=ReIDTrainConfig, description="optimisation")
     out_dir: str = Field("runs/reid", description="checkpoints and metrics JSON go here")
+
+    @model_validator(mode="after")
+    def _steps(self) -> ReIDRecipe:
+        if self.train.iterations == 0 and (
+            self.train.init_weights is None or self.train.grader_only_iterations == 0
+        ):
+            raise ValueError(
+                "train.iterations=0 trains only the grader: it needs train.init_weights (the network) "
+                "and train.grader_only_iterations > 0"
+            )
+        return self
 
     @model_validator(mode="after")
     def _grader_has_data(self) -> ReIDRecipe:

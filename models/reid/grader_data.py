@@ -20,7 +20,7 @@ from PIL import Image
 
 from models.data.reid_datasets import ReIDRecord
 
-from .realistic_occlusion import DEFAULT_WEIGHTS, grader_target, synthesize
+from .realistic_occlusion import DEFAULT_WEIGHTS, degrade, grader_target, synthesize
 
 __all__ = [
     "load_body_masks",
@@ -99,6 +99,7 @@ class RealisticBatches:
         pids: Sequence[str],
         seed: int,
         weights: Sequence[float] = DEFAULT_WEIGHTS,
+        augment: bool = False,
     ):
         self.images, self.masks = images, masks
         self.index = np.flatnonzero(usable)
@@ -106,6 +107,7 @@ class RealisticBatches:
             raise ValueError("realistic occlusion needs at least two crops with a body mask")
         self.pids = np.asarray(pids)
         self.weights = tuple(float(w) for w in weights)
+        self.augment = augment
         self.rng = np.random.default_rng(seed)
 
     def _crop(self, i: int, flip: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -131,7 +133,8 @@ class RealisticBatches:
         for i in picks:
             image, body = self._crop(int(i), bool(self.rng.random() < 0.5))
             occ = synthesize(image, body, self._other(int(i)), self.rng, self.weights)
-            images.append(torch.from_numpy(np.ascontiguousarray(occ.image)).permute(2, 0, 1))
+            out = degrade(occ.image, self.rng) if self.augment else occ.image
+            images.append(torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1))
             targets.append(grader_target(occ.location, occ.hidden_share))
             kinds.append(occ.kind)
         return RealisticSet(torch.stack(images), np.stack(targets), np.array(kinds))

@@ -35,7 +35,7 @@ __all__ = ["ReidPredictor", "ReidPredictorConfig", "DEFAULT_REID_WEIGHTS", "REID
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_REID_WEIGHTS = "oamn_osnet_x0_25_peta.pt"
+DEFAULT_REID_WEIGHTS = "oamn_osnet_x0_25_market.pt"
 #: output names of the exported graph (``tools/export_reid.py``): L2-normalised embedding, grader scores
 REID_OUTPUTS = ("embedding", "grade")
 #: grader output columns: four location scores, then the visible fraction (``grader.VISIBLE``)
@@ -48,7 +48,7 @@ class ReidPredictorConfig(PredictorConfig):
     weights: str = Field(
         DEFAULT_REID_WEIGHTS,
         description="OAMN checkpoint (tools/train_reid.py / calibrate_reid.py): a path, or the bare name "
-        "of a file shipped in models/weights/ (research-only PETA weights by default).",
+        "of a file shipped in models/weights/ (research-only Market-1501 weights by default).",
     )
 
 

@@ -9,6 +9,9 @@ the hidden pixels lie on.
 
 - ``person``: another person's parsed body pasted in front, the front person lower in the frame
   (closer to the camera, so as large or larger), overlapping from below or from a side;
+- ``behind``: another person pasted *behind* (smaller, higher in the frame, drawn only where the
+  target's body is not): nothing of the target is hidden. Crowded footage is full of people behind
+  the one a box is about; a grader that never saw them takes any second person for an occluder;
 - ``static``: a pole (vertical band), a low object (car, desk, bench: a block from the bottom) or
   the paper's corner patch stretched over a band, textured with pixels of another crop;
 - ``truncate``: the box cut by the frame border (mostly the bottom), as a detector's clipped box
@@ -34,15 +37,18 @@ __all__ = [
     "hidden_location",
     "grader_target",
     "paste_person",
+    "paste_behind",
+    "degrade",
     "static_occluder",
     "truncate",
     "synthesize",
 ]
 
 #: occlusion kinds, in the order ``synthesize``'s mixture weights use
-KINDS = ("none", "person", "static", "truncate")
-#: default mixture: a third of the crops whole, so the grader sees what "no occlusion" looks like
-DEFAULT_WEIGHTS = (0.3, 0.35, 0.2, 0.15)
+KINDS = ("none", "person", "behind", "static", "truncate")
+#: default mixture: a third of the crops whole (alone or with someone behind), so the grader sees
+#: what "no occlusion" looks like
+DEFAULT_WEIGHTS = (0.2, 0.3, 0.15, 0.2, 0.15)
 
 
 @dataclass(frozen=True)
@@ -128,6 +134,31 @@ def paste_person(
     return _result(image, body, cover, "person")
 
 
+def paste_behind(
+    target: np.ndarray,
+    body: np.ndarray,
+    other: np.ndarray,
+    other_body: np.ndarray,
+    rng: np.random.Generator,
+) -> Occluded:
+    """Draw ``other``'s parsed body behind ``target``'s person (farther from the camera: smaller,
+    its feet higher in the frame) wherever the target's body is not; nothing is hidden."""
+    h, w = body.shape
+    scale = rng.uniform(0.6, 1.0)
+    oh, ow = int(round(h * scale)), int(round(w * scale))
+    person = cv2.resize(other, (ow, oh), interpolation=cv2.INTER_LINEAR)
+    alpha = cv2.resize(other_body.astype(np.uint8), (ow, oh), interpolation=cv2.INTER_NEAREST) > 0
+    top = int(rng.uniform(-0.15, 0.25) * h)
+    left = int(round((w - ow) / 2 + rng.choice([-1.0, 1.0]) * rng.uniform(0.2, 0.8) * w))
+    image = target.copy()
+    y0, y1 = max(0, top), min(h, top + oh)
+    x0, x1 = max(0, left), min(w, left + ow)
+    if y0 < y1 and x0 < x1:
+        a = alpha[y0 - top : y1 - top, x0 - left : x1 - left] & ~body[y0:y1, x0:x1]
+        image[y0:y1, x0:x1][a] = person[y0 - top : y1 - top, x0 - left : x1 - left][a]
+    return Occluded(image, 0.0, -1, "behind", np.zeros_like(body))
+
+
 def _texture(source: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
     """A patch of ``source`` (any region, a quarter to all of it) resized to ``height x width``."""
     sh, sw = source.shape[:2]
@@ -210,6 +241,25 @@ def synthesize(
     if kind == "person":
         crop, mask = other()
         return paste_person(target, body, crop, mask, rng)
+    if kind == "behind":
+        crop, mask = other()
+        return paste_behind(target, body, crop, mask, rng)
     if kind == "static":
         return static_occluder(target, body, other()[0], rng)
     return truncate(target, body, rng)
+
+
+def degrade(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Camera variety the training crops lack (labels unchanged): brightness / contrast jitter,
+    and at times a lower resolution (down- then up-sampled, as a small far person is) or blur."""
+    h, w = image.shape[:2]
+    out = image.astype(np.float32)
+    out = (out - out.mean()) * rng.uniform(0.75, 1.25) + out.mean() * rng.uniform(0.75, 1.25)
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    if rng.random() < 0.4:
+        f = rng.uniform(0.3, 0.8)
+        small = cv2.resize(out, (max(4, int(w * f)), max(8, int(h * f))), interpolation=cv2.INTER_AREA)
+        out = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    elif rng.random() < 0.3:
+        out = cv2.GaussianBlur(out, (5, 5), rng.uniform(0.5, 1.5))
+    return out
