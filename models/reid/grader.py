@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .occlusion_augment import AREAS, LOCATIONS, grade_index
+from .occlusion_augment import AREAS, LOCATIONS
 
 __all__ = [
     "GRADER_KINDS",
@@ -137,14 +137,12 @@ def decide_grades(scores: np.ndarray | torch.Tensor, thresholds: GradeThresholds
     loc = s.argmax(1)
     top = s[np.arange(len(s)), loc]
     if thresholds.visible is not None and raw.shape[1] > VISIBLE:
-        occluded = raw[:, VISIBLE] < thresholds.visible
-        top = np.where(occluded, np.maximum(top, thresholds.quarter), 0.0)
-    out = np.zeros(len(s), dtype=np.int64)
-    for i, (p, sp) in enumerate(zip(loc, top, strict=True)):
-        if sp >= thresholds.half:
-            out[i] = grade_index(LOCATIONS[p], AREAS[1])
-        elif sp >= thresholds.quarter and (thresholds.visible is None or sp > 0):
-            out[i] = grade_index(LOCATIONS[p], AREAS[0])
+        occluded = raw[:, VISIBLE] < thresholds.visible  # the visibility grader says "holistic" itself
+    else:
+        occluded = top >= thresholds.quarter
+    half = occluded & (top >= thresholds.half)
+    # grade_index(LOCATIONS[loc], AREAS[half]) for the occluded rows, 0 for the others
+    out = np.where(occluded, 1 + loc * len(AREAS) + half.astype(np.int64), 0).astype(np.int64)
     return out
 
 
