@@ -9,16 +9,15 @@ that validation and calibration read.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from models.data.reid_datasets import ReIDRecord
+from models.deocclusion.parts import load_parts
 
 from .realistic_occlusion import DEFAULT_WEIGHTS, degrade, grader_target, synthesize
 
@@ -29,49 +28,14 @@ __all__ = [
     "RealisticBatches",
 ]
 
-logger = logging.getLogger(__name__)
-
-#: body masks covering less of the crop than this are parsing failures, not people
-MIN_BODY_SHARE = 0.05
-
 
 def load_body_masks(
     records: Sequence[ReIDRecord], masks_dir: str | Path, size_hw: tuple[int, int]
 ) -> tuple[torch.Tensor, np.ndarray]:
     """Full-body masks (N, H, W) bool at ``size_hw`` from ``masks_dir/<image stem>.png`` and a (N,)
     bool array of which records have a usable one (missing files and parsing failures do not)."""
-    masks_dir = Path(masks_dir)
-    if not masks_dir.is_dir():
-        raise FileNotFoundError(f"parsing-mask folder not found: {masks_dir}")
-    h, w = size_hw
-    out = torch.zeros((len(records), h, w), dtype=torch.bool)
-    usable = np.zeros(len(records), dtype=bool)
-    missing = failed = 0
-    for i, rec in enumerate(records):
-        path = masks_dir / (Path(rec.path).stem + ".png")
-        if not path.is_file():
-            missing += 1
-            continue
-        with Image.open(path) as img:
-            parsing = np.array(img.resize((w, h), Image.NEAREST))
-        body = parsing > 0
-        if body.mean() < MIN_BODY_SHARE:
-            failed += 1
-            continue
-        out[i] = torch.from_numpy(body)
-        usable[i] = True
-    logger.info(
-        "body masks from %s: %d of %d crops (%d without a parsing file, %d with a body under %.0f %%)",
-        masks_dir,
-        int(usable.sum()),
-        len(records),
-        missing,
-        failed,
-        100 * MIN_BODY_SHARE,
-    )
-    if not usable.any():
-        raise ValueError(f"no usable parsing mask in {masks_dir} for the {len(records)} crops")
-    return out, usable
+    parts, usable = load_parts([rec.path for rec in records], masks_dir, size_hw)
+    return parts > 0, usable
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,7 @@ class Occluded:
     location: int  # -1 none, else the index in LOCATIONS of the side the hidden pixels lie on
     kind: str
     hidden: np.ndarray  # (H, W) bool: full-body pixels covered, in the input crop's coordinates
+    cover: np.ndarray  # (H, W) bool: every pixel the occluder covers (body or background)
 
 
 def hidden_location(body: np.ndarray, hidden: np.ndarray) -> int:
@@ -95,10 +96,10 @@ def _share(body: np.ndarray, hidden: np.ndarray) -> float:
     return float(hidden.sum()) / total if total else 0.0
 
 
-def _result(image: np.ndarray, body: np.ndarray, hidden: np.ndarray, kind: str) -> Occluded:
-    hidden = hidden & body
+def _result(image: np.ndarray, body: np.ndarray, cover: np.ndarray, kind: str) -> Occluded:
+    hidden = cover & body
     share = _share(body, hidden)
-    return Occluded(image, share, hidden_location(body, hidden) if share > 0 else -1, kind, hidden)
+    return Occluded(image, share, hidden_location(body, hidden) if share > 0 else -1, kind, hidden, cover)
 
 
 def paste_person(
@@ -156,7 +157,7 @@ def paste_behind(
     if y0 < y1 and x0 < x1:
         a = alpha[y0 - top : y1 - top, x0 - left : x1 - left] & ~body[y0:y1, x0:x1]
         image[y0:y1, x0:x1][a] = person[y0 - top : y1 - top, x0 - left : x1 - left][a]
-    return Occluded(image, 0.0, -1, "behind", np.zeros_like(body))
+    return Occluded(image, 0.0, -1, "behind", np.zeros_like(body), np.zeros_like(body))
 
 
 def _texture(source: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
@@ -237,7 +238,7 @@ def synthesize(
     p = np.asarray(weights, dtype=np.float64)
     kind = KINDS[int(rng.choice(len(KINDS), p=p / p.sum()))]
     if kind == "none":
-        return Occluded(target.copy(), 0.0, -1, "none", np.zeros_like(body))
+        return Occluded(target.copy(), 0.0, -1, "none", np.zeros_like(body), np.zeros_like(body))
     if kind == "person":
         crop, mask = other()
         return paste_person(target, body, crop, mask, rng)
