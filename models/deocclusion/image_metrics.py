@@ -10,7 +10,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["ssim", "psnr", "batch_ssim_psnr"]
+__all__ = ["ssim", "ssim_map", "psnr", "region_ssim_psnr", "batch_ssim_psnr", "mask_iou"]
 
 _K1, _K2, _L = 0.01, 0.03, 255.0
 
@@ -25,29 +25,48 @@ def _check(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return a.astype(np.float64), b.astype(np.float64)
 
 
-def ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean structural similarity of two images with values in [0, 255]."""
+def ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Per-pixel structural similarity, averaged over channels, on the valid region: an
+    (H - 10, W - 10) map whose pixel (i, j) is the window centred on (i + 5, j + 5)."""
     x, y = _check(a, b)
     if x.ndim == 2:
         x, y = x[..., None], y[..., None]
     c1, c2 = (_K1 * _L) ** 2, (_K2 * _L) ** 2
     kernel = cv2.getGaussianKernel(11, 1.5)
     window = kernel @ kernel.T
-    values = []
+
+    def filt(img: np.ndarray) -> np.ndarray:
+        return cv2.filter2D(img, -1, window, borderType=cv2.BORDER_REFLECT)[5:-5, 5:-5]
+
+    maps = []
     for ch in range(x.shape[2]):
         xc, yc = x[..., ch], y[..., ch]
-
-        def filt(img: np.ndarray) -> np.ndarray:
-            return cv2.filter2D(img, -1, window, borderType=cv2.BORDER_REFLECT)[5:-5, 5:-5]
-
         mu_x, mu_y = filt(xc), filt(yc)
         sxx = filt(xc * xc) - mu_x**2
         syy = filt(yc * yc) - mu_y**2
         sxy = filt(xc * yc) - mu_x * mu_y
         num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
         den = (mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2)
-        values.append(float(np.mean(num / den)))
-    return float(np.mean(values))
+        maps.append(num / den)
+    return np.mean(maps, axis=0)
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean structural similarity of two images with values in [0, 255]."""
+    return float(np.mean(ssim_map(a, b)))
+
+
+def region_ssim_psnr(a: np.ndarray, b: np.ndarray, region: np.ndarray) -> tuple[float, float]:
+    """SSIM averaged over the windows centred in ``region`` (H, W) bool and PSNR over its pixels;
+    NaN for an empty region (inf PSNR where the region is identical)."""
+    if region.shape != a.shape[:2]:
+        raise ValueError(f"region must be {a.shape[:2]}, got {region.shape}")
+    inner = region[5:-5, 5:-5]
+    s = float(ssim_map(a, b)[inner].mean()) if inner.any() else float("nan")
+    if not region.any():
+        return s, float("nan")
+    mse = float(np.mean((a[region].astype(np.float64) - b[region].astype(np.float64)) ** 2))
+    return s, float("inf") if mse == 0 else 10.0 * float(np.log10(_L**2 / mse))
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -66,3 +85,14 @@ def batch_ssim_psnr(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, n
     s = np.array([ssim(p, t) for p, t in zip(pred, target, strict=True)])
     p = np.array([psnr(p_, t) for p_, t in zip(pred, target, strict=True)])
     return s, p
+
+
+def mask_iou(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Per-mask intersection over union of (N, H, W) bool masks; 1.0 where both are empty."""
+    if pred.shape != target.shape or pred.ndim != 3:
+        raise ValueError(
+            f"expected two (N, H, W) mask batches of equal shape, got {pred.shape} and {target.shape}"
+        )
+    inter = (pred & target).reshape(len(pred), -1).sum(1)
+    union = (pred | target).reshape(len(pred), -1).sum(1)
+    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
