@@ -1,12 +1,15 @@
 """De-occlude stage: occluded crops go through the de-occlusion generator; the others cost nothing.
 
-Routing reads the grade stage's block: a graded row is routed when its grade's location and area are
-in ``route`` (default: every occluded grade) and its box is at least ``route.min_height`` frame
-pixels tall (the generator cannot invent a body from a few pixels). The generator (de-occlusion
-paper, sec. 3.2) runs through the backend layer in the configured order (TensorRT, ONNX Runtime,
-torch; the log says which ran and why not the others), batched across streams. The block added is
-``Restored`` (rows, crops of the same size); the original crops stay, because the grader and the
-gallery need to see the real occluder and the describe stage prefers the restored pixels.
+Two generator kinds run here: the U-Net GAN (``deocclusion_unet16_*.pt``) and the two-stage mask-
+guided de-occluder (``deocclusion_two_stage_*.pt``, ``models/deocclusion/two_stage.py``), which
+finds the occluder itself and restores only its region. Routing reads the grade stage's block: a
+graded row is routed when its grade's location and area are in ``route`` (default: every occluded
+grade) and its box is at least ``route.min_height`` frame pixels tall (the generator cannot invent
+a body from a few pixels). The generator runs through the backend layer in the configured order
+(TensorRT, ONNX Runtime, torch; the log says which ran and why not the others), batched across
+streams. The block added is ``Restored`` (rows, crops of the same size); the original crops stay,
+because the grader and the gallery need to see the real occluder and the describe stage prefers
+the restored pixels.
 """
 
 from __future__ import annotations
@@ -83,9 +86,10 @@ class DeoccludeConfig(PersonStageConfig):
     route: RouteConfig = Field(default_factory=RouteConfig, description="Which graded crops are routed.")
     keep_visible: bool = Field(
         True,
-        description="Keep the crop's own pixels outside the graded occlusion "
+        description="U-Net generators: keep the crop's own pixels outside the graded occlusion "
         "region and take only that region from the generator (whose output is "
-        "softer: it works at its own, smaller size).",
+        "softer: it works at its own, smaller size). Two-stage files always keep them "
+        "outside the region they restore.",
     )
 
 
@@ -128,7 +132,7 @@ class DeoccludeStage(PersonStage):
         if not len(crops):
             return list(messages)
         restored = self.timed(self.predictor, crops)
-        if self.config.keep_visible:
+        if self.config.keep_visible and not self.predictor.composites:
             grades = np.concatenate([_grades_of(m, r) for m, r in zip(messages, rows, strict=True)])
             restored = keep_visible_pixels(crops, restored, grades)
         self.context.count("rows_restored", float(len(crops)))

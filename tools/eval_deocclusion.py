@@ -1,8 +1,22 @@
-"""Evaluate a de-occlusion generator: SSIM / PSNR of occluded and generated crops against the clean ones.
+"""Evaluate de-occluders: SSIM / PSNR of occluded and restored crops against the clean ones.
+
+Two protocols, chosen by the first ``--weights`` file:
+
+* a U-Net generator file (``deocclusion_unet16_*.pt``), the PETA protocol:
 
     python tools/eval_deocclusion.py --weights models/weights/deocclusion_unet16_peta_128x64.pt \\
         --data ../shared/datasets/PETA --json runs/deocc_eval.json [--subsets VIPeR] \\
         [--modes silhouette bottom corner] [--attribute-model D.pt] [--backend onnxruntime torch]
+
+* a two-stage file (``deocclusion_two_stage_*.pt``), the pairs protocol (``pair_eval``): every
+  ``--weights`` file (two-stage files, the U-Net baseline, the shipped generator) on the same pairs
+  with exact targets, on held-out Market-1501 training identities, Market-1501 query crops and
+  PETA's VIPeR (with attribute and ReID figures there):
+
+    python tools/eval_deocclusion.py --weights models/weights/deocclusion_two_stage_market.pt \\
+        models/weights/deocclusion_two_stage_unet_market.pt --data ../shared/datasets/Market-1501 \\
+        --peta ../shared/datasets/PETA --json runs/two_stage_eval.json \\
+        --attribute-model models/weights/attributes_part_osnet_x0_25.pt
 
 Occlusions are synthesised on the evaluated crops with a fixed seed (ASSETS.md protocol), occluders
 drawn from other persons of the same set. With ``--attribute-model`` it also prints the paper's
@@ -42,9 +56,14 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument(
-        "--weights", required=True, help="generator file (models/weights/deocclusion_*.pt or a run's best.pt)"
+        "--weights",
+        required=True,
+        nargs="+",
+        help="generator or two-stage file(s) (models/weights/deocclusion_*.pt); several: pairs protocol",
     )
-    p.add_argument("--data", required=True, help="PETA root, Market-1501 root, or a folder of crops")
+    p.add_argument(
+        "--data", required=True, help="PETA root, Market-1501 root, or a folder of crops (pairs: Market-1501)"
+    )
     p.add_argument("--json", required=True, help="write the metrics here")
     p.add_argument(
         "--subsets", nargs="+", default=["VIPeR"], help="PETA subsets to evaluate (default: VIPeR)"
@@ -64,6 +83,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch / ONNX Runtime CPU threads")
     p.add_argument("--grid", default=None, help="also write a sample grid PNG here")
     p.add_argument("--cache-dir", default=None, help="cache decoded crops and silhouettes here")
+    pairs = p.add_argument_group("pairs protocol (two-stage files)")
+    pairs.add_argument(
+        "--sets",
+        nargs="+",
+        default=["held-out", "query", "viper"],
+        choices=["held-out", "query", "viper"],
+        help="crop sets: held-out training identities, Market-1501 query, PETA VIPeR",
+    )
+    pairs.add_argument("--peta", default="../shared/datasets/PETA", help="PETA root (for the viper set)")
+    pairs.add_argument(
+        "--query-limit", type=int, default=1000, help="Market-1501 query crops (seeded sample)"
+    )
+    pairs.add_argument(
+        "--viper-limit", type=int, default=None, help="VIPeR crops (seeded sample; default all)"
+    )
+    pairs.add_argument(
+        "--reid-weights",
+        default="models/weights/oamn_osnet_x0_25_market.pt",
+        help="OAMN file for ReID rank-1 on VIPeR (empty: skip)",
+    )
     return p.parse_args(argv)
 
 
@@ -118,7 +157,46 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_threads(args.threads)
-    generator, cfg, _ = load_generator(args.weights)
+    if is_two_stage_file(args.weights[0]):
+        from models.deocclusion.pair_eval import PairEvalSettings, evaluate_pairs
+
+        settings = PairEvalSettings(
+            weights=args.weights,
+            market=args.data,
+            peta=args.peta,
+            sets=args.sets,
+            seed=args.seed,
+            query_limit=args.query_limit,
+            viper_limit=args.viper_limit,
+            attribute_model=args.attribute_model,
+            reid_weights=args.reid_weights or None,
+            batch_size=args.batch_size,
+            grid=args.grid,
+        )
+        results = evaluate_pairs(settings)
+    else:
+        if len(args.weights) > 1:
+            raise SystemExit(
+                "the PETA protocol evaluates one generator; several --weights need a two-stage file first"
+            )
+        results = evaluate_synthetic(args)
+    write_json(args.json, results)
+    logger.info("wrote %s", args.json)
+    return 0
+
+
+def is_two_stage_file(path: str) -> bool:
+    from models.deocclusion.two_stage import FORMAT
+
+    if not Path(path).is_file():
+        raise SystemExit(f"--weights {path} does not exist")
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
+
+
+def evaluate_synthetic(args: argparse.Namespace) -> dict:
+    """The PETA protocol: one U-Net generator on silhouette / bottom / corner occlusions."""
+    generator, cfg, _ = load_generator(args.weights[0])
     if cfg.num_attributes:
         raise SystemExit(
             "attribute-conditioned ('Entire') generators need attribute inputs; not supported here"
@@ -156,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
             frozen = load_frozen_attribute_model(args.attribute_model)
         results: dict = {
-            "weights": str(args.weights),
+            "weights": str(args.weights[0]),
             "data": str(args.data),
             "subsets": args.subsets,
             "crops": len(images),
@@ -212,9 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                     len(images), min(10, len(images)), replace=False
                 )
                 save_grid(args.grid, occluded[pick], generated[pick], images[pick])
-    write_json(args.json, results)
-    logger.info("wrote %s", args.json)
-    return 0
+    return results
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ crops of the same size out, through any inference backend.
     predictor = DeocclusionPredictor.from_config(DeocclusionPredictorConfig(), key="deocclude.weights")
     restored = predictor(crops_bgr)     # BGR uint8, same (N, h, w, 3) as the input
 
-The generator runs at its fixed size (``image_size``, 128x64 for the shipped file): crops are
-resized down to it and the output back up, so a restored crop carries the generator's resolution.
+The generator runs at its fixed size (``image_size``, 128x64 for the shipped files): crops are
+resized down to it and the output back up. A U-Net file's restored crop carries the generator's
+resolution everywhere; a two-stage file (``two_stage.py``) also returns the region it restored, and
+only that region is taken from it: the rest of the crop keeps its own pixels at full resolution.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from models.weights_path import require_file, sibling_key
 
 from .checkpoint import load_generator
 from .recipe import ModelConfig
+from .two_stage import FORMAT as TWO_STAGE_FORMAT
+from .two_stage import TwoStageDeoccluder, load_two_stage
+from .two_stage_recipe import TwoStageModelConfig
 
 __all__ = ["DeocclusionPredictor", "DeocclusionPredictorConfig", "DEFAULT_DEOCCLUSION_WEIGHTS"]
 
@@ -32,6 +37,26 @@ logger = logging.getLogger(__name__)
 DEFAULT_DEOCCLUSION_WEIGHTS = "deocclusion_unet16_peta_128x64.pt"
 #: names of the exported graph (``tools/export_deocclusion.py``): RGB in [-1, 1] in and out
 INPUT_NAME, OUTPUT_NAME = "images", "generated"
+#: a two-stage graph's second output: the region it restored, (N, 1, H, W) in {0, 1}
+REGION_NAME = "region"
+
+
+class TwoStageExport(torch.nn.Module):
+    """A two-stage de-occluder with the restored region as a second output (the predictor composites
+    at the crop's own resolution with it)."""
+
+    def __init__(self, model: TwoStageDeoccluder):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model.infer(images)
+        return out["restored"], out["region"]
+
+
+def _is_two_stage(path: Path) -> bool:
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    return isinstance(payload, dict) and payload.get("format") == TWO_STAGE_FORMAT
 
 
 class DeocclusionPredictorConfig(PredictorConfig):
@@ -58,36 +83,48 @@ class DeocclusionPredictor:
         (a missing file is ``FileNotFoundError``; the ONNX file's key is the sibling ``onnx``)."""
         path = require_file(weights, key)
         onnx_key = sibling_key(key, "onnx")
-        generator, cfg, _ = load_generator(path)
         backend = backend or BackendConfig()
-        if cfg.num_attributes:
-            raise ValueError(
-                f"{key} '{weights}' is an attribute-conditioned generator ({cfg.num_attributes} "
-                "attributes); the predictor runs unconditioned generators only"
-            )
+        #: True for a two-stage file: it restores a region of its own choosing and keeps the rest
+        self.composites: bool = _is_two_stage(path)
+        if self.composites:
+            model, cfg, _ = load_two_stage(path)
+            module: torch.nn.Module = TwoStageExport(model).eval()
+            outputs = [OUTPUT_NAME, REGION_NAME]
+        else:
+            module, cfg, _ = load_generator(path)
+            outputs = [OUTPUT_NAME]
+            if cfg.num_attributes:
+                raise ValueError(
+                    f"{key} '{weights}' is an attribute-conditioned generator ({cfg.num_attributes} "
+                    "attributes); the predictor runs unconditioned generators only"
+                )
         self.weights: Path = path
-        self.model_config: ModelConfig = cfg
+        self.model_config: ModelConfig | TwoStageModelConfig = cfg
         #: (height, width) the generator runs at
         self.image_size: tuple[int, int] = (int(cfg.image_size[0]), int(cfg.image_size[1]))
         onnx_path = resolve_onnx(
             onnx,
             onnx_key,
             path,
-            generator,
+            module,
             [torch.zeros(2, 3, *self.image_size)],
             [INPUT_NAME],
-            [OUTPUT_NAME],
+            outputs,
             backend.preference,
         )
         self.backend: InferenceBackend = create_backend_from_config(
             backend,
             onnx_path=onnx_path,
-            module=generator,
+            module=module,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=outputs,
         )
         logger.info(
-            "de-occlusion predictor %s: %dx%d, backend %s", path.name, *self.image_size, self.backend.name
+            "de-occlusion predictor %s (%s): %dx%d, backend %s",
+            path.name,
+            "two-stage" if self.composites else "U-Net",
+            *self.image_size,
+            self.backend.name,
         )
 
     @classmethod
@@ -101,6 +138,9 @@ class DeocclusionPredictor:
 
     def generate(self, images: np.ndarray) -> np.ndarray:
         """The generator itself: RGB float32 (N, 3, H, W) in [-1, 1] at ``image_size`` -> the same."""
+        return self._run(images)[OUTPUT_NAME]
+
+    def _run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         x = np.asarray(images, dtype=np.float32)
         if x.ndim != 4 or x.shape[1:] != (3, *self.image_size):
             raise ValueError(
@@ -108,8 +148,9 @@ class DeocclusionPredictor:
                 f"got shape {x.shape}"
             )
         if len(x) == 0:
-            return np.zeros_like(x)
-        return np.asarray(self.backend(x)[OUTPUT_NAME], dtype=np.float32)
+            empty = {OUTPUT_NAME: np.zeros_like(x)}
+            return {**empty, REGION_NAME: np.zeros_like(x[:, :1])} if self.composites else empty
+        return {k: np.asarray(v, dtype=np.float32) for k, v in self.backend(x).items()}
 
     def __call__(self, crops_bgr: np.ndarray) -> np.ndarray:
         """BGR uint8 (N, h, w, 3) -> restored BGR uint8 (N, h, w, 3)."""
@@ -118,10 +159,17 @@ class DeocclusionPredictor:
             return np.zeros_like(crops)
         small = resize_batch(crops, self.image_size)[..., ::-1]  # BGR -> RGB
         x = np.ascontiguousarray(small.transpose(0, 3, 1, 2), dtype=np.float32) / 127.5 - 1.0
-        out = self.generate(x)
-        rgb = np.rint((np.clip(out, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+        out = self._run(x)
+        rgb = np.rint((np.clip(out[OUTPUT_NAME], -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
         bgr = np.ascontiguousarray(rgb.transpose(0, 2, 3, 1)[..., ::-1])
-        return resize_batch(bgr, crops.shape[1:3])
+        restored = resize_batch(bgr, crops.shape[1:3])
+        if not self.composites:
+            return restored
+        # the region back at the crop's size (soft at its rim): the crop's own pixels elsewhere
+        region = (out[REGION_NAME][:, 0] * 255).astype(np.uint8)[..., None].repeat(3, axis=3)
+        alpha = resize_batch(np.ascontiguousarray(region), crops.shape[1:3]).astype(np.float32) / 255.0
+        mixed = crops.astype(np.float32) * (1.0 - alpha) + restored.astype(np.float32) * alpha
+        return np.rint(mixed).astype(np.uint8)
 
     def __repr__(self) -> str:
         return (

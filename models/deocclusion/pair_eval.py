@@ -1,0 +1,372 @@
+"""Evaluation of de-occluders on pairs with exact targets (``pairs.py``): what ``tools/eval_deocclusion.py``
+reports for two-stage files, the U-Net baseline and the shipped generator, on the same pairs.
+
+Per set of crops: SSIM / PSNR of the whole crop, of the occluder's region (known exactly for any
+crop) and of the hidden body (where the crop's full-body mask is known), occluded vs restored; the
+predicted masks' IoUs; attribute metrics and ReID rank-1 / mAP on occluded, restored and clean
+crops when the set has labels and cameras.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import load_generator
+from .data import to_uint8
+from .image_metrics import batch_ssim_psnr, mask_iou, region_ssim_psnr
+from .pairs import KINDS, PairBatch
+from .two_stage import FORMAT, load_two_stage
+
+__all__ = ["Restorer", "load_restorer", "restore", "image_table", "mask_table", "timing"]
+
+
+@dataclass
+class Restorer:
+    """A de-occluder as the evaluation sees it: uint8 (N, 3, H, W) in, uint8 (N, H, W, 3) restored
+    and, for two-stage files, the predicted masks (each (N, H, W) bool) out."""
+
+    name: str
+    image_size: tuple[int, int]
+    module: torch.nn.Module
+    two_stage: bool
+
+    def __call__(self, occluded: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        x = occluded.float() / 127.5 - 1.0
+        with torch.no_grad():
+            if not self.two_stage:
+                return to_uint8(self.module(x)), {}
+            out = self.module.infer(x)
+        masks = {
+            "modal": (out["visible"] > 0.5)[:, 0].numpy(),
+            "amodal": (out["amodal"] > 0.5)[:, 0].numpy(),
+            "occluder": (out["region"] > 0.5)[:, 0].numpy(),
+        }
+        return to_uint8(out["restored"]), masks
+
+
+def load_restorer(path: str | Path) -> Restorer:
+    """A two-stage file (either content network) or a shipped U-Net generator file."""
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    name = Path(path).stem
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        model, cfg, _ = load_two_stage(path)
+        return Restorer(f"{name} ({cfg.content})", tuple(cfg.image_size), model, True)
+    generator, cfg, _ = load_generator(path)
+    if cfg.num_attributes:
+        raise ValueError(
+            f"{path}: attribute-conditioned generators need attribute inputs; not supported here"
+        )
+    return Restorer(f"{name} (U-Net, no mask input)", tuple(cfg.image_size), generator, False)
+
+
+def restore(
+    restorer: Restorer, occluded: torch.Tensor, batch: int = 32
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    images, masks = [], {}
+    for start in range(0, len(occluded), batch):
+        out, m = restorer(occluded[start : start + batch])
+        images.append(out)
+        for k, v in m.items():
+            masks.setdefault(k, []).append(v)
+    return np.concatenate(images), {k: np.concatenate(v) for k, v in masks.items()}
+
+
+def _region_means(images: np.ndarray, clean: np.ndarray, regions: np.ndarray) -> tuple[float, float]:
+    values = np.array([region_ssim_psnr(a, b, r) for a, b, r in zip(images, clean, regions, strict=True)])
+    s, p = values[:, 0], values[:, 1]
+    return float(np.nanmean(s)), float(np.mean(p[np.isfinite(p)]))
+
+
+def image_table(pairs: PairBatch, restored: np.ndarray, body_known: bool) -> dict:
+    """SSIM / PSNR, occluded and restored against clean: whole crop, occluder region, hidden body
+    (``body_known``), and the whole crop per occluder kind."""
+    occluded = pairs.occluded.permute(0, 2, 3, 1).numpy()
+    clean = pairs.clean.permute(0, 2, 3, 1).numpy()
+    table: dict = {}
+    per_image = {}
+    for name, images in (("occluded", occluded), ("restored", restored)):
+        s, p = batch_ssim_psnr(images, clean)
+        per_image[name] = (s, p)
+        table[f"ssim_{name}"] = float(s.mean())
+        table[f"psnr_{name}"] = float(p[np.isfinite(p)].mean())
+        table[f"region_ssim_{name}"], table[f"region_psnr_{name}"] = _region_means(
+            images, clean, pairs.occluder.numpy()
+        )
+        if body_known:
+            table[f"hidden_ssim_{name}"], table[f"hidden_psnr_{name}"] = _region_means(
+                images, clean, pairs.hidden.numpy()
+            )
+    table["occluded_share"] = float(pairs.occluder.float().mean())
+    table["kinds"] = {}
+    for kind in KINDS:
+        rows = pairs.kinds == kind
+        if rows.any():
+            entry = {"count": int(rows.sum())}
+            for name, (s, p) in per_image.items():
+                entry[f"ssim_{name}"] = float(s[rows].mean())
+                entry[f"psnr_{name}"] = float(p[rows][np.isfinite(p[rows])].mean())
+            table["kinds"][kind] = entry
+    return table
+
+
+def mask_table(pairs: PairBatch, masks: dict[str, np.ndarray], body_known: bool) -> dict:
+    """IoUs of the predicted masks: the occluder always, modal / amodal / invisible where the body is
+    known."""
+    out = {"iou_occluder": float(mask_iou(masks["occluder"], pairs.occluder.numpy()).mean())}
+    if body_known:
+        out["iou_modal"] = float(mask_iou(masks["modal"], pairs.visible.numpy()).mean())
+        out["iou_amodal"] = float(mask_iou(masks["amodal"], pairs.amodal.numpy()).mean())
+        out["iou_invisible"] = float(mask_iou(masks["amodal"] & ~masks["modal"], pairs.hidden.numpy()).mean())
+    return out
+
+
+def timing(
+    run: Callable[[torch.Tensor], object], size: tuple[int, int], batches=(1, 32), repeats: int = 5
+) -> dict:
+    """CPU milliseconds per crop at each batch size (median of ``repeats`` runs after a warm-up)."""
+    out = {}
+    for b in batches:
+        x = torch.randint(0, 256, (b, 3, *size), dtype=torch.uint8)
+        run(x)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            run(x)
+            times.append(time.perf_counter() - t0)
+        out[f"ms_per_crop_batch{b}"] = 1000 * float(np.median(times)) / b
+    return out
+
+
+def as_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> uint8 (N, 3, H, W)."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass(frozen=True)
+class PairEvalSettings:
+    """What ``evaluate_pairs`` evaluates (``tools/eval_deocclusion.py``'s pairs protocol)."""
+
+    weights: list[str]
+    market: str
+    peta: str
+    sets: list[str]
+    seed: int = 0
+    query_limit: int = 1000
+    viper_limit: int | None = None
+    attribute_model: str | None = None
+    reid_weights: str | None = None
+    batch_size: int = 32
+    grid: str | None = None
+
+
+def _held_out_split(restorers_payloads: list[dict]) -> tuple[int, int, str, str]:
+    """(held-out identities, seed, Market root, parsing folder) of the two-stage files' training
+    runs; they must agree, so that every file is evaluated on identities none of them saw."""
+    splits = {
+        (p["recipe"]["data"]["held_out_ids"], p["recipe"]["run"]["seed"], p["recipe"]["data"]["parsing"])
+        for p in restorers_payloads
+        if "recipe" in p
+    }
+    if len(splits) != 1:
+        raise ValueError(f"the two-stage files were trained with different held-out splits {sorted(splits)}")
+    held_out, seed, parsing = splits.pop()
+    return held_out, seed, parsing
+
+
+def evaluate_pairs(settings: PairEvalSettings) -> dict:
+    """Every restorer on the same pairs of every set; see the module docstring for the figures."""
+    from models.data.reid_datasets import load_images, read_market_folder
+
+    from .pair_data import load_market_parts, split_identities
+    from .pairs import DEFAULT_WEIGHTS, pair_set
+
+    restorers = [load_restorer(w) for w in settings.weights]
+    payloads = [torch.load(w, map_location="cpu", weights_only=False) for w in settings.weights]
+    two_stage = [p for p in payloads if isinstance(p, dict) and p.get("format") == FORMAT]
+    held_out_ids, split_seed, parsing = _held_out_split(two_stage)
+    size = restorers[0].image_size
+    if any(r.image_size != size for r in restorers):
+        raise ValueError(f"the files work at different sizes {[r.image_size for r in restorers]}")
+
+    crops = load_market_parts(settings.market, parsing, size)
+    _, held = split_identities(crops, held_out_ids, split_seed)
+    occluders = (held.images, held.parts, held.usable, held.pids)  # people no file trained on
+    sets: dict[str, tuple[PairBatch, bool, dict]] = {}
+    seed = settings.seed + 100  # apart from the training run's validation pairs (run seed + 1)
+    if "held-out" in settings.sets:
+        sets["held-out"] = (pair_set(held.images, held.parts, held.usable, held.pids, seed), True, {})
+    if "query" in settings.sets:
+        records = read_market_folder(Path(settings.market) / "query")
+        if settings.query_limit < len(records):
+            keep = np.sort(
+                np.random.default_rng(settings.seed).choice(len(records), settings.query_limit, replace=False)
+            )
+            records = [records[i] for i in keep]
+        images = load_images(records, size)
+        zeros = torch.zeros((len(images), *size), dtype=torch.uint8)
+        pids = [r.pid for r in records]
+        pairs = pair_set(
+            images,
+            zeros,
+            np.ones(len(images), bool),
+            pids,
+            seed,
+            weights=DEFAULT_WEIGHTS,
+            occluders=occluders,
+            min_hidden_share=0.0,
+        )
+        sets["query"] = (pairs, False, {})
+    if "viper" in settings.sets:
+        sets["viper"] = _viper_pairs(settings, size, occluders, seed)
+
+    results: dict = {"weights": list(settings.weights), "seed": settings.seed, "sets": {}}
+    grids = {}
+    for set_name, (pairs, body_known, extra) in sets.items():
+        entry: dict = {"crops": len(pairs), "restorers": {}}
+        for restorer in restorers:
+            restored, masks = restore(restorer, pairs.occluded, settings.batch_size)
+            row = image_table(pairs, restored, body_known)
+            if masks:
+                row["masks"] = mask_table(pairs, masks, body_known)
+            if extra:
+                row.update(_labelled_rows(settings, extra, pairs, restored))
+            entry["restorers"][restorer.name] = row
+            grids.setdefault(set_name, []).append(restored[:10])
+        if extra:
+            entry["reference"] = _labelled_rows(settings, extra, pairs, None)
+        results["sets"][set_name] = entry
+        if settings.grid:
+            _grid(settings.grid, set_name, pairs, grids[set_name])
+    results["timing"] = {r.name: timing(lambda x, r=r: r(x), size) for r in restorers}
+    return results
+
+
+def _viper_pairs(settings: PairEvalSettings, size, occluders, seed) -> tuple[PairBatch, bool, dict]:
+    """VIPeR's crops (PETA-35 labels, cameras from the names) occluded by held-out Market people."""
+    from models.data.reid_datasets import _peta_camera
+
+    from .dataset_setup import load_crop_set
+    from .pairs import pair_set
+
+    crops = load_crop_set(
+        settings.peta, ["VIPeR"], size, "peta35", limit=settings.viper_limit, seed=settings.seed
+    )
+    images = torch.from_numpy(crops.images).permute(0, 3, 1, 2).contiguous()
+    zeros = torch.zeros((len(images), *size), dtype=torch.uint8)
+    pairs = pair_set(
+        images,
+        zeros,
+        np.ones(len(images), bool),
+        crops.person_ids,
+        seed,
+        occluders=occluders,
+        min_hidden_share=0.0,
+    )
+    cams = np.array([_peta_camera("VIPeR", Path(p).stem) for p in crops.paths])
+    extra = {
+        "labels": crops.labels,
+        "names": list(crops.names),
+        "pids": np.array(crops.person_ids),
+        "cams": cams,
+    }
+    return pairs, False, extra
+
+
+def _labelled_rows(
+    settings: PairEvalSettings, extra: dict, pairs: PairBatch, restored: np.ndarray | None
+) -> dict:
+    """Attribute metrics and ReID figures of the restored crops (``restored``), or, with None, of the
+    occluded and the clean crops (the reference rows)."""
+    images = (
+        {"restored": restored}
+        if restored is not None
+        else {
+            "occluded": pairs.occluded.permute(0, 2, 3, 1).numpy(),
+            "clean": pairs.clean.permute(0, 2, 3, 1).numpy(),
+        }
+    )
+    out: dict = {}
+    if settings.attribute_model:
+        out["attributes"] = {k: _attributes(settings.attribute_model, v, extra) for k, v in images.items()}
+    if settings.reid_weights:
+        gallery = pairs.clean.permute(0, 2, 3, 1).numpy()
+        out["reid"] = {k: _reid(settings.reid_weights, v, gallery, extra) for k, v in images.items()}
+    return out
+
+
+_CACHE: dict = {}
+
+
+def _attributes(path: str, images: np.ndarray, extra: dict) -> dict:
+    from models.attributes.metrics import attribute_metrics
+
+    from .attribute_model import load_frozen_attribute_model
+    from .losses import to_imagenet
+
+    if path not in _CACHE:
+        _CACHE[path] = load_frozen_attribute_model(path)
+    frozen = _CACHE[path]
+    if list(frozen.names) != extra["names"]:
+        raise ValueError(f"{path} predicts other attributes than the evaluated labels (peta35)")
+    probs = frozen.probabilities(
+        to_imagenet(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0)
+    )
+    preds = (probs >= frozen.thresholds[None, :]).astype(np.float32)
+    m = attribute_metrics(preds, extra["labels"], extra["names"])
+    return {k: m[k] for k in ("mA", "accuracy", "precision", "recall", "f1") if k in m}
+
+
+def _reid(path: str, query: np.ndarray, gallery: np.ndarray, extra: dict) -> dict:
+    """VIPeR's protocol: camera-1 crops (``query``: occluded, restored or clean) against camera-2
+    clean crops; rank-1 / mAP of the plain embedding."""
+    import torch.nn.functional as F
+
+    from models.data.reid_datasets import normalize
+    from models.reid.metrics import cmc_map
+    from models.reid.oamn import load_oamn
+
+    if path not in _CACHE:
+        _CACHE[path] = load_oamn(path)
+    model, cfg = _CACHE[path]
+
+    def embed(images: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        if tuple(x.shape[2:]) != tuple(cfg.input_size):
+            x = (
+                F.interpolate(x.float(), size=tuple(cfg.input_size), mode="bilinear", align_corners=False)
+                .round()
+                .clamp(0, 255)
+                .to(torch.uint8)
+            )
+        with torch.no_grad():
+            return torch.cat(
+                [F.normalize(model(normalize(x[s : s + 64])).embedding, dim=1) for s in range(0, len(x), 64)]
+            ).numpy()
+
+    q, g = extra["cams"] == 1, extra["cams"] == 2
+    sim = embed(query[q]) @ embed(gallery[g]).T
+    m = cmc_map(sim, extra["pids"][q], extra["pids"][g])
+    return {"rank1": m["rank1"], "mAP": m["mAP"]}
+
+
+def _grid(path: str, set_name: str, pairs: PairBatch, restored: list[np.ndarray]) -> None:
+    """occluded | each restorer | clean, ten crops of the set."""
+    import cv2
+
+    occ = pairs.occluded[:10].permute(0, 2, 3, 1).numpy()
+    clean = pairs.clean[:10].permute(0, 2, 3, 1).numpy()
+    columns = [occ, *restored, clean]
+    gap = np.full((occ.shape[1], 2, 3), 255, np.uint8)
+    rows = [np.concatenate([x for c in columns for x in (c[i], gap)][:-1], axis=1) for i in range(len(occ))]
+    grid = np.concatenate(rows, axis=0)
+    grid = cv2.resize(grid, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
+    target = Path(path)
+    target = target.with_name(f"{target.stem}_{set_name}{target.suffix or '.png'}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(target), grid[..., ::-1])
