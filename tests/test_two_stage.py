@@ -167,16 +167,25 @@ def test_two_stage_keeps_visible_pixels_and_survives_its_file(tmp_path):
     torch.manual_seed(0)
     cfg = _config()
     model = TwoStageDeoccluder(build_mask_net(cfg, torch.rand(2, 8, 4)), build_content_net(cfg)).eval()
+    with torch.no_grad():  # an occluder in the left half of every crop
+        model.masks.first_head.weight[1].zero_()
+        model.masks.first_head.bias[1] = -10.0
     x = torch.rand(3, 3, 32, 16) * 2 - 1
+    x[:, :, :, :7] = -1.0  # a dark band stage 1 would have to find; here forced through the bias
     with torch.no_grad():
         out = model.infer(x)
-    keep = out["region"] == 0
-    assert torch.equal(out["restored"].masked_select(keep), x.masked_select(keep.expand_as(x)))
-    path = save_two_stage(tmp_path / "m.pt", cfg, model.masks, model.content)
-    loaded, loaded_cfg, _ = load_two_stage(path)
+        model.masks.first_head.bias[1] = 10.0
+        everything = model.infer(x)
+    assert not out["region"].any() and torch.equal(out["restored"], x)  # nothing found: nothing changes
+    assert everything["region"].all() and not torch.equal(everything["restored"], x)
+    exact = save_two_stage(tmp_path / "m32.pt", cfg, model.masks, model.content, half=False)
+    loaded, loaded_cfg, _ = load_two_stage(exact)
     assert loaded_cfg == cfg
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+        small, _, _ = load_two_stage(save_two_stage(tmp_path / "m16.pt", cfg, model.masks, model.content))
+        assert (small(x) - model(x)).abs().max() < 0.05  # float16 storage, float32 compute
+    assert (tmp_path / "m16.pt").stat().st_size < 0.7 * exact.stat().st_size
     save_two_stage(tmp_path / "masks.pt", cfg, model.masks)
     with pytest.raises(ValueError, match="mask-completion stage only"):
         load_two_stage(tmp_path / "masks.pt")

@@ -136,20 +136,24 @@ def save_two_stage(
     masks: MaskCompletionNet,
     content: nn.Module | None = None,
     extra: dict[str, Any] | None = None,
+    half: bool = True,
 ) -> Path:
-    """One self-describing file: the model config, stage 1's weights and, once trained, stage 2's."""
+    """One self-describing file: the model config, stage 1's weights and, once trained, stage 2's.
+    ``half`` stores float weights as float16 (half the size, so the shipped file stays small; they
+    are computed in float32 after loading)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+
+    def state(module: nn.Module) -> dict[str, torch.Tensor]:
+        out = {k: v.detach().cpu() for k, v in module.state_dict().items()}
+        return {k: v.half() if half and v.is_floating_point() else v for k, v in out.items()}
+
     payload = {
         "format": FORMAT,
         "model": cfg.model_dump(mode="json"),
         "parts": list(PARTS),
-        "masks": {k: v.detach().cpu() for k, v in masks.state_dict().items()},
-        **(
-            {"content": {k: v.detach().cpu() for k, v in content.state_dict().items()}}
-            if content is not None
-            else {}
-        ),
+        "masks": state(masks),
+        **({"content": state(content)} if content is not None else {}),
         **(extra or {}),
     }
     torch.save(payload, path)
@@ -168,12 +172,16 @@ def _payload(path: str | Path) -> dict:
     return payload
 
 
+def _float(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
 def load_mask_net(path: str | Path) -> tuple[MaskCompletionNet, TwoStageModelConfig, dict]:
     """Stage 1 alone (a mask-stage run's output, or a complete file), in eval mode."""
     payload = _payload(path)
     cfg = TwoStageModelConfig(**payload["model"])
-    masks = build_mask_net(cfg, payload["masks"]["templates"])
-    masks.load_state_dict(payload["masks"])
+    masks = build_mask_net(cfg, payload["masks"]["templates"].float())
+    masks.load_state_dict(_float(payload["masks"]))
     return masks.eval(), cfg, payload
 
 
@@ -183,5 +191,5 @@ def load_two_stage(path: str | Path) -> tuple[TwoStageDeoccluder, TwoStageModelC
     if "content" not in payload:
         raise ValueError(f"{path} holds the mask-completion stage only; train the content stage on it")
     content = build_content_net(cfg)
-    content.load_state_dict(payload["content"])
+    content.load_state_dict(_float(payload["content"]))
     return TwoStageDeoccluder(masks, content.eval()).eval(), cfg, payload
