@@ -14,6 +14,7 @@ _MODULES = (
     "stages.ingest",
     "stages.detect",
     "stages.track",
+    "stages.upscale",
     "stages.grade",
     "stages.deocclude",
     "stages.describe",
