@@ -4,7 +4,7 @@ predictor, and the shipped checkpoints against bicubic on real Market-1501 query
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import sys
 from pathlib import Path

@@ -3,7 +3,7 @@ training / evaluation programs on a small real Market-1501 sample."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import shutil
 import sys

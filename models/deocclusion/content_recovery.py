@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .generator import DOWN_BLOCKS, DoubleConv
+from .generator import DOWN_BLOCKS
+from .mask_completion import Hourglass
 from .parts import PARTS
 
 __all__ = ["ParsingGuidedAttention", "ContentRecoveryNet", "composite", "restore_region"]
@@ -78,39 +79,31 @@ class ParsingGuidedAttention(nn.Module):
         return self.out(torch.cat([x, parts, context], dim=1))
 
 
-class ContentRecoveryNet(nn.Module):
+class ContentRecoveryNet(Hourglass):
     """``N_c(I_s + M_v + M_a + R, M_m^p, M_a^p) -> I_o`` (eq. 5); returns the raw generated image
     (tanh, [-1, 1]); ``composite`` keeps the visible pixels."""
 
     def __init__(
         self, base_channels: int = 24, image_size: tuple[int, int] = (128, 64), attention_scales: int = 2
     ):
-        super().__init__()
+        super().__init__(3 + 3, base_channels)  # image, visible, amodal, region to restore
         factor = 2**DOWN_BLOCKS
         if image_size[0] % factor or image_size[1] % factor:
             raise ValueError(f"image_size must be multiples of {factor}, got {image_size}")
         if not 0 <= attention_scales <= DOWN_BLOCKS:
             raise ValueError(f"attention_scales must be in [0, {DOWN_BLOCKS}], got {attention_scales}")
         self.image_size = tuple(image_size)
-        widths = [base_channels * 2**i for i in range(DOWN_BLOCKS)]
-        self.down = nn.ModuleList()
-        previous = 3 + 3  # image, visible, amodal, region to restore
-        for w in widths:
-            self.down.append(DoubleConv(previous, w))
-            previous = w
-        self.bottleneck = DoubleConv(widths[-1], widths[-1])
-        self.up = nn.ModuleList(DoubleConv(2 * w, w // 2 if i else w) for i, w in enumerate(widths))
         # PGA after the coarsest decoder blocks ("at multiple scales"); the finest scales would
         # need an (HW x HW) relation too large for a CPU
         self.attention = nn.ModuleDict(
             {
-                str(i): ParsingGuidedAttention(widths[i] // 2 if i else widths[i], 2**i)
+                str(i): ParsingGuidedAttention(self.decoder_channels(i), 2**i)
                 for i in range(DOWN_BLOCKS - attention_scales, DOWN_BLOCKS)
             }
         )
-        self.head = nn.Sequential(nn.Conv2d(widths[0], 3, 1), nn.Tanh())
+        self.head = nn.Sequential(nn.Conv2d(base_channels, 3, 1), nn.Tanh())
 
-    def forward(
+    def forward(  # type: ignore[override]
         self,
         occluded: torch.Tensor,
         visible: torch.Tensor,
@@ -122,16 +115,11 @@ class ContentRecoveryNet(nn.Module):
         """Images (B, 3, H, W) in [-1, 1]; masks (B, 1, H, W) in [0, 1]; parsings (B, P, H, W)
         probabilities. The region to restore is blanked in the input, so the network never copies
         the occluder."""
+
+        def attend(level: int, x: torch.Tensor) -> torch.Tensor:
+            if str(level) not in self.attention:
+                return x
+            return self.attention[str(level)](x, modal_parts, amodal_parts, visible)
+
         x = torch.cat([occluded * (1.0 - region), visible, amodal, region], dim=1)
-        skips = []
-        for block in self.down:
-            x = block(x)
-            skips.append(x)
-            x = F.max_pool2d(x, 2)
-        x = self.bottleneck(x)
-        for i in reversed(range(len(self.up))):
-            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
-            x = self.up[i](torch.cat([x, skips[i]], dim=1))
-            if str(i) in self.attention:
-                x = self.attention[str(i)](x, modal_parts, amodal_parts, visible)
-        return self.head(x)
+        return self.head(super().forward(x, attend))

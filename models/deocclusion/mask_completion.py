@@ -18,6 +18,7 @@ same encoder-decoder with skips, and the one the content stage uses too). Images
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +33,8 @@ __all__ = ["Hourglass", "MaskPrediction", "MaskCompletionNet", "mask_templates"]
 
 class Hourglass(nn.Module):
     """A U-Net body: ``DOWN_BLOCKS`` poolings, skips, bilinear up-sampling; (B, C_in, H, W) ->
-    (B, base, H, W) features at the input size."""
+    (B, base, H, W) features at the input size. ``refine(level, x)``, when given, rewrites the
+    decoder's features after each up-sampling block (level ``DOWN_BLOCKS - 1`` is the coarsest)."""
 
     def __init__(self, in_channels: int, base_channels: int):
         super().__init__()
@@ -46,7 +48,13 @@ class Hourglass(nn.Module):
         self.up = nn.ModuleList(DoubleConv(2 * w, w // 2 if i else w) for i, w in enumerate(widths))
         self.widths = widths
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def decoder_channels(self, level: int) -> int:
+        """Channels of the decoder's features at ``level`` (what ``refine`` receives)."""
+        return self.widths[level] // 2 if level else self.widths[level]
+
+    def forward(
+        self, x: torch.Tensor, refine: Callable[[int, torch.Tensor], torch.Tensor] | None = None
+    ) -> torch.Tensor:
         skips = []
         for block in self.down:
             x = block(x)
@@ -56,6 +64,8 @@ class Hourglass(nn.Module):
         for i in reversed(range(len(self.up))):
             x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
             x = self.up[i](torch.cat([x, skips[i]], dim=1))
+            if refine is not None:
+                x = refine(i, x)
         return x
 
 
