@@ -1,10 +1,12 @@
-"""Export a de-occlusion generator to ONNX, check parity with torch, and benchmark the CPU backends.
+"""Export a de-occluder (U-Net generator or two-stage file) to ONNX, check parity with torch, and
+benchmark the CPU backends.
 
     python tools/export_deocclusion.py --weights models/weights/deocclusion_unet16_peta_128x64.pt \\
         --onnx runs/deocclusion.onnx [--bench --batches 1 32 --threads 1 --json runs/deocc_bench.json]
 
-The export has a dynamic batch axis (input ``images``, output ``generated``, RGB in [-1, 1]);
-parity is checked through the ONNX Runtime backend (max abs difference <= --atol, fp32).
+The export has a dynamic batch axis (input ``images``, output ``generated``, RGB in [-1, 1]; a
+two-stage file adds ``region``, the pixels it restored, (N, 1, H, W) in {0, 1}); parity is
+checked through the ONNX Runtime backend (max abs difference <= --atol, fp32).
 ``--bench`` times ms per crop for each available backend at each batch size (median of runs).
 """
 
@@ -22,7 +24,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from models.backends import BackendUnavailable, check_onnx_parity, create_backend, export_onnx  # noqa: E402
-from models.deocclusion.checkpoint import load_generator  # noqa: E402
+from models.deocclusion.predictor import INPUT_NAME, load_deoccluder  # noqa: E402
 from models.training import set_threads, write_json  # noqa: E402
 
 logger = logging.getLogger("export_deocclusion")
@@ -30,7 +32,7 @@ logger = logging.getLogger("export_deocclusion")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", required=True, help="generator file")
+    p.add_argument("--weights", required=True, help="generator or two-stage file")
     p.add_argument("--onnx", required=True, help="output ONNX path")
     p.add_argument("--atol", type=float, default=1e-4, help="parity tolerance (fp32)")
     p.add_argument("--bench", action="store_true", help="time the backends")
@@ -66,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_threads(args.threads)
-    generator, cfg, _ = load_generator(args.weights)
+    generator, cfg, outputs = load_deoccluder(args.weights)
     size = tuple(cfg.image_size)
     example = torch.rand(2, 3, *size) * 2 - 1
-    path = export_onnx(generator, example, args.onnx, input_names=["images"], output_names=["generated"])
+    path = export_onnx(generator, example, args.onnx, input_names=[INPUT_NAME], output_names=outputs)
     diff = check_onnx_parity(generator, path, example, atol=args.atol)
     print(
         f"exported {path} ({path.stat().st_size / 1e6:.2f} MB); ONNX Runtime vs torch max abs diff {diff:.2e}"
@@ -92,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                     device=args.device,
                     precision=args.precision,
                     threads=args.threads,
+                    input_names=[INPUT_NAME],
+                    output_names=outputs,
                 )
             except (BackendUnavailable, RuntimeError) as exc:
                 print(f"{name}: cannot run here ({exc})")

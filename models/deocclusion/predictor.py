@@ -54,9 +54,19 @@ class TwoStageExport(torch.nn.Module):
         return out["restored"], out["region"]
 
 
-def _is_two_stage(path: Path) -> bool:
+def is_two_stage(path: str | Path) -> bool:
     payload = torch.load(path, map_location="cpu", weights_only=False)
     return isinstance(payload, dict) and payload.get("format") == TWO_STAGE_FORMAT
+
+
+def load_deoccluder(path: str | Path) -> tuple[torch.nn.Module, ModelConfig | TwoStageModelConfig, list[str]]:
+    """Either kind of file as the backends run it: (module in eval mode, its config, output names):
+    a U-Net generator (``generated``) or a two-stage file (``generated``, ``region``)."""
+    if is_two_stage(path):
+        model, cfg, _ = load_two_stage(path)
+        return TwoStageExport(model).eval(), cfg, [OUTPUT_NAME, REGION_NAME]
+    generator, cfg, _ = load_generator(path)
+    return generator, cfg, [OUTPUT_NAME]
 
 
 class DeocclusionPredictorConfig(PredictorConfig):
@@ -84,20 +94,14 @@ class DeocclusionPredictor:
         path = require_file(weights, key)
         onnx_key = sibling_key(key, "onnx")
         backend = backend or BackendConfig()
+        module, cfg, outputs = load_deoccluder(path)
         #: True for a two-stage file: it restores a region of its own choosing and keeps the rest
-        self.composites: bool = _is_two_stage(path)
-        if self.composites:
-            model, cfg, _ = load_two_stage(path)
-            module: torch.nn.Module = TwoStageExport(model).eval()
-            outputs = [OUTPUT_NAME, REGION_NAME]
-        else:
-            module, cfg, _ = load_generator(path)
-            outputs = [OUTPUT_NAME]
-            if cfg.num_attributes:
-                raise ValueError(
-                    f"{key} '{weights}' is an attribute-conditioned generator ({cfg.num_attributes} "
-                    "attributes); the predictor runs unconditioned generators only"
-                )
+        self.composites: bool = REGION_NAME in outputs
+        if getattr(cfg, "num_attributes", 0):
+            raise ValueError(
+                f"{key} '{weights}' is an attribute-conditioned generator ({cfg.num_attributes} "
+                "attributes); the predictor runs unconditioned generators only"
+            )
         self.weights: Path = path
         self.model_config: ModelConfig | TwoStageModelConfig = cfg
         #: (height, width) the generator runs at
