@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             range(skip, batches_per_epoch),
             total=batches_per_epoch - skip,
             desc=f"epoch {epoch}",
-            enabled=not args.no_progress,
+            enabled=run.progress and not args.no_progress,
         ):
             items = [train_set[int(j)] for j in order[i]]
             lr_img = torch.stack([it["lr"] for it in items]).to(device)

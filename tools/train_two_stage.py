@@ -61,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--set", dest="overrides", action="append", default=[], help="override, e.g. optim.max_iters=500"
     )
     parser.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     return parser.parse_args(argv)
 
 
@@ -255,7 +256,10 @@ def main(argv: list[str] | None = None) -> int:
     deadline = start + opt.max_minutes * 60 if opt.max_minutes else None
     trained.train()
     for _ in progress(
-        range(step, opt.max_iters), total=opt.max_iters - step, desc=recipe.stage, enabled=run.progress
+        range(step, opt.max_iters),
+        total=opt.max_iters - step,
+        desc=recipe.stage,
+        enabled=run.progress and not args.no_progress,
     ):
         batch = batches.sample(opt.batch_size)
         images = to_unit(batch.occluded, device)

@@ -11,12 +11,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from models.run_config import RunConfig
+
 __all__ = [
     "TwoStageModelConfig",
     "TwoStageLossConfig",
     "PairDataConfig",
     "TwoStageOptimConfig",
-    "RunConfig",
     "TwoStageRecipe",
 ]
 
@@ -99,20 +100,6 @@ class TwoStageOptimConfig(BaseModel):
     max_minutes: float | None = Field(None, gt=0, description="Wall-clock budget; stops cleanly and saves.")
 
 
-class RunConfig(BaseModel):
-    """Where and how the run happens."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    out_dir: str = Field("runs/deocclusion_two_stage", description="Checkpoints, grids and metrics go here.")
-    device: str = Field("auto", description="auto, cpu or cuda.")
-    threads: int | None = Field(1, ge=1, description="torch CPU threads (1 on a shared machine).")
-    seed: int = Field(0, description="Seed of the held-out split, pairs and initialisation.")
-    log_every: int = Field(20, ge=1, description="Log losses every N updates.")
-    val_every: int = Field(200, ge=1, description="Validate and write a grid every N updates.")
-    progress: bool = Field(True, description="Show a progress bar.")
-
-
 class TwoStageRecipe(BaseModel):
     """A whole training run of one of the two stages."""
 
@@ -125,7 +112,10 @@ class TwoStageRecipe(BaseModel):
     optim: TwoStageOptimConfig = Field(
         default_factory=TwoStageOptimConfig, description="Optimiser and schedule."
     )
-    run: RunConfig = Field(default_factory=RunConfig, description="Output, device, threads, seed, cadence.")
+    run: RunConfig = Field(
+        default_factory=lambda: RunConfig(out_dir="runs/deocclusion_two_stage"),
+        description="Output, device, threads, seed, cadence.",
+    )
 
     @model_validator(mode="after")
     def _content_needs_masks(self) -> TwoStageRecipe:

@@ -11,7 +11,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["ModelConfig", "DataConfig", "OptimConfig", "LossConfig", "RunConfig", "SuperResRecipe"]
+from models.run_config import RunConfig
+
+__all__ = ["ModelConfig", "DataConfig", "OptimConfig", "LossConfig", "SuperResRecipe"]
 
 
 class ModelConfig(BaseModel):
@@ -102,19 +104,6 @@ class LossConfig(BaseModel):
     discriminator_channels: int = Field(16, ge=1, description="Width of D^S's first conv (when used).")
 
 
-class RunConfig(BaseModel):
-    """Run-level settings."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    out_dir: str = Field("runs/superres", description="Checkpoints, grids and metrics go here.")
-    device: str = Field("auto", description="auto, cpu or cuda.")
-    threads: int | None = Field(1, ge=1, description="torch CPU threads (1 on a shared machine).")
-    seed: int = Field(0, description="Seed for initialisation and batch order.")
-    log_every: int = Field(50, ge=1, description="Log the loss every N iterations.")
-    val_every: int = Field(500, ge=1, description="Validate (PSNR/SSIM) and write a grid every N iterations.")
-
-
 class SuperResRecipe(BaseModel):
     """A whole training run."""
 
@@ -126,7 +115,10 @@ class SuperResRecipe(BaseModel):
         default_factory=lambda: OptimConfig(max_iters=1000), description="Optimiser and schedule."
     )
     loss: LossConfig = Field(default_factory=LossConfig, description="Objective.")
-    run: RunConfig = Field(default_factory=RunConfig, description="Output, device, seeds, cadence.")
+    run: RunConfig = Field(
+        default_factory=lambda: RunConfig(out_dir="runs/superres", log_every=50, val_every=500),
+        description="Output, device, threads, seed, cadence.",
+    )
 
     @model_validator(mode="after")
     def _sizes_fit_scale(self) -> SuperResRecipe:
