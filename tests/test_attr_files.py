@@ -77,9 +77,27 @@ def test_occlude_bottom_covers_the_fraction():
 @pytest.mark.parametrize("name", ["attributes_part_osnet.yaml", "attributes_mask_osnet.yaml"])
 def test_recipes_load(name):
     recipe = load_config(AttributeRecipe, REPO / "configs" / name)
-    assert recipe.data.attributes == "peta35" and recipe.runtime.threads == 1
+    assert recipe.data.attributes == "peta35" and recipe.run.threads == 1
     with pytest.raises(ConfigError, match="loss.scheme"):
         load_config(AttributeRecipe, REPO / "configs" / name, overrides=["loss.scheme=focal"])
+
+
+def test_recipe_run_section_takes_overrides_and_refuses_runtime(tmp_path):
+    path = REPO / "configs" / "attributes_mask_osnet.yaml"
+    out = str(tmp_path / "x")
+    recipe = load_config(
+        AttributeRecipe, path, overrides=["run.device=cpu", "run.threads=2", f"run.out_dir={out}"]
+    )
+    assert (recipe.run.device, recipe.run.threads, recipe.run.out_dir) == ("cpu", 2, out)
+    assert recipe.run.preload and recipe.run.seed == 0  # the rest of the base recipe's run: section
+    partial = AttributeRecipe.model_validate({"run": {"device": "cpu"}}).run
+    assert partial.out_dir == "runs/attributes" and partial.preload
+    with pytest.raises(
+        ConfigError, match=r"runtime: bad value .*: renamed run: write run\.device, run\.seed"
+    ):
+        load_config(AttributeRecipe, data={"runtime": {"device": "cpu", "seed": 1}})
+    with pytest.raises(ConfigError, match="runtime: .*renamed run: write run.threads"):
+        load_config(AttributeRecipe, path, overrides=["runtime.threads=2"])
 
 
 def test_holdout_split_by_person(shared_dir):

@@ -51,7 +51,7 @@ def test_training_reduces_loss_then_eval_and_export(tmp_path):
             },
             "loss": {"scheme": "reconstruction"},
             "optim": {"epochs": 8, "batch_size": 8, "lr": 0.01, "warmup_iters": 0},
-            "runtime": {"device": "cpu", "threads": 1, "out_dir": str(tmp_path / "run"), "progress": False},
+            "run": {"device": "cpu", "threads": 1, "out_dir": str(tmp_path / "run"), "progress": False},
         }
     )
     payload = train_attributes.train(recipe)

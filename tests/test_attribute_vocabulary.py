@@ -306,7 +306,7 @@ def test_two_step_training_on_two_sources_with_different_labels(tmp_path):
             },
             "optim": {"epochs": 1, "batch_size": 4, "max_iters_per_epoch": 2, "warmup_iters": 0},
             "selection": {"thresholds": "balanced_accuracy"},
-            "runtime": {"device": "cpu", "out_dir": str(tmp_path / "run"), "progress": False},
+            "run": {"device": "cpu", "out_dir": str(tmp_path / "run"), "progress": False},
         }
     )
     payload = train_attributes.train(recipe)

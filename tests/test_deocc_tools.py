@@ -58,7 +58,7 @@ def test_train_eval_export_roundtrip(peta, tmp_path):
         "loss: {content: mse, lambda_content: 10.0, lambda_pixel: 1.0}\n"
         f"data: {{root: {peta}, train_subsets: [MIT], val_images: 4, occluder_pool: 8}}\n"
         "optim: {batch_size: 4, epochs: 1, max_iters: 3}\n"
-        f"out_dir: {out}\ndevice: cpu\nthreads: 1\nval_every: 2\nlog_every: 1\n"
+        f"run: {{out_dir: {out}, device: cpu, threads: 1, val_every: 2, log_every: 1}}\n"
     )
     assert _tool("train_deocclusion").main(["--config", str(recipe), "--no-progress"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
@@ -182,6 +182,23 @@ def test_recipe_errors_name_the_key(tmp_path):
     bad.write_text("model: {widht: 3}\n")
     with pytest.raises(ConfigError, match="widht"):
         load_config(DeocclusionRecipe, bad)
+    bad.write_text("out_dir: runs/x\nseed: 3\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(DeocclusionRecipe, bad)
+    assert "out_dir: bad value 'runs/x': moved: write run.out_dir" in str(err.value)
+    assert "seed: bad value 3: moved: write run.seed" in str(err.value)
+    with pytest.raises(ConfigError, match=r"device: .*moved: write run\.device"):
+        load_config(DeocclusionRecipe, REPO / "configs" / "deocclusion_cpu.yaml", overrides=["device=cpu"])
+    shipped = REPO / "configs" / "deocclusion_cpu_bilinear.yaml"
+    out = str(tmp_path / "x")
+    recipe = load_config(
+        DeocclusionRecipe, shipped, overrides=["run.device=cuda", "run.threads=8", f"run.out_dir={out}"]
+    )
+    assert (recipe.run.device, recipe.run.threads, recipe.run.out_dir) == ("cuda", 8, out)
+    assert (recipe.run.val_every, recipe.run.log_every) == (150, 20)  # this file, then its base
+    assert recipe.data.seed == 0 and recipe.run.seed == 0  # two seeds: data and training
+    partial = DeocclusionRecipe.model_validate({"run": {"threads": 2}}).run
+    assert (partial.out_dir, partial.log_every, partial.val_every) == ("runs/deocclusion", 20, 200)
     for name in (
         "deocclusion_cpu.yaml",
         "deocclusion_cpu_scratch.yaml",

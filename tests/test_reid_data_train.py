@@ -82,13 +82,10 @@ def _tiny_recipe(shared_dir: Path, out: Path, iterations: int) -> ReIDRecipe:
                 "grader_lr": 0.05,
                 "grader_only_lr": 0.02,
                 "warmup_iterations": 0,
-                "threads": 1,
-                "log_every": 4,
-                "checkpoint_every": 4,
                 "pad_crop": 0,
                 "flip": False,
             },
-            "out_dir": str(out),
+            "run": {"out_dir": str(out), "threads": 1, "log_every": 4, "checkpoint_every": 4},
         }
     )
 
@@ -227,6 +224,31 @@ def test_shipped_recipe_loads_and_rejects_bad_keys():
         load_config(ReIDRecipe, path, overrides=["loss.lambda_typo=1"])
 
 
+def test_recipe_run_section_takes_overrides_and_refuses_the_old_keys(tmp_path):
+    from pipeline.configfile import ConfigError, load_config
+
+    path = Path(__file__).resolve().parents[1] / "configs/reid_oamn_osnet_x0_25_market_grader.yaml"
+    out = str(tmp_path / "x")
+    recipe = load_config(
+        ReIDRecipe, path, overrides=["run.device=cpu", "run.threads=1", f"run.out_dir={out}"]
+    )
+    assert (recipe.run.device, recipe.run.threads, recipe.run.out_dir) == ("cpu", 1, out)
+    assert (recipe.run.val_every, recipe.run.checkpoint_every) == (100, 50)  # base, then this file
+    default = ReIDRecipe.model_validate({"model": {"grader": "softmax"}, "run": {"threads": 2}}).run
+    assert (default.out_dir, default.log_every, default.val_every, default.channels_last) == (
+        "runs/reid",
+        10,
+        0,
+        True,
+    )
+    with pytest.raises(ConfigError, match=r"out_dir: bad value 'x': moved: write run\.out_dir"):
+        load_config(ReIDRecipe, path, overrides=["out_dir=x"])
+    with pytest.raises(ConfigError) as err:
+        load_config(ReIDRecipe, path, overrides=["train.device=cpu", "train.validate_every=5"])
+    assert "train.device: bad value 'cpu': moved: write run.device" in str(err.value)
+    assert "train.validate_every: bad value 5: moved and renamed: write run.val_every" in str(err.value)
+
+
 def test_holdout_split_is_seeded_disjoint_and_spread_over_subsets():
     from models.data.reid_datasets import ReIDRecord
     from models.reid.evaluation import holdout_split
@@ -281,7 +303,7 @@ def test_training_with_holdout_validates_and_ships_calibrated_thresholds(shared_
     recipe.model.mask_init = "open"
     recipe.train.optimizer = "adam"
     recipe.train.lr = 1e-3
-    recipe.train.validate_every = 2
+    recipe.run.val_every = 2
     recipe.train.grader_only_iterations = 0
     recipe.loss.lambda_unify = 0.5
     metrics = train(recipe, show_progress=False)
@@ -370,12 +392,14 @@ def test_visibility_grader_trains_on_realistic_occlusions_calibrates_and_resumes
             "k": 2,
             "lr": 1e-4,
             "warmup_iterations": 0,
-            "validate_every": 4,
+        },
+        "run": {
+            "out_dir": str(tmp_path / "run"),
             "threads": 1,
             "log_every": 4,
+            "val_every": 4,
             "checkpoint_every": 4,
         },
-        "out_dir": str(tmp_path / "run"),
     }
     metrics = train(ReIDRecipe.model_validate(raw), show_progress=False)
     hist = metrics["history"]
@@ -401,7 +425,7 @@ def test_visibility_grader_trains_on_realistic_occlusions_calibrates_and_resumes
         == (report["overall"]["boxes"])
     )
     # stage 2: a fresh grader on that network alone (iterations 0), with camera variety
-    stage2 = {**raw, "out_dir": str(tmp_path / "stage2")}
+    stage2 = {**raw, "run": {**raw["run"], "out_dir": str(tmp_path / "stage2")}}
     stage2["train"] = {**raw["train"], "iterations": 0, "init_weights": str(tmp_path / "run/oamn.pt")}
     stage2["train"]["grader_augment"] = True
     second = train(ReIDRecipe.model_validate(stage2), show_progress=False)

@@ -4,7 +4,7 @@
     python tools/train_attributes.py --config configs/attributes_part_osnet.yaml \
         [--set optim.epochs=2 --set loss.scheme=exp] [--json runs/x/metrics.json]
 
-Resumable: rerun the same command and it continues from ``<out_dir>/last.pt``. Each epoch is scored
+Resumable: rerun the same command and it continues from ``<run.out_dir>/last.pt``. Each epoch is scored
 on the held-out part of the TRAINING data (by person id); ``best.pt`` keeps the best held-out mA and
 is a self-describing checkpoint that ``tools/eval_attributes.py --weights`` and the pipeline load.
 With ``selection.thresholds`` other than ``fixed``, each epoch also chooses per-attribute decision
@@ -68,14 +68,14 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 
 def train(recipe: AttributeRecipe, json_out: Path | None = None) -> dict:
     """Run (or resume) the recipe; returns the metrics payload also written to JSON."""
-    rt, dc, oc = recipe.runtime, recipe.data, recipe.optim
-    set_threads(rt.threads)
-    seed_everything(rt.seed)
-    device = pick_device(rt.device)
-    out_dir = Path(rt.out_dir)
+    rc, dc, oc = recipe.run, recipe.data, recipe.optim
+    set_threads(rc.threads)
+    seed_everything(rc.seed)
+    device = pick_device(rc.device)
+    out_dir = Path(rc.out_dir)
     records, total_images = load_training_records(dc)
     names = list(records.names)
-    train_recs, held_recs = split_holdout(records, dc.holdout_fraction, rt.seed)
+    train_recs, held_recs = split_holdout(records, dc.holdout_fraction, rc.seed)
     logger.info(
         "%d of %d images used: %d training, %d held out (%d attributes); unmapped label tokens: %d",
         len(records),
@@ -87,11 +87,11 @@ def train(recipe: AttributeRecipe, json_out: Path | None = None) -> dict:
     )
     size = tuple(dc.input_size)
     train_ds = AttributeImageDataset(
-        train_recs, AttributeTransform(size, True, dc.flip_p, dc.crop_pad, dc.jitter), rt.preload, rt.seed
+        train_recs, AttributeTransform(size, True, dc.flip_p, dc.crop_pad, dc.jitter), rc.preload, rc.seed
     )
     held_loader = None
     if len(held_recs):
-        held_ds = AttributeImageDataset(held_recs, AttributeTransform(size, False), rt.preload, rt.seed)
+        held_ds = AttributeImageDataset(held_recs, AttributeTransform(size, False), rc.preload, rc.seed)
         held_loader = DataLoader(held_ds, batch_size=max(64, oc.batch_size), shuffle=False)
     ratio = positive_ratio(train_ds.labels)
     criterion = AttributeLoss(recipe.loss.scheme, ratio, [attribute_task(n) for n in names]).to(device)
@@ -134,7 +134,7 @@ def train(recipe: AttributeRecipe, json_out: Path | None = None) -> dict:
     state = ckpt.load_last(device)
     if state is not None:
         if state.get("bundle", {}).get("attribute_names") != names:
-            raise ValueError(f"{ckpt.last_path} was trained on other attributes; use another runtime.out_dir")
+            raise ValueError(f"{ckpt.last_path} was trained on other attributes; use another run.out_dir")
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
         start_epoch, step, best_mA, history = (
@@ -145,17 +145,17 @@ def train(recipe: AttributeRecipe, json_out: Path | None = None) -> dict:
         )
         logger.info("resumed at epoch %d (step %d, best held-out mA %.4f)", start_epoch, step, best_mA)
 
-    generator = torch.Generator().manual_seed(rt.seed)
+    generator = torch.Generator().manual_seed(rc.seed)
     for epoch in range(start_epoch, oc.epochs):
         model.train()
         train_ds.set_epoch(epoch)
-        generator.manual_seed(rt.seed * 1000 + epoch)
+        generator.manual_seed(rc.seed * 1000 + epoch)
         loader = DataLoader(
             train_ds, batch_size=oc.batch_size, shuffle=True, drop_last=True, generator=generator
         )
         t0, running, seen = time.time(), 0.0, 0
         for it, (x, y, _) in enumerate(
-            progress(loader, steps_per_epoch, f"epoch {epoch + 1}/{oc.epochs}", rt.progress)
+            progress(loader, steps_per_epoch, f"epoch {epoch + 1}/{oc.epochs}", rc.progress)
         ):
             if it >= steps_per_epoch:
                 break
@@ -245,10 +245,10 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a recipe key, e.g. --set loss.scheme=exp (repeatable)",
+        help="override a recipe key, e.g. --set loss.scheme=exp --set run.device=cuda (repeatable)",
     )
     parser.add_argument(
-        "--json", type=Path, default=None, help="metrics JSON (default <out_dir>/metrics.json)"
+        "--json", type=Path, default=None, help="metrics JSON (default <run.out_dir>/metrics.json)"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -4,9 +4,10 @@
         [--set optim.epochs=2 ...] [--resume]
 
 Alternating D / G updates with K = 1, Adam(0.5, 0.999), lr 2e-4, batch 20, horizontal flips
-(sec. 3.3). Every ``val_every`` iterations: SSIM/PSNR on held-out training persons (never the test
-subset) and a PNG grid (occluded | generated | ground truth); ``best.pt`` keeps the best SSIM.
-Resumable from ``<out_dir>/last.pt``; ``optim.max_minutes`` stops cleanly inside a time budget.
+(sec. 3.3). Every ``run.val_every`` iterations: SSIM/PSNR on held-out training persons (never the
+test subset) and a PNG grid (occluded | generated | ground truth); ``best.pt`` keeps the best SSIM.
+Resumable from ``<run.out_dir>/last.pt``; ``optim.max_minutes`` stops cleanly inside a time budget.
+Run-level keys are spelled as in every training recipe: ``--set run.device=cuda --set run.threads=8``.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="override, e.g. optim.epochs=3"
     )
-    parser.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
+    parser.add_argument("--resume", action="store_true", help="continue from <run.out_dir>/last.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     return parser.parse_args(argv)
 
@@ -87,12 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     recipe = load_config(DeocclusionRecipe, args.config, overrides=args.overrides)
-    out_dir = Path(recipe.out_dir)
+    run = recipe.run
+    out_dir = Path(run.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "recipe.json").write_text(recipe.model_dump_json(indent=2))
-    seed_everything(recipe.seed)
-    set_threads(recipe.threads)
-    device = pick_device(recipe.device)
+    seed_everything(run.seed)
+    set_threads(run.threads)
+    device = pick_device(run.device)
     size = tuple(recipe.model.image_size)
     data = recipe.data
 
@@ -215,13 +217,18 @@ def main(argv: list[str] | None = None) -> int:
     discriminator.train()
     while epoch < opt_cfg.epochs and not stop:
         train_set.set_epoch(epoch)
-        gen = torch.Generator().manual_seed(recipe.seed * 1000 + epoch)
+        gen = torch.Generator().manual_seed(run.seed * 1000 + epoch)
         loader = DataLoader(
             train_set, batch_size=opt_cfg.batch_size, shuffle=True, drop_last=True, generator=gen
         )
         skip = step - epoch * len(loader) if step > epoch * len(loader) else 0  # resume inside an epoch
         for i, batch in enumerate(
-            progress(loader, total=len(loader), desc=f"epoch {epoch}", enabled=not args.no_progress)
+            progress(
+                loader,
+                total=len(loader),
+                desc=f"epoch {epoch}",
+                enabled=run.progress and not args.no_progress,
+            )
         ):
             if i < skip:
                 continue
@@ -255,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             g_loss.backward()
             opt_g.step()
             step += 1
-            if step % recipe.log_every == 0:
+            if step % run.log_every == 0:
                 logger.info(
                     "step %d epoch %d  D %.4f  G %.4f  %s  (%.2f s/it)",
                     step,
@@ -265,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
                     " ".join(f"{k} {v.item():.4f}" for k, v in terms.items()),
                     (time.time() - start) / max(1, step - first_step),
                 )
-            if step % recipe.val_every == 0:
+            if step % run.val_every == 0:
                 validate()
             if (max_iters and step >= max_iters) or (deadline and time.time() > deadline):
                 logger.info(

@@ -2,8 +2,10 @@
 
     python tools/train_reid.py --config configs/reid_oamn_osnet_x0_25_peta.yaml [--set train.iterations=50]
 
-Resumes from ``<out_dir>/last.pt`` when it exists (``--fresh`` ignores it); writes
-``<out_dir>/metrics.json`` and the inference weights ``<out_dir>/oamn.pt`` at the end.
+Resumes from ``<run.out_dir>/last.pt`` when it exists (``--fresh`` ignores it); writes
+``<run.out_dir>/metrics.json`` and the inference weights ``<run.out_dir>/oamn.pt`` at the end.
+Run-level keys (``run.device``, ``run.threads``, ``run.seed``, ``run.out_dir``, cadences) are spelled
+as in every other recipe: ``--set run.device=cuda --set run.threads=8``.
 """
 
 from __future__ import annotations
@@ -155,12 +157,13 @@ def _ship_best_network(model: OAMN, best: dict[str, Any], validating: bool) -> N
 
 
 def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) a recipe; returns the metrics also written to ``<out_dir>/metrics.json``."""
-    tc = recipe.train
-    seed_everything(tc.seed)
-    set_threads(tc.threads)
-    device = pick_device(tc.device)
-    records, held_out = holdout_split(_records(recipe), recipe.data.holdout_ids, tc.seed)
+    """Run (or resume) a recipe; returns the metrics also written to ``<run.out_dir>/metrics.json``.
+    The progress bar shows when both ``show_progress`` and ``run.progress`` say so."""
+    tc, rc = recipe.train, recipe.run
+    seed_everything(rc.seed)
+    set_threads(rc.threads)
+    device = pick_device(rc.device)
+    records, held_out = holdout_split(_records(recipe), recipe.data.holdout_ids, rc.seed)
     labels_np, mapping = relabel(records)
     t0 = time.time()
     images = load_images(records, tuple(recipe.model.input_size))
@@ -182,20 +185,20 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
             raise ValueError("train.grader_batch > 0 needs data.masks (a folder of parsing maps)")
         masks, usable = load_body_masks(records, recipe.data.masks, tuple(recipe.model.input_size))
         realistic = RealisticBatches(
-            images, masks, usable, [r.pid for r in records], tc.seed + 3, tc.occlusion_mix, tc.grader_augment
+            images, masks, usable, [r.pid for r in records], rc.seed + 3, tc.occlusion_mix, tc.grader_augment
         )
         if held_out:
             held_masks, held_usable = load_body_masks(
                 held_out, recipe.data.masks, tuple(recipe.model.input_size)
             )
-            held_real = realistic_set(held_images.cpu(), held_masks, held_usable, held_pids, tc.seed + 4)
+            held_real = realistic_set(held_images.cpu(), held_masks, held_usable, held_pids, rc.seed + 4)
 
     model = OAMN.from_config(recipe.model, num_classes=len(mapping)).to(device).train()
     if tc.init_weights:
         _load_network(model, tc.init_weights)
     if tc.freeze_stages:
         model.freeze_stages(tc.freeze_stages)
-    memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+    memory_format = torch.channels_last if rc.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     backbone_ids = {id(p) for p in model.backbone.parameters()}
     enc_params = model.encoder_parameters()
@@ -207,16 +210,16 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
     # eq. 10: L2 (grader score loss) is minimised only over the grader, on its own optimiser
     opt_grader = _optimizer(tc.optimizer, model.grader.parameters(), tc.grader_lr, tc.momentum)
     criterion = OAMNLoss.from_config(recipe.loss)
-    sampler = PKSampler(labels_np, tc.p, tc.k, seed=tc.seed)
+    sampler = PKSampler(labels_np, tc.p, tc.k, seed=rc.seed)
     opt_grader_only = (
         torch.optim.Adam(model.grader.parameters(), lr=tc.grader_only_lr)
         if tc.grader_only_optimizer == "adam"
         else torch.optim.SGD(model.grader.parameters(), lr=tc.grader_only_lr, momentum=tc.momentum)
     )
-    aug_rng = np.random.default_rng(tc.seed + 1)
-    gen = torch.Generator().manual_seed(tc.seed + 2)
+    aug_rng = np.random.default_rng(rc.seed + 1)
+    gen = torch.Generator().manual_seed(rc.seed + 2)
 
-    out_dir = Path(recipe.out_dir)
+    out_dir = Path(rc.out_dir)
     ckpt = Checkpointer(out_dir)
     history: list[dict[str, float]] = []
     validations: list[dict[str, float]] = []
@@ -262,7 +265,7 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
 
     def run_validation(step: int) -> None:
         model.eval()
-        metrics = validate(inference, held_images, held_pids, seed=tc.seed)[0]
+        metrics = validate(inference, held_images, held_pids, seed=rc.seed)[0]
         if held_real is not None:
             _, scores = encode(inference, normalize(held_real.images.to(device)))
             occlusion, hidden = occlusion_score(scores), held_real.hidden_share
@@ -284,7 +287,7 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
             " (best)" if improved else "",
         )
 
-    validating = bool(held_out) and tc.validate_every > 0
+    validating = bool(held_out) and rc.val_every > 0
     if validating and start == 0:
         run_validation(0)  # the starting point: fine-tuning has to beat it to be shipped
     t_start = time.time()
@@ -294,7 +297,7 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
     def _log_and_checkpoint(step: int, logs: dict[str, float], lr_now: float) -> None:
         for k, v in logs.items():
             window.setdefault(k, []).append(v)
-        if (step + 1) % tc.log_every == 0 or step + 1 in (tc.iterations, total):
+        if (step + 1) % rc.log_every == 0 or step + 1 in (tc.iterations, total):
             row = {k: float(np.mean(v)) for k, v in window.items()}
             row.update(step=step + 1, lr=lr_now, sec_per_iter=(time.time() - t_start) / (step + 1 - start))
             history.append(row)
@@ -306,15 +309,16 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
                 total,
                 " ".join(f"{k}={v:.4g}" for k, v in row.items() if k not in ("step", "phase")),
             )
-        if validating and ((step + 1) % tc.validate_every == 0 or step + 1 == tc.iterations):
+        if validating and ((step + 1) % rc.val_every == 0 or step + 1 == tc.iterations):
             if step < tc.iterations:  # the grader-only phase does not change the embedding
                 run_validation(step + 1)
-        if (step + 1) % tc.checkpoint_every == 0 or step + 1 in (tc.iterations, total):
+        if (step + 1) % rc.checkpoint_every == 0 or step + 1 in (tc.iterations, total):
             ckpt.save(snapshot(step + 1))
 
     if start > tc.iterations:  # resumed in the grader-only phase: its network is the one that ships
         _ship_best_network(model, best, validating)
-    for step in progress(range(start, total), total=total - start, desc="oamn", enabled=show_progress):
+    enabled = show_progress and rc.progress
+    for step in progress(range(start, total), total=total - start, desc="oamn", enabled=enabled):
         grader_only = step >= tc.iterations
         if step == tc.iterations and step > 0:
             _ship_best_network(model, best, validating and tc.grader_only_iterations > 0)
@@ -381,9 +385,9 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
         _ship_best_network(model, best, validating)
     model.eval()
     if held_real is not None:
-        model_config.update(calibrate_visibility(inference, held_images, held_real, seed=tc.seed))
+        model_config.update(calibrate_visibility(inference, held_images, held_real, seed=rc.seed))
     elif held_out:
-        model_config.update(calibrate(inference, held_images, held_pids, seed=tc.seed))
+        model_config.update(calibrate(inference, held_images, held_pids, seed=rc.seed))
     thresholds = OAMNModelConfig.model_validate(model_config).thresholds()
     if held_out:
         logger.info("grader thresholds and similarity offsets calibrated on the held-out ids: %s", thresholds)
@@ -395,7 +399,7 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
             "train_ids": len(mapping),
             "train_images": len(records),
             "held_out_ids": sorted({r.pid for r in held_out}),
-            "seed": tc.seed,  # of the held-out occlusions the calibration used
+            "seed": rc.seed,  # of the held-out occlusions the calibration used
             "iterations": total,
             "shipped_step": best["step"] if validating and best["model"] is not None else tc.iterations,
             "data": recipe.data.model_dump(mode="json"),

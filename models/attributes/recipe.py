@@ -23,7 +23,7 @@ import hashlib
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -46,6 +46,7 @@ from models.data.peta_attributes import (
     AttributeRecords,
     read_peta_attributes,
 )
+from models.run_config import RunConfig, refuse_moved_keys
 
 from .model import AttributeModelConfig
 
@@ -55,7 +56,7 @@ __all__ = [
     "DataSourceConfig",
     "LossConfig",
     "OptimConfig",
-    "RuntimeConfig",
+    "AttributeRunConfig",
     "SelectionConfig",
     "AttributeRecipe",
     "load_records",
@@ -200,15 +201,22 @@ class SelectionConfig(BaseModel):
     )
 
 
-class RuntimeConfig(BaseModel):
-    """Where and how the run executes."""
+class AttributeRunConfig(RunConfig):
+    """The shared ``run:`` section (formerly ``runtime:``) with this recipe's defaults and ``preload``.
+    Training logs and validates once per epoch, so ``log_every`` and ``val_every`` are not read."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:k]'")
-    threads: int | None = Field(1, ge=1, description="torch CPU threads (None = torch default)")
-    seed: int = Field(0, description="seed for sampling, augmentation and initialisation")
     out_dir: str = Field("runs/attributes", description="checkpoints, metrics JSON and logs go here")
+    device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:k]'")
+    threads: int | None = Field(1, ge=1, description="torch CPU threads (null = torch default)")
+    seed: int = Field(0, description="seed of the held-out split, sampling, augmentation and initialisation")
+    log_every: int = Field(
+        20, ge=1, description="not read: attribute training logs once per epoch (shared run: key)"
+    )
+    val_every: int = Field(
+        200,
+        ge=1,
+        description="not read: attribute training scores the held-out part once per epoch (shared run: key)",
+    )
     progress: bool = Field(True, description="show a progress bar")
     preload: bool = Field(True, description="decode and resize all images once before training")
 
@@ -223,7 +231,18 @@ class AttributeRecipe(BaseModel):
     loss: LossConfig = Field(default_factory=LossConfig, description="loss")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="optimisation")
     selection: SelectionConfig = Field(default_factory=SelectionConfig, description="decision thresholds")
-    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig, description="execution")
+    run: AttributeRunConfig = Field(
+        default_factory=AttributeRunConfig,
+        description="output folder, device, threads, seed, progress bar, preloading",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        """The first recipe shape's ``runtime:`` section is refused: it is called ``run:`` now."""
+        keys = data.get("runtime") if isinstance(data, dict) else None
+        spelled = ", ".join(f"run.{k}" for k in keys) if isinstance(keys, dict) and keys else "run.<key>"
+        return refuse_moved_keys(data, {"runtime": f"renamed run: write {spelled}"}, cls.__name__)
 
     @model_validator(mode="after")
     def _check_selection(self) -> AttributeRecipe:

@@ -1,14 +1,34 @@
-"""The YAML recipe of a de-occlusion training run (``configs/deocclusion_*.yaml``)."""
+"""The YAML recipe of a de-occlusion training run (``configs/deocclusion_*.yaml``).
+
+Sections: ``model``, ``loss``, ``data`` (crops, occlusion synthesis and the data seed), ``optim`` and
+``run`` (out_dir, device, threads, the training seed, logging and validation cadence), the ``run:``
+section every training recipe shares. Every section refuses unknown keys.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from models.backends.select import BackendConfig
+from models.run_config import RunConfig, refuse_moved_keys
 
-__all__ = ["ModelConfig", "LossConfig", "DataConfig", "OptimConfig", "DeocclusionRecipe", "EvalConfig"]
+__all__ = [
+    "ModelConfig",
+    "LossConfig",
+    "DataConfig",
+    "OptimConfig",
+    "DeocclusionRunConfig",
+    "DeocclusionRecipe",
+    "EvalConfig",
+]
+
+#: top-level keys of the recipe's first shape, now in ``run:``
+MOVED_KEYS = {
+    key: f"moved: write run.{key}"
+    for key in ("out_dir", "device", "threads", "seed", "log_every", "val_every")
+}
 
 
 class ModelConfig(BaseModel):
@@ -101,7 +121,11 @@ class DataConfig(BaseModel):
         "silhouette",
         description="Occlusion used for validation/evaluation pairs (the paper's Table 3 setting).",
     )
-    seed: int = Field(0, description="Seed of the held-out split, occluder pool and evaluation occlusions.")
+    seed: int = Field(
+        0,
+        description="The data seed: held-out split, occluder pool and evaluation occlusions (run.seed "
+        "is the training seed: initialisation and batch order).",
+    )
 
 
 class OptimConfig(BaseModel):
@@ -118,6 +142,19 @@ class OptimConfig(BaseModel):
     disc_steps: int = Field(1, ge=1, description="K: D updates per G update.")
 
 
+class DeocclusionRunConfig(RunConfig):
+    """The shared ``run:`` section with this recipe's output folder; its seed is the training seed."""
+
+    out_dir: str = Field("runs/deocclusion", description="Checkpoints, grids and metrics go here.")
+    seed: int = Field(
+        0,
+        description="The training seed: initialisation and batch order (data.seed is the data seed: "
+        "held-out split, occluder pool, evaluation occlusions).",
+    )
+    log_every: int = Field(20, ge=1, description="Log losses every N iterations.")
+    val_every: int = Field(200, ge=1, description="Validate (SSIM/PSNR) and write a grid every N iterations.")
+
+
 class DeocclusionRecipe(BaseModel):
     """A whole training run."""
 
@@ -127,12 +164,16 @@ class DeocclusionRecipe(BaseModel):
     loss: LossConfig = Field(default_factory=LossConfig, description="Objective.")
     data: DataConfig = Field(default_factory=DataConfig, description="Data and occlusion synthesis.")
     optim: OptimConfig = Field(default_factory=OptimConfig, description="Optimiser and schedule.")
-    out_dir: str = Field("runs/deocclusion", description="Checkpoints, grids and metrics go here.")
-    device: str = Field("auto", description="auto, cpu or cuda.")
-    threads: int | None = Field(1, ge=1, description="torch CPU threads (1 on a shared machine).")
-    seed: int = Field(0, description="Seed for initialisation and batch order.")
-    log_every: int = Field(20, ge=1, description="Log losses every N iterations.")
-    val_every: int = Field(200, ge=1, description="Validate (SSIM/PSNR) and write a grid every N iterations.")
+    run: DeocclusionRunConfig = Field(
+        default_factory=DeocclusionRunConfig, description="Output, device, threads, training seed, cadence."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        """Top-level run keys of the first recipe shape (``out_dir``, ``device`` ...) are refused with
+        their new spelling (``run.out_dir``, ``run.device`` ...)."""
+        return refuse_moved_keys(data, MOVED_KEYS, cls.__name__)
 
 
 class EvalConfig(BaseModel):

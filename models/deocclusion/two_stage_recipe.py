@@ -100,6 +100,12 @@ class TwoStageOptimConfig(BaseModel):
     max_minutes: float | None = Field(None, gt=0, description="Wall-clock budget; stops cleanly and saves.")
 
 
+class TwoStageRunConfig(RunConfig):
+    """``run:`` with this family's defaults (a partial ``run:`` section keeps them)."""
+
+    out_dir: str = Field("runs/deocclusion_two_stage", description="Checkpoints, grids and metrics go here.")
+
+
 class TwoStageRecipe(BaseModel):
     """A whole training run of one of the two stages."""
 
@@ -112,9 +118,8 @@ class TwoStageRecipe(BaseModel):
     optim: TwoStageOptimConfig = Field(
         default_factory=TwoStageOptimConfig, description="Optimiser and schedule."
     )
-    run: RunConfig = Field(
-        default_factory=lambda: RunConfig(out_dir="runs/deocclusion_two_stage"),
-        description="Output, device, threads, seed, cadence.",
+    run: TwoStageRunConfig = Field(
+        default_factory=TwoStageRunConfig, description="Output, device, threads, seed, cadence."
     )
 
     @model_validator(mode="after")

@@ -1,12 +1,33 @@
-"""Typed recipe for OAMN training and evaluation (``configs/reid_*.yaml``)."""
+"""Typed recipe for OAMN training and evaluation (``configs/reid_*.yaml``): ``model``, ``loss``,
+``data``, ``train`` (optimisation only) and ``run`` (output folder, device, threads, seed, cadence:
+the ``run:`` section every training recipe shares)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["OAMNModelConfig", "OAMNLossConfig", "ReIDDataConfig", "ReIDTrainConfig", "ReIDRecipe"]
+from models.run_config import RunConfig, refuse_moved_keys
+
+__all__ = [
+    "OAMNModelConfig",
+    "OAMNLossConfig",
+    "ReIDDataConfig",
+    "ReIDTrainConfig",
+    "ReIDRunConfig",
+    "ReIDRecipe",
+]
+
+#: run-level keys of the recipe's first shape -> where they live now
+MOVED_KEYS = {
+    "out_dir": "moved: write run.out_dir",
+    **{
+        f"train.{key}": f"moved: write run.{key}"
+        for key in ("device", "threads", "seed", "log_every", "checkpoint_every", "channels_last")
+    },
+    "train.validate_every": "moved and renamed: write run.val_every",
+}
 
 
 class OAMNModelConfig(BaseModel):
@@ -144,7 +165,7 @@ class ReIDDataConfig(BaseModel):
     holdout_ids: int = Field(
         0,
         ge=0,
-        description="identities held out of training (drawn with train.seed, spread evenly over the "
+        description="identities held out of training (drawn with run.seed, spread evenly over the "
         "subsets) to pick the best checkpoint and calibrate the grader's thresholds; never the test set",
     )
 
@@ -209,23 +230,32 @@ class ReIDTrainConfig(BaseModel):
         [], description="leading backbone stages to freeze (CPU budget option; e.g. [stem, conv2])"
     )
     warmup_iterations: int = Field(50, ge=0, description="linear learning-rate warm-up steps")
-    validate_every: int = Field(
+    flip: bool = Field(True, description="random horizontal flip")
+    pad_crop: int = Field(
+        8, ge=0, description="pixels of zero padding before a random crop back to input size"
+    )
+
+
+class ReIDRunConfig(RunConfig):
+    """The shared ``run:`` section with OAMN's defaults, optional validation and its checkpoint
+    cadence and memory format."""
+
+    out_dir: str = Field("runs/reid", description="checkpoints, metrics JSON and oamn.pt go here")
+    seed: int = Field(
+        0,
+        description="seed of the held-out identities (data.holdout_ids), sampling, augmentation, init "
+        "and the held-out occlusions of validation and calibration",
+    )
+    log_every: int = Field(10, ge=1, description="iterations between log lines")
+    val_every: int = Field(
         0,
         ge=0,
         description="steps between validations on the held-out identities (data.holdout_ids); the "
         "best one (mean of holistic and occluded mAP) is shipped; 0 = ship the last step",
     )
+    checkpoint_every: int = Field(100, ge=1, description="iterations between resumable checkpoints")
     channels_last: bool = Field(
         True, description="channels-last memory format (about 1.3x faster OSNet training on CPU)"
-    )
-    device: str = Field("auto", description="'auto', 'cpu' or 'cuda'")
-    threads: int | None = Field(1, ge=1, description="torch CPU threads (null = torch default)")
-    seed: int = Field(0, description="seed for sampling, augmentation and init")
-    log_every: int = Field(10, ge=1, description="iterations between log lines")
-    checkpoint_every: int = Field(100, ge=1, description="iterations between resumable checkpoints")
-    flip: bool = Field(True, description="random horizontal flip")
-    pad_crop: int = Field(
-        8, ge=0, description="pixels of zero padding before a random crop back to input size"
     )
 
 
@@ -238,7 +268,17 @@ class ReIDRecipe(BaseModel):
     loss: OAMNLossConfig = Field(default_factory=OAMNLossConfig, description="loss weights (paper sec. 4.1)")
     data: ReIDDataConfig = Field(default_factory=ReIDDataConfig, description="training data")
     train: ReIDTrainConfig = Field(default_factory=ReIDTrainConfig, description="optimisation")
-    out_dir: str = Field("runs/reid", description="checkpoints and metrics JSON go here")
+    run: ReIDRunConfig = Field(
+        default_factory=ReIDRunConfig,
+        description="output folder, device, threads, seed, log / validation / checkpoint cadence",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        """Run-level keys of the first recipe shape (``out_dir``, ``train.device`` ...) are refused
+        with their new spelling (``run.out_dir``, ``run.device`` ...)."""
+        return refuse_moved_keys(data, MOVED_KEYS, cls.__name__)
 
     @model_validator(mode="after")
     def _steps(self) -> ReIDRecipe:

@@ -104,6 +104,14 @@ class LossConfig(BaseModel):
     discriminator_channels: int = Field(16, ge=1, description="Width of D^S's first conv (when used).")
 
 
+class SuperResRunConfig(RunConfig):
+    """``run:`` with this family's defaults (a partial ``run:`` section keeps them)."""
+
+    out_dir: str = Field("runs/superres", description="Checkpoints, grids and metrics go here.")
+    log_every: int = Field(50, ge=1, description="Log the loss every N iterations.")
+    val_every: int = Field(500, ge=1, description="Validate (PSNR/SSIM) and write a grid every N iterations.")
+
+
 class SuperResRecipe(BaseModel):
     """A whole training run."""
 
@@ -115,9 +123,8 @@ class SuperResRecipe(BaseModel):
         default_factory=lambda: OptimConfig(max_iters=1000), description="Optimiser and schedule."
     )
     loss: LossConfig = Field(default_factory=LossConfig, description="Objective.")
-    run: RunConfig = Field(
-        default_factory=lambda: RunConfig(out_dir="runs/superres", log_every=50, val_every=500),
-        description="Output, device, threads, seed, cadence.",
+    run: SuperResRunConfig = Field(
+        default_factory=SuperResRunConfig, description="Output, device, threads, seed, cadence."
     )
 
     @model_validator(mode="after")
