@@ -20,8 +20,9 @@ from models.backends import (
     export_onnx,
     onnx_io_spec,
 )
+from models.backends.engine_cache import EngineCache, engine_cache_key, engine_key_parts
+from models.backends.engine_profile import EngineProfile
 from models.backends.onnxruntime_backend import OnnxRuntimeBackend
-from models.backends.tensorrt_backend import EngineCache, EngineProfile, engine_cache_key, engine_key_parts
 from models.backends.torch_backend import TorchBackend
 
 

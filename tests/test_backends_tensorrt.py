@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from models.backends import BackendUnavailable, create_backend, export_onnx
-from models.backends.tensorrt_backend import TensorRTBackend, import_tensorrt
+from models.backends.tensorrt_backend import TensorRTBackend
+from models.backends.tensorrt_build import import_tensorrt
 
 
 def _trt_reason() -> str | None:

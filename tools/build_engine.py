@@ -22,8 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 
 from models.backends.base import BackendUnavailable  # noqa: E402
+from models.backends.engine_profile import EngineProfile  # noqa: E402
 from models.backends.export import onnx_io_spec  # noqa: E402
-from models.backends.tensorrt_backend import EngineProfile, TensorRTBackend, make_int8_calibrator  # noqa: E402
+from models.backends.tensorrt_backend import TensorRTBackend  # noqa: E402
+from models.backends.tensorrt_build import make_int8_calibrator  # noqa: E402
 
 logger = logging.getLogger("build_engine")
 

@@ -103,13 +103,14 @@ def _make(
     if name == "tensorrt":
         if onnx_path is None:
             raise BackendUnavailable(name, "no ONNX file was given to build or look up an engine")
-        from models.backends.tensorrt_backend import TensorRTBackend, import_tensorrt
+        from models.backends.tensorrt_backend import TensorRTBackend
+        from models.backends.tensorrt_build import import_tensorrt
 
         import_tensorrt()  # cheapest reason first: no runtime, no need to read the ONNX file
         profile = options.get("profile")
         if profile is None:
+            from models.backends.engine_profile import default_profile
             from models.backends.export import onnx_io_spec
-            from models.backends.tensorrt_backend import default_profile
 
             ins, _ = onnx_io_spec(onnx_path)
             input_name, dims = next(iter(ins.items()))
