@@ -11,8 +11,9 @@ similarities are made comparable across grades with the checkpoint's offsets
 (``grader.adapt_thresholds``; ``add`` / ``match`` take ``thresholds=``).
 
 Capacity is bounded; when full, ``add`` evicts the **least recently used** entry: an entry's clock
-is set when it is added and refreshed whenever it is a query's best match. Save/load uses
-``<path>.npz`` (arrays, no pickle) and ``<path>.json`` (ids, settings).
+is set when it is added and refreshed whenever it is a query's best match. Crops become entries
+through ``gallery_encoding``; save/load uses ``<path>.npz`` (arrays, no pickle) and ``<path>.json``
+(ids, settings), the format in ``gallery_store``.
 
     gallery = OcclusionGallery.from_weights("models/weights/oamn_osnet_x0_25_peta.pt", capacity=5000)
     gallery.add(["alice", "bob"], crops)              # crops: (N, 3, H, W) normalised network input
@@ -21,7 +22,6 @@ is set when it is added and refreshed whenever it is a query's best match. Save/
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,18 +31,17 @@ import numpy as np
 import torch
 
 from .encoder import Encoder, TorchEncoder
-from .grader import GradeThresholds, decide_grades
+from .gallery_encoding import as_embeddings, check_grades, encode_crops
+from .gallery_store import GalleryRecord, load_gallery, save_gallery
+from .grader import GradeThresholds
 from .occlusion_augment import NUM_GRADES
-from .unification import unification_versions, unified_similarity
+from .unification import unified_similarity
 
 __all__ = ["OcclusionGallery", "Match"]
 
 logger = logging.getLogger(__name__)
 
 Id = str | int
-
-#: version 2: each version also masks the image's own occlusion region (``unification.py``)
-GALLERY_FORMAT = "amodal.oamn_gallery/2"
 
 
 @dataclass(frozen=True)
@@ -137,61 +136,21 @@ class OcclusionGallery:
         so a holistic query against a holistic gallery costs one pass. Without unification only
         the plain embedding (row 0) is kept. ``thresholds`` replaces the gallery's for this call
         (a camera's own, ``grader.adapt_thresholds``)."""
-        if self.encoder is None:
-            raise ValueError(
-                "this gallery has no encoder; pass (N, 9, D) embeddings and grades instead of crops"
-            )
-        x = torch.as_tensor(np.asarray(images), dtype=torch.float32)
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(
-                f"crops must be (N, 3, H, W) normalised float arrays, got shape {tuple(x.shape)}"
-            )
-        plain, scores = self.encoder(x)
-        if plain.shape[1] != self.dim:
-            raise ValueError(f"encoder gives {plain.shape[1]}-d embeddings, gallery holds {self.dim}-d")
-        if grades is None:
-            own = decide_grades(scores, thresholds or self.thresholds)
-        else:
-            own = np.asarray(grades, np.int64)
-        if len(own) != len(x):
-            raise ValueError(f"{len(own)} grades for {len(x)} crops")
-        if not self.unify:
-            emb = np.zeros((len(x), NUM_GRADES, self.dim), dtype=np.float32)
-            emb[:, 0] = plain
-            return emb, own
-        return unification_versions(self.encoder, x, own, plain, versions, self.fill), own
+        return encode_crops(
+            self.encoder,
+            images,
+            self.dim,
+            thresholds or self.thresholds,
+            self.unify,
+            self.fill,
+            grades,
+            versions,
+        )
 
     def _as_embeddings(
         self, data, grades, what: str, versions: Sequence[int] | None = None, thresholds=None
     ) -> tuple[np.ndarray, np.ndarray]:
-        arr = np.asarray(data)
-        if arr.ndim == 3 and arr.shape[1:] == (NUM_GRADES, self.dim):
-            if grades is None:
-                raise ValueError(f"{what}: grades are required when passing embeddings")
-            emb = arr.astype(np.float32)
-            emb = emb / np.maximum(np.linalg.norm(emb, axis=2, keepdims=True), 1e-12)
-            g = np.asarray(grades, dtype=np.int64).reshape(-1)
-        elif arr.ndim == 4:
-            given = None if grades is None else np.asarray(grades, dtype=np.int64).reshape(-1)
-            if given is not None:
-                if len(given) != len(arr):
-                    raise ValueError(f"{what}: {len(given)} grades for {len(arr)} items")
-                self._check_grades(given, what)  # before masking crops with them
-            emb, g = self.encode(arr, given, versions, thresholds)
-        else:
-            raise ValueError(
-                f"{what}: expected crops (N, 3, H, W) or embeddings (N, {NUM_GRADES}, {self.dim}), "
-                f"got shape {arr.shape}"
-            )
-        if len(g) != len(emb):
-            raise ValueError(f"{what}: {len(g)} grades for {len(emb)} items")
-        self._check_grades(g, what)
-        return emb, g
-
-    @staticmethod
-    def _check_grades(g: np.ndarray, what: str) -> None:
-        if len(g) and (g.min() < 0 or g.max() >= NUM_GRADES):
-            raise ValueError(f"{what}: grades must be in [0, {NUM_GRADES - 1}]")
+        return as_embeddings(data, grades, what, self.dim, self.encode, versions, thresholds)
 
     # -- gallery maintenance --------------------------------------------------------------------
     def add(
@@ -251,7 +210,7 @@ class OcclusionGallery:
         emb = np.asarray(embeddings, dtype=np.float32)
         if emb.shape != (NUM_GRADES, self.dim):
             raise ValueError(f"put: expected ({NUM_GRADES}, {self.dim}) embeddings, got {emb.shape}")
-        self._check_grades(np.array([grade]), "put")
+        check_grades(np.array([grade]), "put")
         norms = np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         self._clock += 1
         self._emb[:, slot] = emb / norms
@@ -346,66 +305,41 @@ class OcclusionGallery:
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> tuple[Path, Path]:
         """Write ``<path>.npz`` (embeddings, grades, clocks) and ``<path>.json`` (ids, settings)."""
-        base = Path(path).with_suffix("")
-        base.parent.mkdir(parents=True, exist_ok=True)
         slots = np.flatnonzero(self._valid)
-        npz, meta = base.with_suffix(".npz"), base.with_suffix(".json")
-        np.savez(
-            npz, embeddings=self._emb[:, slots], grades=self._grades[slots], last_used=self._last_used[slots]
+        record = GalleryRecord(
+            embedding_dim=self.dim,
+            capacity=self.capacity,
+            ids=[self._ids[s] for s in slots],
+            clock=self._clock,
+            thresholds=self.thresholds,
+            fill=self.fill,
+            unify=self.unify,
+            offsets=self.offsets,
+            embeddings=self._emb[:, slots],
+            grades=self._grades[slots],
+            last_used=self._last_used[slots],
         )
-        ids = [self._ids[s] for s in slots]
-        for ident in ids:
-            if not isinstance(ident, str | int):
-                raise ValueError(f"only str/int ids can be saved, got {type(ident).__name__}")
-        meta.write_text(
-            json.dumps(
-                {
-                    "format": GALLERY_FORMAT,
-                    "embedding_dim": self.dim,
-                    "capacity": self.capacity,
-                    "ids": ids,
-                    "clock": self._clock,
-                    "thresholds": [self.thresholds.quarter, self.thresholds.half, self.thresholds.visible],
-                    "fill": self.fill,
-                    "unify": self.unify,
-                    "offsets": None if self.offsets is None else self.offsets.tolist(),
-                },
-                indent=1,
-            )
-        )
-        return npz, meta
+        return save_gallery(record, path)
 
     @classmethod
     def load(cls, path: str | Path, encoder: Encoder | None = None) -> OcclusionGallery:
         """Inverse of ``save`` (attach an encoder to match crops again)."""
-        base = Path(path).with_suffix("")
-        meta_path, npz_path = base.with_suffix(".json"), base.with_suffix(".npz")
-        if not meta_path.is_file() or not npz_path.is_file():
-            raise FileNotFoundError(f"gallery files not found: {meta_path} / {npz_path}")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format") == "amodal.oamn_gallery/1":
-            raise ValueError(
-                f"{meta_path}: saved with the older unification rule (format 1: versions without the "
-                "entry's own region masked); add the entries' crops to a new gallery"
-            )
-        if meta.get("format") != GALLERY_FORMAT:
-            raise ValueError(f"{meta_path}: not an OAMN gallery file")
+        record = load_gallery(path)
         gal = cls(
-            meta["embedding_dim"],
-            meta["capacity"],
+            record.embedding_dim,
+            record.capacity,
             encoder,
-            GradeThresholds(*meta["thresholds"]),
-            meta["fill"],
-            meta["unify"],
-            meta.get("offsets"),
+            record.thresholds,
+            record.fill,
+            record.unify,
+            record.offsets,
         )
-        with np.load(npz_path, allow_pickle=False) as data:
-            n = len(meta["ids"])
-            gal._emb[:, :n] = data["embeddings"]
-            gal._has[:, :n] = np.any(gal._emb[:, :n] != 0, axis=2)
-            gal._grades[:n] = data["grades"]
-            gal._last_used[:n] = data["last_used"]
+        n = len(record.ids)
+        gal._emb[:, :n] = record.embeddings
+        gal._has[:, :n] = np.any(gal._emb[:, :n] != 0, axis=2)
+        gal._grades[:n] = record.grades
+        gal._last_used[:n] = record.last_used
         gal._valid[:n] = True
-        gal._ids[:n] = meta["ids"]
-        gal._clock = meta["clock"]
+        gal._ids[:n] = record.ids
+        gal._clock = record.clock
         return gal
