@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from pipeline.graph import GraphConfig
+from pipeline.graph_settings import GraphConfig
 from pipeline.transport import Link
 from pipeline.wire import wire_names
 

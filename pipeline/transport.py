@@ -47,7 +47,7 @@ from pipeline.delivery import (
     envelope,
     parse_envelope,
 )
-from pipeline.graph import DeliveryConfig
+from pipeline.graph_settings import DeliveryConfig
 from pipeline.messages import CONTROL_TYPES, DATA_TYPES
 from pipeline.metrics import RuntimeMetrics
 from pipeline.wire import decode, encode, wire_names

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
 import urllib.request
@@ -15,6 +16,7 @@ import pytest
 from pipeline.configfile import ConfigError
 from pipeline.graph import load_graph
 from pipeline.links import free_tcp_port
+from pipeline.plugins import import_plugins
 from pipeline.runtime import EmbeddedRuntime
 from pipeline.supervisor import ProcessRuntime
 from tests.test_pipeline_support import PLUGIN, Background, chain_graph, frames_and_eos, read_rows
@@ -296,6 +298,25 @@ def test_overrides_address_stages_by_name_and_env_is_interpolated(tmp_path: Path
     assert graph.links.hwm == 3 and graph.mode == "process" and graph.transport_kind == "ipc"
     with pytest.raises(ConfigError, match=r"stages\[0\]\.test_source\.config\.frame: unknown key"):
         load_graph(path, overrides=["src.frame=7"], env={"OUT_NAME": "x"})
+
+
+def test_plugins_are_imported_from_the_working_directory_without_changing_sys_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Like ``python -m``, a plugin module is found from the working directory, which is on
+    ``sys.path`` only while the plugins are imported (no process-wide change)."""
+    (tmp_path / "amodal_cwd_plugin.py").write_text("LOADED = True\n")
+    monkeypatch.chdir(tmp_path)
+    before = list(sys.path)
+    try:
+        import_plugins(["amodal_cwd_plugin"])
+        assert sys.modules["amodal_cwd_plugin"].LOADED
+    finally:
+        sys.modules.pop("amodal_cwd_plugin", None)
+    assert sys.path == before
+    with pytest.raises(ConfigError, match="plugins: cannot import 'amodal_no_such_plugin'"):
+        import_plugins(["amodal_no_such_plugin"])
+    assert sys.path == before
 
 
 # -- metrics ----------------------------------------------------------------------------------------

@@ -66,10 +66,11 @@ from zmq.utils.monitor import recv_monitor_message  # noqa: E402
 
 from pipeline.configfile import ConfigError, load_yaml  # noqa: E402
 from pipeline.delivery import ACK, MARKER, MESSAGE, RESEND, envelope  # noqa: E402
-from pipeline.graph import apply_stage_overrides, load_graph  # noqa: E402
+from pipeline.graph import load_graph  # noqa: E402
 from pipeline.messages import EndOfStream, Frame, PersonCrops, StageDone, TrackEnd, Tracks  # noqa: E402
 from pipeline.runtime import EmbeddedRuntime  # noqa: E402
 from pipeline.security import KeyDir, make_keys  # noqa: E402
+from pipeline.stage_overrides import apply_stage_overrides  # noqa: E402
 from pipeline.transport import Link  # noqa: E402
 from pipeline.wire import encode  # noqa: E402
 
