@@ -29,6 +29,7 @@ from pipeline.defaults import default_replay_graph
 from pipeline.graph import GraphConfig, load_graph
 from pipeline.logs import setup_logging
 from pipeline.messages import EndOfStream, Frame, PersonCrops, TrackEnd
+from pipeline.program_env import set_program_env_defaults
 from pipeline.runtime import EmbeddedRuntime, RunReport
 from pipeline.security import add_keys_parser, check_security, keys_command
 from pipeline.urls import mask_url, mask_urls_in
@@ -128,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    set_program_env_defaults()  # before any stage imports ultralytics
     args = _parser().parse_args(argv)
     try:
         if args.command == "check":

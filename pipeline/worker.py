@@ -27,7 +27,8 @@ import zmq
 from pipeline.graph import load_graph
 from pipeline.logs import setup_logging
 from pipeline.metrics import MetricsServer, RuntimeMetrics
-from pipeline.runner import StageRunner
+from pipeline.program_env import set_program_env_defaults
+from pipeline.runner import RuntimeHandles, StageRunner
 from pipeline.security import LinkGuard
 from pipeline.stage import RunInfo
 from pipeline.transport import Link
@@ -79,14 +80,10 @@ def run_job(name: str, job: dict[str, Any]) -> int:
         runner = StageRunner(
             graph,
             name,
-            context,
             links,
-            metrics,
-            stop,
-            abort,
+            RuntimeHandles(context, metrics, stop, abort, guard=guard),
             upstream_done=job.get("upstream_done", ()),
             defer_close=True,
-            guard=guard,
             run=RunInfo(
                 run_id=str(job.get("run_id", "")),
                 restarts=int(job.get("restarts", 0)),
@@ -139,6 +136,7 @@ def _wait_for_release(path: str | None, abort: threading.Event, timeout_s: float
 
 
 def main(argv: list[str] | None = None) -> int:
+    set_program_env_defaults()  # before the stage imports ultralytics
     parser = argparse.ArgumentParser(
         description="Run one stage of an Amodal graph (started by the supervisor)."
     )

@@ -9,8 +9,10 @@ Weights: ``.pt``, ``.onnx``, ``.engine`` or an OpenVINO export directory, all lo
 ``YOLO(path, task="detect")``. The default ``yolo11n.pt`` is fetched by ultralytics itself on a
 connected machine; offline (``YOLO_OFFLINE=1`` or no network) the stage checks the file first and
 fails with the path and the ``--set`` that points the config at local weights, so ultralytics
-never tries a download. Conversion from ultralytics ``Results`` to our ``Detections`` lives here
-(STYLE.md: conversions belong in the stage that needs them).
+never tries a download. Nor does it pip-install anything: ``amodal`` and the stage worker set
+``YOLO_AUTOINSTALL=false`` before ultralytics is imported (``pipeline.program_env``). Conversion
+from ultralytics ``Results`` to our ``Detections`` lives here (STYLE.md: conversions belong in the
+stage that needs them).
 """
 
 from __future__ import annotations
@@ -194,7 +196,6 @@ class DetectStage(Stage):
 
     def on_start(self) -> None:
         """Load the model (no download offline) and warm it up."""
-        os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # never pip-install at run time
         import_ultralytics()  # under the lock every stage imports it with (threads start together)
         weights = resolve_weights(self.config.weights)
         from ultralytics import YOLO

@@ -3,6 +3,7 @@ with ``interval``, on a YOLO built from YAML and on the shared OpenVINO YOLOv8n 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import av
@@ -11,6 +12,7 @@ import pytest
 
 from pipeline.configfile import ConfigError, load_config
 from pipeline.messages import Detections, EndOfStream, Frame
+from pipeline.program_env import set_program_env_defaults
 from pipeline.stage import StageContext
 from stages.detect import DetectConfig, DetectStage, resolve_weights
 from stages.media.decoder import to_bgr
@@ -90,6 +92,20 @@ def test_pt_weights_built_from_yaml_run_batched(yaml_weights: Path) -> None:
         assert np.all(dets.xyxy[:, [0, 2]] <= 160 + 1e-3) and np.all(dets.xyxy[:, [1, 3]] <= 96 + 1e-3)
         assert np.all(dets.xyxy >= -1e-3)
         assert f.image is frames[f.seq].image, "the frame image is passed on, not copied"
+
+
+def test_starting_the_stage_leaves_the_environment_alone(yaml_weights: Path, monkeypatch) -> None:
+    """The programs set ultralytics' environment defaults (pipeline.program_env); a stage never does."""
+    monkeypatch.delenv("YOLO_AUTOINSTALL", raising=False)
+    before = dict(os.environ)
+    make_stage(weights=str(yaml_weights), imgsz=64, warmup=False).on_start()
+    assert dict(os.environ) == before
+    env = {"YOLO_AUTOINSTALL": "true"}
+    set_program_env_defaults(env)
+    assert env == {"YOLO_AUTOINSTALL": "true"}, "a variable the user set wins"
+    env.clear()
+    set_program_env_defaults(env)
+    assert env == {"YOLO_AUTOINSTALL": "false"}
 
 
 @pytest.fixture(scope="module")
