@@ -33,7 +33,7 @@ import zmq
 
 from pipeline.configfile import ConfigError
 from pipeline.delivery import Sent
-from pipeline.graph import GraphConfig
+from pipeline.graph_settings import GraphConfig
 from pipeline.messages import DATA_TYPES, EndOfStream, StageDone, TrackEnd
 from pipeline.metrics import RuntimeMetrics
 from pipeline.stage import RunInfo, SourceStage, Stage, StageContext
@@ -41,7 +41,7 @@ from pipeline.transport import POLL_S, Inputs, Link, OnceLog, Outlet
 from pipeline.urls import mask_urls_in
 from pipeline.wire import encode, type_name
 
-__all__ = ["StageRunner", "StageResult", "StageFailed", "Observer", "is_config_error"]
+__all__ = ["StageRunner", "RuntimeHandles", "StageResult", "StageFailed", "Observer", "is_config_error"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,20 @@ class StageResult:
     lost: int = 0  # messages a lossless link had to give up (the receiver was gone at shutdown)
 
 
+@dataclass(frozen=True)
+class RuntimeHandles:
+    """What every stage of one runtime (the embedded graph, or one stage process) shares."""
+
+    zmq_context: zmq.Context
+    metrics: RuntimeMetrics
+    stop: threading.Event  # graceful: sources stop reading, everything drains
+    abort: threading.Event  # drop what is queued and close now
+    guard: Any = None  # pipeline.security.LinkGuard: who may connect to a link (None: no checks)
+    bound: dict[str, zmq.Socket] | None = None  # input sockets the runtime bound, by "up->down"
+    observer: Observer | None = None  # sees what a terminal stage emits
+    on_failure: Callable[[str, BaseException], None] | None = None  # told when a stage fails
+
+
 class StageRunner:
     """Runs one stage of a graph against already-resolved links."""
 
@@ -78,35 +92,28 @@ class StageRunner:
         self,
         graph: GraphConfig,
         name: str,
-        zmq_context: zmq.Context,
         links: list[Link],
-        metrics: RuntimeMetrics,
-        stop: threading.Event,
-        abort: threading.Event,
-        bound: dict[str, zmq.Socket] | None = None,
-        observer: Observer | None = None,
-        on_failure: Callable[[str, BaseException], None] | None = None,
+        handles: RuntimeHandles,
         upstream_done: Iterable[str] = (),
         defer_close: bool = False,
         run: RunInfo | None = None,
-        guard: Any = None,
     ) -> None:
         self.graph = graph
         self.spec = graph.stage(name)
         self.name = name
-        self._zmq = zmq_context
+        self._zmq = handles.zmq_context
         self._in_links = [link for link in links if link.downstream == name]
         self._out_links = [link for link in links if link.upstream == name]
-        self._metrics = metrics
-        self._stop = stop
-        self._abort = abort
-        self._bound = bound
-        self._observer = observer if not self._out_links else None
-        self._on_failure = on_failure
+        self._metrics = handles.metrics
+        self._stop = handles.stop
+        self._abort = handles.abort
+        self._bound = handles.bound
+        self._observer = handles.observer if not self._out_links else None
+        self._on_failure = handles.on_failure
         self._upstream_done = set(upstream_done)
         self._defer_close = defer_close
         self._run = run or RunInfo()
-        self._guard = guard
+        self._guard = handles.guard
         self._log = logging.getLogger(f"amodal.stage.{name}")
         self._once = OnceLog(self._log)
         self._send_lock = threading.RLock()  # the outlets' sockets: stage thread, source threads, service

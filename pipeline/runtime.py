@@ -22,10 +22,10 @@ import zmq
 from prometheus_client import CollectorRegistry
 
 from pipeline.configfile import ConfigError
-from pipeline.graph import GraphConfig
+from pipeline.graph_settings import GraphConfig
 from pipeline.links import resolve_links
 from pipeline.metrics import MetricsServer, RuntimeMetrics
-from pipeline.runner import Observer, StageResult, StageRunner
+from pipeline.runner import Observer, RuntimeHandles, StageResult, StageRunner
 from pipeline.security import LinkGuard, new_run_secrets
 from pipeline.stage import RunInfo
 from pipeline.transport import Link, bind_input
@@ -169,21 +169,24 @@ class EmbeddedRuntime:
                     self.metrics.registry, self.graph.metrics.port, self.graph.metrics.host
                 )
                 self.metrics_port = server.port
+            handles = RuntimeHandles(
+                context,
+                self.metrics,
+                self.stop_event,
+                self.abort_event,
+                guard=guard,
+                bound=bound,
+                observer=self._observer,
+                on_failure=self._failed,
+            )
             runners = [
                 StageRunner(
                     self.graph,
                     spec.name,
-                    context,
                     resolved,
-                    self.metrics,
-                    self.stop_event,
-                    self.abort_event,
-                    bound=bound,
-                    observer=self._observer,
-                    on_failure=self._failed,
+                    handles,
                     defer_close=True,
                     run=RunInfo(run_id=self.run_id),
-                    guard=guard,
                 )
                 for spec in self.graph.stages
                 if spec.name in self.only

@@ -39,7 +39,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from pipeline.graph import GraphConfig
+from pipeline.graph_settings import GraphConfig
 from pipeline.links import resolve_links
 from pipeline.metrics import MetricsServer, RuntimeMetrics
 from pipeline.runner import StageResult
