@@ -122,7 +122,11 @@ def test_deocclude_routes_only_occluded_tall_rows_and_keeps_visible_pixels(two_p
     stage, counter = started(
         DeoccludeStage,
         DeoccludeConfig.model_validate(
-            {"schedule": {"confirm_frames": 1}, "route": {"locations": ["bottom"]}}
+            {
+                "schedule": {"confirm_frames": 1},
+                "route": {"locations": ["bottom"]},
+                "model": {"weights": "deocclusion_unet16_peta_128x64.pt"},  # keep_visible is U-Net's
+            }
         ),
     )
     base = message(0, np.stack([a[0], b[0], a[1]]), [1, 2, 3])
@@ -142,6 +146,30 @@ def test_deocclude_routes_only_occluded_tall_rows_and_keeps_visible_pixels(two_p
     assert np.array_equal(out.crops, base.crops), "the original crops stay"
     (plain,) = stage.process_batch([base])
     assert plain.restored is None, "ungraded rows are not routed"
+
+
+def test_deocclude_with_the_default_two_stage_file_repaints_the_occluder_only(two_people) -> None:
+    """The shipped two-stage de-occluder finds the occluder itself: a crop cut by the frame border
+    (its bottom third black) gets that part repainted and keeps the rest of its pixels."""
+    a, _ = two_people
+    stage, _ = started(DeoccludeStage, DeoccludeConfig.model_validate({"schedule": {"confirm_frames": 1}}))
+    assert stage.predictor.composites, "the default file is the two-stage de-occluder"
+    cut = a[0].copy()
+    cut[170:] = 0
+    base = message(0, cut[None], [1])
+    grades = Grades(
+        np.array([0], np.int32),
+        np.full((1, 4), 0.25, np.float32),
+        np.array([4], np.uint8),
+        np.ones((1, 8), np.float32) / np.sqrt(8),
+        np.array([0.6], np.float32),
+    )
+    (out,) = stage.process_batch([replace(base, grades=grades)])
+    restored = out.restored.crops[0]
+    kept = np.all(restored[:150] == cut[:150], axis=-1).mean()
+    assert kept > 0.95, f"the visible top must keep its own pixels, kept {kept:.1%}"
+    assert (restored[180:] > 0).mean() > 0.9, "the black band is repainted"
+    assert np.array_equal(out.crops, base.crops), "the original crops stay"
 
 
 def test_describe_decides_per_track_and_reports_final_decisions_on_track_end(two_people) -> None:
