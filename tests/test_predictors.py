@@ -365,7 +365,7 @@ def onnx_files(tmp_path_factory, reid, deocc, attrs):
             deocc.backend.module,
             torch.zeros(2, 3, 128, 64),
             folder / "deocc.onnx",
-            output_names=["generated"],
+            output_names=list(deocc.backend.output_names),  # the two-stage default adds "region"
         ),
         "attrs": export_onnx(
             AttributeExportWrapper(attrs.module.model).eval(),
