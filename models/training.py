@@ -7,6 +7,7 @@ three times.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -20,7 +21,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-__all__ = ["seed_everything", "pick_device", "Checkpointer", "progress", "write_json", "set_threads"]
+__all__ = [
+    "seed_everything",
+    "pick_device",
+    "Checkpointer",
+    "progress",
+    "write_json",
+    "set_threads",
+    "training_arguments",
+    "start_run",
+]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -104,3 +114,30 @@ def progress(
         yield from iterable
         return
     yield from tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False)
+
+
+def training_arguments(
+    doc: str | None, recipes: str, example: str, argv: list[str] | None = None
+) -> argparse.Namespace:
+    """The command line every training program takes: ``--config`` (a recipe matching ``recipes``),
+    ``--set key=value`` overrides (``example``), ``--resume`` and ``--no-progress``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help=f"YAML recipe ({recipes})")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help=f"override, e.g. {example}"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from <run.out_dir>/last.pt")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    return parser.parse_args(argv)
+
+
+def start_run(recipe: Any) -> tuple[Path, torch.device]:
+    """What every training program does first with its recipe's ``run:`` section: create the output
+    folder and write the resolved recipe there, seed, set the threads, pick the device."""
+    run = recipe.run
+    out_dir = Path(run.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "recipe.json").write_text(recipe.model_dump_json(indent=2))
+    seed_everything(run.seed)
+    set_threads(run.threads)
+    return out_dir, pick_device(run.device)

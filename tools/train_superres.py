@@ -43,23 +43,20 @@ from models.superres.data import (  # noqa: E402
     upsample,
 )
 from models.superres.recipe import SuperResRecipe  # noqa: E402
-from models.training import Checkpointer, pick_device, progress, seed_everything, set_threads, write_json  # noqa: E402
+from models.training import (  # noqa: E402
+    Checkpointer,
+    progress,
+    start_run,
+    training_arguments,
+    write_json,
+)
 from pipeline.configfile import load_config  # noqa: E402
 
 logger = logging.getLogger("train_superres")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", required=True, help="YAML recipe (configs/superres_*.yaml)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], help="override, e.g. optim.max_iters=200"
-    )
-    parser.add_argument("--resume", action="store_true", help="continue from <run.out_dir>/last.pt")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
-    return parser.parse_args(argv)
+    return training_arguments(__doc__, "configs/superres_*.yaml", "optim.max_iters=200", argv)
 
 
 def content_loss(sr: torch.Tensor, hr: torch.Tensor, kind: str) -> torch.Tensor:
@@ -119,12 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     recipe = load_config(SuperResRecipe, args.config, overrides=args.overrides)
     run, data, opt_cfg, loss_cfg = recipe.run, recipe.data, recipe.optim, recipe.loss
-    out_dir = Path(run.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "recipe.json").write_text(recipe.model_dump_json(indent=2))
-    seed_everything(run.seed)
-    set_threads(run.threads)
-    device = pick_device(run.device)
+    out_dir, device = start_run(recipe)
     scale = recipe.model.scale
     size = tuple(data.image_size)
 

@@ -46,23 +46,20 @@ from models.deocclusion.two_stage import (  # noqa: E402
 )
 from models.deocclusion.two_stage_losses import FeatureLosses, hole_l1, mask_losses  # noqa: E402
 from models.deocclusion.two_stage_recipe import TwoStageRecipe  # noqa: E402
-from models.training import Checkpointer, pick_device, progress, seed_everything, set_threads, write_json  # noqa: E402
+from models.training import (  # noqa: E402
+    Checkpointer,
+    progress,
+    start_run,
+    training_arguments,
+    write_json,
+)
 from pipeline.configfile import load_config  # noqa: E402
 
 logger = logging.getLogger("train_two_stage")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", required=True, help="YAML recipe (configs/deocclusion_two_stage_*.yaml)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], help="override, e.g. optim.max_iters=500"
-    )
-    parser.add_argument("--resume", action="store_true", help="continue from <out_dir>/last.pt")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
-    return parser.parse_args(argv)
+    return training_arguments(__doc__, "configs/deocclusion_two_stage_*.yaml", "optim.max_iters=500", argv)
 
 
 def to_unit(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -134,12 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     recipe = load_config(TwoStageRecipe, args.config, overrides=args.overrides)
     run, data, opt = recipe.run, recipe.data, recipe.optim
-    out_dir = Path(run.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "recipe.json").write_text(recipe.model_dump_json(indent=2))
-    seed_everything(run.seed)
-    set_threads(run.threads)
-    device = pick_device(run.device)
+    out_dir, device = start_run(recipe)
     size = tuple(recipe.model.image_size)
 
     crops = load_market_parts(data.root, data.parsing, size, data.max_train_images, run.seed)
