@@ -395,7 +395,14 @@ def test_deocclusion_and_attributes_onnxruntime_parity(onnx_files, deocc, attrs,
     )
     assert d_ort.backend_name == "onnxruntime"
     x = np.random.default_rng(0).uniform(-1, 1, (3, 3, 128, 64)).astype(np.float32)
-    np.testing.assert_allclose(d_ort.generate(x), deocc.generate(x), atol=1e-4)
+    got, expected = d_ort.outputs(x), deocc.outputs(x)
+    # a two-stage file thresholds its region (logit > 0) and feeds it back in: a logit within float
+    # error of 0 may fall either way on another CPU and move the pixels around it, so the check is
+    # that (almost) every value agrees, not the worst one
+    close = np.abs(got["generated"] - expected["generated"]) <= 1e-4
+    assert close.mean() > 0.99, f"ONNX Runtime and torch agree on {close.mean():.2%} of the values"
+    if "region" in expected:
+        assert (got["region"] == expected["region"]).mean() > 0.999
     a_ort = AttributePredictor.from_config(
         AttributePredictorConfig(backend=ORT, onnx=str(onnx_files["attrs"]))
     )

@@ -143,9 +143,10 @@ class DeocclusionPredictor:
 
     def generate(self, images: np.ndarray) -> np.ndarray:
         """The generator itself: RGB float32 (N, 3, H, W) in [-1, 1] at ``image_size`` -> the same."""
-        return self._run(images)[OUTPUT_NAME]
+        return self.outputs(images)[OUTPUT_NAME]
 
-    def _run(self, images: np.ndarray) -> dict[str, np.ndarray]:
+    def outputs(self, images: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output by name (``generated``; two-stage files add ``region``) for ``generate``'s input."""
         x = np.asarray(images, dtype=np.float32)
         if x.ndim != 4 or x.shape[1:] != (3, *self.image_size):
             raise ValueError(
@@ -164,7 +165,7 @@ class DeocclusionPredictor:
             return np.zeros_like(crops)
         small = resize_batch(crops, self.image_size)[..., ::-1]  # BGR -> RGB
         x = np.ascontiguousarray(small.transpose(0, 3, 1, 2), dtype=np.float32) / 127.5 - 1.0
-        out = self._run(x)
+        out = self.outputs(x)
         rgb = np.rint((np.clip(out[OUTPUT_NAME], -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
         bgr = np.ascontiguousarray(rgb.transpose(0, 2, 3, 1)[..., ::-1])
         restored = resize_batch(bgr, crops.shape[1:3])
