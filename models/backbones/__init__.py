@@ -5,7 +5,7 @@ Inputs: RGB float tensors (B, 3, H, W) in [0, 1] normalised with ``IMAGENET_MEAN
 
 from .common import IMAGENET_MEAN, IMAGENET_STD, Backbone, load_state_dict_strict
 from .osnet import OSNet
-from .registry import create_backbone, list_backbones
+from .registry import create_backbone, list_backbones, register_backbone
 from .resnet import ResNetBackbone
 
 __all__ = [
@@ -16,5 +16,6 @@ __all__ = [
     "ResNetBackbone",
     "create_backbone",
     "list_backbones",
+    "register_backbone",
     "load_state_dict_strict",
 ]
