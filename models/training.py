@@ -30,6 +30,7 @@ __all__ = [
     "set_threads",
     "training_arguments",
     "start_run",
+    "budget_spent",
 ]
 
 logger = logging.getLogger(__name__)
@@ -141,3 +142,18 @@ def start_run(recipe: Any) -> tuple[Path, torch.device]:
     seed_everything(run.seed)
     set_threads(run.threads)
     return out_dir, pick_device(run.device)
+
+
+def budget_spent(step: int, max_iters: int | None, deadline: float | None) -> str | None:
+    """Why a training loop stops after ``step`` updates (``"max_iters"`` or ``"time budget"``, logged),
+    or None while neither limit is reached; ``deadline`` is a ``time.time()`` value."""
+    import time
+
+    if max_iters and step >= max_iters:
+        reason = "max_iters"
+    elif deadline and time.time() > deadline:
+        reason = "time budget"
+    else:
+        return None
+    logger.info("stopping at step %d (%s)", step, reason)
+    return reason

@@ -42,6 +42,7 @@ from models.deocclusion.recipe import DeocclusionRecipe  # noqa: E402
 from models.deocclusion.synthesis import OcclusionSynthesizer  # noqa: E402
 from models.training import (  # noqa: E402
     Checkpointer,
+    budget_spent,
     progress,
     start_run,
     training_arguments,
@@ -266,12 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             if step % run.val_every == 0:
                 validate()
-            if (max_iters and step >= max_iters) or (deadline and time.time() > deadline):
-                logger.info(
-                    "stopping at step %d (%s)",
-                    step,
-                    "max_iters" if max_iters and step >= max_iters else "time budget",
-                )
+            if budget_spent(step, max_iters, deadline):
                 stop = True
                 break
         else:

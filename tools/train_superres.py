@@ -45,6 +45,7 @@ from models.superres.data import (  # noqa: E402
 from models.superres.recipe import SuperResRecipe  # noqa: E402
 from models.training import (  # noqa: E402
     Checkpointer,
+    budget_spent,
     progress,
     start_run,
     training_arguments,
@@ -277,12 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             if step % run.val_every == 0:
                 validate()
-            if (max_iters and step >= max_iters) or (deadline and time.time() > deadline):
-                logger.info(
-                    "stopping at step %d (%s)",
-                    step,
-                    "max_iters" if max_iters and step >= max_iters else "time budget",
-                )
+            if budget_spent(step, max_iters, deadline):
                 stop = True
                 break
         else:

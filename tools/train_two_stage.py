@@ -48,6 +48,7 @@ from models.deocclusion.two_stage_losses import FeatureLosses, hole_l1, mask_los
 from models.deocclusion.two_stage_recipe import TwoStageRecipe  # noqa: E402
 from models.training import (  # noqa: E402
     Checkpointer,
+    budget_spent,
     progress,
     start_run,
     training_arguments,
@@ -312,8 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         if step % run.val_every == 0:
             validate()
-        if deadline and time.time() > deadline:
-            logger.info("stopping at step %d (time budget)", step)
+        if budget_spent(step, None, deadline):
             break
     if not history or history[-1]["step"] != step:
         validate()
