@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.config_docs import option_description
 from pipeline.configfile import ConfigError, load_yaml
 from pipeline.defaults import default_replay_graph
 from pipeline.graph import GraphConfig, load_graph
@@ -182,6 +183,11 @@ def describe_graph(graph: GraphConfig) -> dict[str, Any]:
             "inputs": links,
             "config": json.loads(mask_urls_in(json.dumps(spec.config.model_dump(mode="json")))),
         }
+        entry["descriptions"] = {
+            key: text
+            for key, _ in _flatten(entry["config"])
+            if (text := option_description(type(spec.config), key))
+        }
         if graph.metrics.port and graph.mode == "process":
             entry["metrics_port"] = graph.metrics.port + 1 + index
         stages.append(entry)
@@ -210,7 +216,8 @@ def _print_description(desc: dict[str, Any]) -> None:
                 f"  <- {link['from']:<12} policy={link['policy']:<11} hwm={link['hwm']:<5} {link['endpoint']}"
             )
         for key, value in _flatten(stage["config"]):
-            print(f"    {key} = {json.dumps(value)}")
+            text = stage["descriptions"].get(key)
+            print(f"    {key} = {json.dumps(value)}" + (f"   # {text}" if text else ""))
 
 
 def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:

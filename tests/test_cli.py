@@ -312,3 +312,18 @@ def test_run_in_process_mode_exits_3_when_a_source_cannot_be_read(tmp_path: Path
         "good": "finished",
         "noise": "error",
     }
+
+
+def test_check_finds_each_options_description() -> None:
+    """``amodal check`` prints every option's description beside its value: nested, in lists, in
+    optional blocks; a key that is not a field has none."""
+    from pipeline.config_docs import option_description
+    from stages.deocclude import DeoccludeConfig
+    from stages.ingest import IngestConfig
+
+    reconnect = IngestConfig.model_fields["reconnect"].annotation.model_fields["max_s"].description
+    assert option_description(IngestConfig, "reconnect.max_s") == reconnect
+    assert option_description(IngestConfig, "streams[1].id").startswith("Stream id")
+    assert option_description(DeoccludeConfig, "model.backend.device") == "'cpu', 'cuda' or 'cuda:N'."
+    assert option_description(IngestConfig, "reconnect.no_such_key") is None
+    assert option_description(IngestConfig, "no_such_key") is None
