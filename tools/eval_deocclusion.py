@@ -139,18 +139,9 @@ def run_generator(backend, occluded: np.ndarray, batch_size: int) -> np.ndarray:
 
 
 def attribute_table(frozen, images: dict[str, np.ndarray], labels: np.ndarray, names: list[str]) -> dict:
-    from models.attributes.metrics import attribute_metrics
-    from models.deocclusion.losses import to_imagenet
-
     if list(frozen.names) != list(names):
         raise SystemExit("the attribute model's attributes differ from the evaluated labels (peta35)")
-    table = {}
-    for key, imgs in images.items():
-        probs = frozen.probabilities(to_imagenet(to_tensor(imgs)))
-        preds = (probs >= frozen.thresholds[None, :]).astype(np.float32)
-        m = attribute_metrics(preds, labels, names)
-        table[key] = {k: m[k] for k in ("mA", "accuracy", "precision", "recall", "f1") if k in m}
-    return table
+    return {key: frozen.scores(imgs, labels) for key, imgs in images.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,12 +177,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def is_two_stage_file(path: str) -> bool:
-    from models.deocclusion.two_stage import FORMAT
+    from models.deocclusion.two_stage import is_two_stage
 
     if not Path(path).is_file():
         raise SystemExit(f"--weights {path} does not exist")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    return isinstance(payload, dict) and payload.get("format") == FORMAT
+    return is_two_stage(torch.load(path, map_location="cpu", weights_only=False))
 
 
 def evaluate_synthetic(args: argparse.Namespace) -> dict:

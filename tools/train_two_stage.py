@@ -29,10 +29,11 @@ import torch  # noqa: E402
 from models.deocclusion.data import to_uint8  # noqa: E402
 from models.deocclusion.discriminator import Discriminator  # noqa: E402
 from models.deocclusion.grid import save_grid  # noqa: E402
-from models.deocclusion.image_metrics import batch_ssim_psnr, mask_iou  # noqa: E402
+from models.deocclusion.image_metrics import batch_ssim_psnr  # noqa: E402
 from models.deocclusion.losses import OSNetFeatures, discriminator_loss, generator_adversarial_loss  # noqa: E402
 from models.deocclusion.mask_completion import mask_templates  # noqa: E402
 from models.deocclusion.pair_data import load_market_parts, rough_masks, split_identities  # noqa: E402
+from models.deocclusion.pair_eval import mask_ious  # noqa: E402
 from models.deocclusion.pairs import KINDS, PairBatch, PairBatches, pair_set  # noqa: E402
 from models.deocclusion.two_stage import (  # noqa: E402
     TwoStageDeoccluder,
@@ -78,19 +79,7 @@ def mask_metrics(masks, pairs: PairBatch, device: torch.device, batch: int = 100
         p = masks(to_unit(pairs.occluded[start : start + batch], device))
         for name in preds:
             preds[name].append((torch.sigmoid(getattr(p, name)) > 0.5)[:, 0].cpu().numpy())
-    modal, amodal, occluder = (np.concatenate(preds[n]) for n in ("modal", "amodal", "occluder"))
-    truth = {
-        "modal": pairs.visible.numpy(),
-        "amodal": pairs.amodal.numpy(),
-        "occluder": pairs.occluder.numpy(),
-        "invisible": pairs.hidden.numpy(),
-    }
-    ious = {
-        "modal": mask_iou(modal, truth["modal"]),
-        "amodal": mask_iou(amodal, truth["amodal"]),
-        "occluder": mask_iou(occluder, truth["occluder"]),
-        "invisible": mask_iou(amodal & ~modal, truth["invisible"]),
-    }
+    ious = mask_ious(pairs, {name: np.concatenate(v) for name, v in preds.items()}, body_known=True)
     out = {f"iou_{k}": float(v.mean()) for k, v in ious.items()}
     for kind in KINDS:
         rows = pairs.kinds == kind

@@ -40,6 +40,19 @@ class FrozenAttributeModel:
             out.append(1.0 / (1.0 + np.exp(-logits)))
         return np.concatenate(out) if out else np.zeros((0, len(self.names)), np.float32)
 
+    def scores(self, images_uint8: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """mA / accuracy / precision / recall / F1 of RGB uint8 crops (N, H, W, 3) against
+        ``labels`` (N, A), at the model's own thresholds (the paper's Tables 3-6 layout)."""
+        from models.attributes.metrics import attribute_metrics
+
+        from .data import to_tensor
+        from .losses import to_imagenet
+
+        probs = self.probabilities(to_imagenet(to_tensor(images_uint8)))
+        preds = (probs >= self.thresholds[None, :]).astype(np.float32)
+        m = attribute_metrics(preds, labels, self.names)
+        return {k: m[k] for k in ("mA", "accuracy", "precision", "recall", "f1") if k in m}
+
 
 def load_frozen_attribute_model(
     path: str | Path, preference: list[str] | None = None

@@ -13,17 +13,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from .checkpoint import load_generator
 from .data import to_uint8
+from .grid import save_columns
 from .image_metrics import batch_ssim_psnr, mask_iou, region_ssim_psnr
 from .pairs import KINDS, PairBatch
-from .two_stage import FORMAT, load_two_stage
+from .two_stage import is_two_stage, two_stage_from
 
-__all__ = ["Restorer", "load_restorer", "restore", "image_table", "mask_table", "timing"]
+__all__ = ["Restorer", "load_restorer", "restore", "image_table", "mask_ious", "mask_table", "timing"]
 
 
 @dataclass
@@ -35,6 +37,7 @@ class Restorer:
     image_size: tuple[int, int]
     module: torch.nn.Module
     two_stage: bool
+    recipe: dict | None = None  # a two-stage file's training recipe (its held-out identities)
 
     def __call__(self, occluded: torch.Tensor) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         x = occluded.float() / 127.5 - 1.0
@@ -54,9 +57,9 @@ def load_restorer(path: str | Path) -> Restorer:
     """A two-stage file (either content network) or a shipped U-Net generator file."""
     payload = torch.load(path, map_location="cpu", weights_only=False)
     name = Path(path).stem
-    if isinstance(payload, dict) and payload.get("format") == FORMAT:
-        model, cfg, _ = load_two_stage(path)
-        return Restorer(f"{name} ({cfg.content})", tuple(cfg.image_size), model, True)
+    if is_two_stage(payload):
+        model, cfg = two_stage_from(payload, path)
+        return Restorer(f"{name} ({cfg.content})", tuple(cfg.image_size), model, True, payload.get("recipe"))
     generator, cfg, _ = load_generator(path)
     if cfg.num_attributes:
         raise ValueError(
@@ -115,15 +118,20 @@ def image_table(pairs: PairBatch, restored: np.ndarray, body_known: bool) -> dic
     return table
 
 
-def mask_table(pairs: PairBatch, masks: dict[str, np.ndarray], body_known: bool) -> dict:
-    """IoUs of the predicted masks: the occluder always, modal / amodal / invisible where the body is
-    known."""
-    out = {"iou_occluder": float(mask_iou(masks["occluder"], pairs.occluder.numpy()).mean())}
+def mask_ious(pairs: PairBatch, masks: dict[str, np.ndarray], body_known: bool) -> dict[str, np.ndarray]:
+    """Per-crop IoUs of predicted masks (each (N, H, W) bool): the occluder always, modal / amodal /
+    invisible (amodal minus modal) where the body is known."""
+    out = {"occluder": mask_iou(masks["occluder"], pairs.occluder.numpy())}
     if body_known:
-        out["iou_modal"] = float(mask_iou(masks["modal"], pairs.visible.numpy()).mean())
-        out["iou_amodal"] = float(mask_iou(masks["amodal"], pairs.amodal.numpy()).mean())
-        out["iou_invisible"] = float(mask_iou(masks["amodal"] & ~masks["modal"], pairs.hidden.numpy()).mean())
+        out["modal"] = mask_iou(masks["modal"], pairs.visible.numpy())
+        out["amodal"] = mask_iou(masks["amodal"], pairs.amodal.numpy())
+        out["invisible"] = mask_iou(masks["amodal"] & ~masks["modal"], pairs.hidden.numpy())
     return out
+
+
+def mask_table(pairs: PairBatch, masks: dict[str, np.ndarray], body_known: bool) -> dict:
+    """Mean ``mask_ious``, keyed ``iou_<mask>``."""
+    return {f"iou_{k}": float(v.mean()) for k, v in mask_ious(pairs, masks, body_known).items()}
 
 
 def timing(
@@ -165,18 +173,17 @@ class PairEvalSettings:
     grid: str | None = None
 
 
-def _held_out_split(restorers_payloads: list[dict]) -> tuple[int, int, str, str]:
-    """(held-out identities, seed, Market root, parsing folder) of the two-stage files' training
-    runs; they must agree, so that every file is evaluated on identities none of them saw."""
+def _held_out_split(restorers: list[Restorer]) -> tuple[int, int, str]:
+    """(held-out identities, seed, parsing folder) of the two-stage files' training runs; they must
+    agree, so that every file is evaluated on identities none of them saw."""
     splits = {
-        (p["recipe"]["data"]["held_out_ids"], p["recipe"]["run"]["seed"], p["recipe"]["data"]["parsing"])
-        for p in restorers_payloads
-        if "recipe" in p
+        (r.recipe["data"]["held_out_ids"], r.recipe["run"]["seed"], r.recipe["data"]["parsing"])
+        for r in restorers
+        if r.recipe is not None
     }
     if len(splits) != 1:
         raise ValueError(f"the two-stage files were trained with different held-out splits {sorted(splits)}")
-    held_out, seed, parsing = splits.pop()
-    return held_out, seed, parsing
+    return splits.pop()
 
 
 def evaluate_pairs(settings: PairEvalSettings) -> dict:
@@ -187,9 +194,7 @@ def evaluate_pairs(settings: PairEvalSettings) -> dict:
     from .pairs import DEFAULT_WEIGHTS, pair_set
 
     restorers = [load_restorer(w) for w in settings.weights]
-    payloads = [torch.load(w, map_location="cpu", weights_only=False) for w in settings.weights]
-    two_stage = [p for p in payloads if isinstance(p, dict) and p.get("format") == FORMAT]
-    held_out_ids, split_seed, parsing = _held_out_split(two_stage)
+    held_out_ids, split_seed, parsing = _held_out_split(restorers)
     size = restorers[0].image_size
     if any(r.image_size != size for r in restorers):
         raise ValueError(f"the files work at different sizes {[r.image_size for r in restorers]}")
@@ -225,24 +230,35 @@ def evaluate_pairs(settings: PairEvalSettings) -> dict:
     if "viper" in settings.sets:
         sets["viper"] = _viper_pairs(settings, size, occluders, seed)
 
+    judges = _Judges.load(settings)
     results: dict = {"weights": list(settings.weights), "seed": settings.seed, "sets": {}}
     grids = {}
     for set_name, (pairs, body_known, extra) in sets.items():
         entry: dict = {"crops": len(pairs), "restorers": {}}
+        if extra and judges.reid is not None:  # the clean camera-2 gallery, encoded once per set
+            extra["gallery"] = judges.embed(pairs.clean.permute(0, 2, 3, 1).numpy()[extra["cams"] == 2])
         for restorer in restorers:
             restored, masks = restore(restorer, pairs.occluded, settings.batch_size)
             row = image_table(pairs, restored, body_known)
             if masks:
                 row["masks"] = mask_table(pairs, masks, body_known)
             if extra:
-                row.update(_labelled_rows(settings, extra, pairs, restored))
+                row.update(judges.rows(extra, {"restored": restored}))
             entry["restorers"][restorer.name] = row
             grids.setdefault(set_name, []).append(restored[:10])
         if extra:
-            entry["reference"] = _labelled_rows(settings, extra, pairs, None)
+            reference = {"occluded": pairs.occluded, "clean": pairs.clean}
+            entry["reference"] = judges.rows(
+                extra, {k: v.permute(0, 2, 3, 1).numpy() for k, v in reference.items()}
+            )
         results["sets"][set_name] = entry
         if settings.grid:
-            _grid(settings.grid, set_name, pairs, grids[set_name])
+            target = Path(settings.grid)
+            occluded, clean = (x[:10].permute(0, 2, 3, 1).numpy() for x in (pairs.occluded, pairs.clean))
+            save_columns(
+                target.with_name(f"{target.stem}_{set_name}{target.suffix or '.png'}"),
+                [occluded, *grids[set_name], clean],
+            )
     results["timing"] = {r.name: timing(lambda x, r=r: r(x), size) for r in restorers}
     return results
 
@@ -278,64 +294,31 @@ def _viper_pairs(settings: PairEvalSettings, size, occluders, seed) -> tuple[Pai
     return pairs, False, extra
 
 
-def _labelled_rows(
-    settings: PairEvalSettings, extra: dict, pairs: PairBatch, restored: np.ndarray | None
-) -> dict:
-    """Attribute metrics and ReID figures of the restored crops (``restored``), or, with None, of the
-    occluded and the clean crops (the reference rows)."""
-    images = (
-        {"restored": restored}
-        if restored is not None
-        else {
-            "occluded": pairs.occluded.permute(0, 2, 3, 1).numpy(),
-            "clean": pairs.clean.permute(0, 2, 3, 1).numpy(),
-        }
-    )
-    out: dict = {}
-    if settings.attribute_model:
-        out["attributes"] = {k: _attributes(settings.attribute_model, v, extra) for k, v in images.items()}
-    if settings.reid_weights:
-        gallery = pairs.clean.permute(0, 2, 3, 1).numpy()
-        out["reid"] = {k: _reid(settings.reid_weights, v, gallery, extra) for k, v in images.items()}
-    return out
+@dataclass
+class _Judges:
+    """The frozen attribute classifier and ReID network that score restored crops (loaded once)."""
 
+    attributes: Any = None  # FrozenAttributeModel
+    reid: Any = None  # (OAMN, its model config)
 
-_CACHE: dict = {}
+    @classmethod
+    def load(cls, settings: PairEvalSettings) -> _Judges:
+        from models.reid.oamn import load_oamn
 
+        from .attribute_model import load_frozen_attribute_model
 
-def _attributes(path: str, images: np.ndarray, extra: dict) -> dict:
-    from models.attributes.metrics import attribute_metrics
+        attributes = (
+            load_frozen_attribute_model(settings.attribute_model) if settings.attribute_model else None
+        )
+        return cls(attributes, load_oamn(settings.reid_weights) if settings.reid_weights else None)
 
-    from .attribute_model import load_frozen_attribute_model
-    from .losses import to_imagenet
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        """L2-normalised plain embeddings of RGB uint8 crops (N, H, W, 3)."""
+        import torch.nn.functional as F
 
-    if path not in _CACHE:
-        _CACHE[path] = load_frozen_attribute_model(path)
-    frozen = _CACHE[path]
-    if list(frozen.names) != extra["names"]:
-        raise ValueError(f"{path} predicts other attributes than the evaluated labels (peta35)")
-    probs = frozen.probabilities(
-        to_imagenet(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0)
-    )
-    preds = (probs >= frozen.thresholds[None, :]).astype(np.float32)
-    m = attribute_metrics(preds, extra["labels"], extra["names"])
-    return {k: m[k] for k in ("mA", "accuracy", "precision", "recall", "f1") if k in m}
+        from models.data.reid_datasets import normalize
 
-
-def _reid(path: str, query: np.ndarray, gallery: np.ndarray, extra: dict) -> dict:
-    """VIPeR's protocol: camera-1 crops (``query``: occluded, restored or clean) against camera-2
-    clean crops; rank-1 / mAP of the plain embedding."""
-    import torch.nn.functional as F
-
-    from models.data.reid_datasets import normalize
-    from models.reid.metrics import cmc_map
-    from models.reid.oamn import load_oamn
-
-    if path not in _CACHE:
-        _CACHE[path] = load_oamn(path)
-    model, cfg = _CACHE[path]
-
-    def embed(images: np.ndarray) -> np.ndarray:
+        model, cfg = self.reid
         x = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
         if tuple(x.shape[2:]) != tuple(cfg.input_size):
             x = (
@@ -349,24 +332,22 @@ def _reid(path: str, query: np.ndarray, gallery: np.ndarray, extra: dict) -> dic
                 [F.normalize(model(normalize(x[s : s + 64])).embedding, dim=1) for s in range(0, len(x), 64)]
             ).numpy()
 
-    q, g = extra["cams"] == 1, extra["cams"] == 2
-    sim = embed(query[q]) @ embed(gallery[g]).T
-    m = cmc_map(sim, extra["pids"][q], extra["pids"][g])
-    return {"rank1": m["rank1"], "mAP": m["mAP"]}
+    def rows(self, extra: dict, images: dict[str, np.ndarray]) -> dict:
+        """Attribute metrics, and VIPeR's ReID protocol (camera-1 crops against the clean camera-2
+        gallery, rank-1 / mAP of the plain embedding), for each named set of RGB uint8 crops."""
+        from models.reid.metrics import cmc_map
 
-
-def _grid(path: str, set_name: str, pairs: PairBatch, restored: list[np.ndarray]) -> None:
-    """occluded | each restorer | clean, ten crops of the set."""
-    import cv2
-
-    occ = pairs.occluded[:10].permute(0, 2, 3, 1).numpy()
-    clean = pairs.clean[:10].permute(0, 2, 3, 1).numpy()
-    columns = [occ, *restored, clean]
-    gap = np.full((occ.shape[1], 2, 3), 255, np.uint8)
-    rows = [np.concatenate([x for c in columns for x in (c[i], gap)][:-1], axis=1) for i in range(len(occ))]
-    grid = np.concatenate(rows, axis=0)
-    grid = cv2.resize(grid, None, fx=2, fy=2, interpolation=cv2.INTER_NEAREST)
-    target = Path(path)
-    target = target.with_name(f"{target.stem}_{set_name}{target.suffix or '.png'}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(target), grid[..., ::-1])
+        out: dict = {}
+        if self.attributes is not None:
+            if list(self.attributes.names) != extra["names"]:
+                raise ValueError(
+                    "the attribute model predicts other attributes than the evaluated labels (peta35)"
+                )
+            out["attributes"] = {k: self.attributes.scores(v, extra["labels"]) for k, v in images.items()}
+        if self.reid is not None:
+            q, g = extra["cams"] == 1, extra["cams"] == 2
+            out["reid"] = {}
+            for k, v in images.items():
+                m = cmc_map(self.embed(v[q]) @ extra["gallery"].T, extra["pids"][q], extra["pids"][g])
+                out["reid"][k] = {"rank1": m["rank1"], "mAP": m["mAP"]}
+        return out

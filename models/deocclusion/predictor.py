@@ -26,8 +26,7 @@ from models.weights_path import require_file, sibling_key
 
 from .checkpoint import load_generator
 from .recipe import ModelConfig
-from .two_stage import FORMAT as TWO_STAGE_FORMAT
-from .two_stage import TwoStageDeoccluder, load_two_stage
+from .two_stage import TwoStageDeoccluder, is_two_stage, two_stage_from
 from .two_stage_recipe import TwoStageModelConfig
 
 __all__ = ["DeocclusionPredictor", "DeocclusionPredictorConfig", "DEFAULT_DEOCCLUSION_WEIGHTS"]
@@ -54,16 +53,12 @@ class TwoStageExport(torch.nn.Module):
         return out["restored"], out["region"]
 
 
-def is_two_stage(path: str | Path) -> bool:
-    payload = torch.load(path, map_location="cpu", weights_only=False)
-    return isinstance(payload, dict) and payload.get("format") == TWO_STAGE_FORMAT
-
-
 def load_deoccluder(path: str | Path) -> tuple[torch.nn.Module, ModelConfig | TwoStageModelConfig, list[str]]:
     """Either kind of file as the backends run it: (module in eval mode, its config, output names):
     a U-Net generator (``generated``) or a two-stage file (``generated``, ``region``)."""
-    if is_two_stage(path):
-        model, cfg, _ = load_two_stage(path)
+    payload = torch.load(path, map_location="cpu", weights_only=False)
+    if is_two_stage(payload):
+        model, cfg = two_stage_from(payload, path)
         return TwoStageExport(model).eval(), cfg, [OUTPUT_NAME, REGION_NAME]
     generator, cfg, _ = load_generator(path)
     return generator, cfg, [OUTPUT_NAME]

@@ -28,6 +28,10 @@ __all__ = [
     "save_two_stage",
     "load_mask_net",
     "load_two_stage",
+    "is_two_stage",
+    "read_two_stage",
+    "mask_net_from",
+    "two_stage_from",
     "guidance",
     "exact_guidance",
     "mix_guidance",
@@ -160,15 +164,19 @@ def save_two_stage(
     return path
 
 
-def _payload(path: str | Path) -> dict:
+def is_two_stage(payload: object) -> bool:
+    """Whether a loaded weights file (``torch.load``'s result) is a two-stage file."""
+    return isinstance(payload, dict) and payload.get("format") == FORMAT
+
+
+def read_two_stage(path: str | Path) -> dict:
+    """A two-stage file's contents, checked (format and parts)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"two-stage de-occlusion weights {path} do not exist")
     payload = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+    if not is_two_stage(payload):
         raise ValueError(f"{path} is not a two-stage de-occlusion file (format {FORMAT!r})")
-    if list(payload.get("parts", [])) != list(PARTS):
-        raise ValueError(f"{path} was trained on parts {payload.get('parts')}, this code has {list(PARTS)}")
     return payload
 
 
@@ -176,20 +184,33 @@ def _float(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
-def load_mask_net(path: str | Path) -> tuple[MaskCompletionNet, TwoStageModelConfig, dict]:
-    """Stage 1 alone (a mask-stage run's output, or a complete file), in eval mode."""
-    payload = _payload(path)
+def mask_net_from(payload: dict, source: str | Path) -> tuple[MaskCompletionNet, TwoStageModelConfig]:
+    """Stage 1 from a read file (``source`` names it in errors), in eval mode."""
+    if list(payload.get("parts", [])) != list(PARTS):
+        raise ValueError(f"{source} was trained on parts {payload.get('parts')}, this code has {list(PARTS)}")
     cfg = TwoStageModelConfig(**payload["model"])
     masks = build_mask_net(cfg, payload["masks"]["templates"].float())
     masks.load_state_dict(_float(payload["masks"]))
-    return masks.eval(), cfg, payload
+    return masks.eval(), cfg
+
+
+def two_stage_from(payload: dict, source: str | Path) -> tuple[TwoStageDeoccluder, TwoStageModelConfig]:
+    """Both stages from a read file, in eval mode; a file holding stage 1 only is refused."""
+    masks, cfg = mask_net_from(payload, source)
+    if "content" not in payload:
+        raise ValueError(f"{source} holds the mask-completion stage only; train the content stage on it")
+    content = build_content_net(cfg)
+    content.load_state_dict(_float(payload["content"]))
+    return TwoStageDeoccluder(masks, content.eval()).eval(), cfg
+
+
+def load_mask_net(path: str | Path) -> tuple[MaskCompletionNet, TwoStageModelConfig, dict]:
+    """Stage 1 alone (a mask-stage run's output, or a complete file), in eval mode."""
+    payload = read_two_stage(path)
+    return (*mask_net_from(payload, path), payload)
 
 
 def load_two_stage(path: str | Path) -> tuple[TwoStageDeoccluder, TwoStageModelConfig, dict]:
     """Both stages, in eval mode; a file holding stage 1 only is refused."""
-    masks, cfg, payload = load_mask_net(path)
-    if "content" not in payload:
-        raise ValueError(f"{path} holds the mask-completion stage only; train the content stage on it")
-    content = build_content_net(cfg)
-    content.load_state_dict(_float(payload["content"]))
-    return TwoStageDeoccluder(masks, content.eval()).eval(), cfg, payload
+    payload = read_two_stage(path)
+    return (*two_stage_from(payload, path), payload)
