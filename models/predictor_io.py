@@ -31,7 +31,7 @@ class PredictorConfig(BaseModel):
     onnx: str | None = Field(
         "auto",
         description="ONNX file for ONNX Runtime / TensorRT: 'auto' exports these weights once into the "
-        "cache (~/.cache/amodal/onnx, or $AMODAL_CACHE); a path names an export (tools/export_*.py); "
+        "cache (~/.cache/amodal/onnx, or $AMODAL_CACHE); a path names an export (amodal export ...); "
         "null = torch only.",
     )
 

@@ -1,7 +1,7 @@
-"""Pieces every training program in ``tools/`` shares: seeding, device choice, resumable
+"""Pieces every training program (``amodal train ...``) shares: seeding, device choice, resumable
 checkpoints, a progress bar and the metrics JSON.
 
-Each ``tools/train_*.py`` owns its loop; this module owns only what would otherwise be written
+Each ``amodal train ...`` program owns its loop; this module owns only what would otherwise be written
 three times.
 """
 
@@ -28,7 +28,7 @@ __all__ = [
     "progress",
     "write_json",
     "set_threads",
-    "training_arguments",
+    "training_parser",
     "start_run",
     "budget_spent",
 ]
@@ -117,19 +117,19 @@ def progress(
     yield from tqdm(iterable, total=total, desc=desc, dynamic_ncols=True, leave=False)
 
 
-def training_arguments(
-    doc: str | None, recipes: str, example: str, argv: list[str] | None = None
-) -> argparse.Namespace:
+def training_parser(prog: str, doc: str | None, recipes: str, example: str) -> argparse.ArgumentParser:
     """The command line every training program takes: ``--config`` (a recipe matching ``recipes``),
     ``--set key=value`` overrides (``example``), ``--resume`` and ``--no-progress``."""
-    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--config", required=True, help=f"YAML recipe ({recipes})")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help=f"override, e.g. {example}"
     )
     parser.add_argument("--resume", action="store_true", help="continue from <run.out_dir>/last.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
-    return parser.parse_args(argv)
+    return parser
 
 
 def start_run(recipe: Any) -> tuple[Path, torch.device]:

@@ -5,8 +5,9 @@ sections (``graph_settings``). Each stage's ``config`` is validated against that
 pydantic ``Config``: the schema is assembled at load time from the stage registry as a union
 discriminated by ``type`` (``graph_schema``), so an error names the full key path
 (``stages[1].detect.config.conf``), the bad value and what was expected, exactly like every other
-config in the project (pipeline.configfile). The ``plugins:`` modules are imported first, so their
-stage types are registered (``plugins``).
+config in the project (pipeline.configfile). The runtime knows no stage of its own: the
+application names the modules that register its stage types (``load_graph(plugins=...)``), a graph
+may add more in ``plugins:``, and they are imported first (``plugins``).
 
 ``--set`` overrides address a stage by its name: ``detect.weights=x.pt`` sets
 ``config.weights`` of the stage named ``detect`` (``detect.inputs=[a]`` sets its inputs);
@@ -16,7 +17,7 @@ anything else (``mode=process``, ``metrics.port=9100``) addresses the top level 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +36,18 @@ def load_graph(
     overrides: Iterable[str] = (),
     env: Mapping[str, str] | None = None,
     data: dict[str, Any] | None = None,
+    plugins: Sequence[str] = (),
 ) -> GraphConfig:
-    """Load a graph YAML (or a dict), apply ``--set`` overrides and ``${ENV}``, validate everything."""
+    """Load a graph YAML (or a dict), apply ``--set`` overrides and ``${ENV}``, validate everything.
+
+    ``plugins``: modules the application registers its stage types from (``["stages"]`` for
+    ``amodal``), imported before the graph's own ``plugins:``. They are written into the graph's
+    ``plugins`` list, so a stage process started from the loaded graph imports them too.
+    """
     raw = load_yaml(path) if path is not None else copy.deepcopy(data or {})
+    if plugins:
+        own = raw.get("plugins")
+        raw["plugins"] = [*plugins, *own] if isinstance(own, list) else ([*plugins] if own is None else own)
     raw = apply_stage_overrides(raw, overrides)
     source = str(path) if path is not None else "config"
     try:

@@ -37,7 +37,7 @@ def _stage_variant(type_name: str, cls: type) -> type[StageSpecBase]:
 def _schema(types_key: tuple[tuple[str, type], ...]) -> type[GraphConfig]:
     variants = tuple(_stage_variant(name, cls) for name, cls in types_key)
     if not variants:
-        raise ConfigError("no stage types are registered (is the 'stages' package importable?)")
+        raise ConfigError("no stage types are registered: list the modules that register them in plugins:")
     item: Any = variants[0] if len(variants) == 1 else Annotated[Union[variants], Field(discriminator="type")]  # noqa: UP007
     return create_model(
         "GraphConfig",

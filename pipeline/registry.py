@@ -1,19 +1,19 @@
 """Stage registry: the graph config's ``type:`` string -> the stage class.
 
-Stage modules register themselves with ``@register_stage("detect")``; ``import stages`` imports
-them all. The registry is a plain dict owned by this module (not a singleton object with state
-beyond the mapping), so tests can register throwaway stages under unique names.
+Stage modules register themselves with ``@register_stage("detect")`` when they are imported; the
+runtime imports none itself (the application names its stage packages as plugins, see
+``pipeline.graph.load_graph``). The registry is a plain dict owned by this module (not a singleton
+object with state beyond the mapping), so tests can register throwaway stages under unique names.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import TypeVar
 
 from pipeline.stage import Stage
 
-__all__ = ["register_stage", "get_stage", "stage_types", "load_stage_modules"]
+__all__ = ["register_stage", "get_stage", "stage_types"]
 
 S = TypeVar("S", bound=type[Stage])
 
@@ -39,22 +39,18 @@ def register_stage(type_name: str) -> Callable[[S], S]:
     return decorate
 
 
-def load_stage_modules() -> None:
-    """Import ``stages`` so every shipped stage is registered (idempotent)."""
-    importlib.import_module("stages")
-
-
 def get_stage(type_name: str) -> type[Stage]:
     """The class registered for ``type_name``; ValueError listing the known types otherwise."""
-    load_stage_modules()
     try:
         return _STAGES[type_name]
     except KeyError:
         known = ", ".join(sorted(_STAGES)) or "none"
-        raise ValueError(f"unknown stage type {type_name!r}; known types: {known}") from None
+        raise ValueError(
+            f"unknown stage type {type_name!r}; known types: {known} (a module listed in plugins: "
+            "registers more)"
+        ) from None
 
 
 def stage_types() -> dict[str, type[Stage]]:
-    """All registered stage types (after importing the shipped stages)."""
-    load_stage_modules()
+    """Every stage type registered so far (by the modules imported until now)."""
     return dict(_STAGES)

@@ -87,7 +87,7 @@ class IdentifyConfig(PersonStageConfig):
         le=1,
         description="A track whose best match scores below this gets a new identity (unified cosine "
         "less offsets); 0.60 maximised balanced open-set accuracy on held-out training identities "
-        "(tools/eval_identity.py).",
+        "(amodal eval identity).",
     )
     switch_margin: float = Field(
         0.1,

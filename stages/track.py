@@ -196,7 +196,7 @@ class TrackStage(Stage):
             except (ValueError, KeyError, RuntimeError) as exc:
                 raise ConfigError(
                     f"track.reid_model {weights!r} is not an OAMN ReID checkpoint of this "
-                    f"project (tools/train_reid.py): {exc}"
+                    f"project (amodal train reid): {exc}"
                 ) from exc
             self._encoder = TrackerReidEncoder(predictor, self.config.crop_padding)
 

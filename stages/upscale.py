@@ -39,7 +39,7 @@ class UpscaleModelConfig(BaseModel):
 
     weights: str = Field(
         "superres_x4_market.pt",
-        description="SR file (tools/train_superres.py): a path, or the bare name of a file shipped in "
+        description="SR file (amodal train superres): a path, or the bare name of a file shipped in "
         "models/weights/ (research-only Market-1501 weights by default).",
     )
     device: str = Field("cpu", description="'cpu', 'cuda' or 'cuda:N'.")

@@ -1,5 +1,5 @@
 """Self-supervised adaptation of the occlusion grader to a site (``models/reid/site_adaptation.py``,
-``tools/adapt_grader.py``): box geometry on hand-made boxes, the sampling and the track split, and
+``amodal adapt-grader``): box geometry on hand-made boxes, the sampling and the track split, and
 the tool end to end on a video made in the test, whose tracks file plants a known number of
 occluded, clear, partly covered and truncated boxes. The network is tiny and random, so only
 invariants are checked, never that adaptation improves the grader."""
@@ -237,8 +237,8 @@ def tiny_oamn(tmp_path_factory) -> Path:
 
 
 def test_tool_end_to_end(tmp_path, footage, tiny_oamn):
+    from amodal.commands.adapt_grader import main
     from models.reid.oamn import load_oamn
-    from tools.adapt_grader import main
 
     video, tracks = footage
     out, report_path = tmp_path / "site.pt", tmp_path / "report.json"
@@ -308,7 +308,7 @@ def test_tool_end_to_end(tmp_path, footage, tiny_oamn):
 
 
 def test_tool_clear_errors(tmp_path, footage, tiny_oamn):
-    from tools.adapt_grader import main
+    from amodal.commands.adapt_grader import main
 
     video, tracks = footage
     base = ["--video", str(video), "--out", str(tmp_path / "o.pt"), "--steps", "1", "--threads", "1"]

@@ -1,4 +1,4 @@
-"""tools/bench_pipeline.py: its stream feeder and schedule check on made-up inputs, and the whole tool on
+"""amodal bench: its stream feeder and schedule check on made-up inputs, and the whole tool on
 a few frames of the real footage (the JSON's keys, types and sanity, not speed)."""
 
 from __future__ import annotations
@@ -11,13 +11,15 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 
-from pipeline.defaults import default_replay_graph
+from amodal.commands.bench_pipeline import calls_vs_length, main, run_stream, truncate_stream
+from amodal.graphs import builtin_replay_graph, register_stages
 from pipeline.messages import EndOfStream, Frame, TrackEnd
 from pipeline.registry import get_stage
 from pipeline.stage import Stage, StageContext
 from stages.person_stage import PersonStage
 from stages.scheduling import ScheduleConfig
-from tools.bench_pipeline import calls_vs_length, main, run_stream, truncate_stream
+
+register_stages()  # the shipped stage types, looked up below before any graph is loaded
 
 
 def _frame(seq: int) -> Frame:
@@ -103,7 +105,7 @@ def test_bench_pipeline_on_a_few_frames(shared_dir, tmp_path):
     assert main(argv) == 0
     data = json.loads(out.read_text())
 
-    graph = default_replay_graph()["stages"]
+    graph = builtin_replay_graph()["stages"]
     names = [spec["name"] for spec in graph]
     person = [spec["name"] for spec in graph if issubclass(get_stage(spec["type"]), PersonStage)]
     assert person, "the default graph has model stages after the tracker"

@@ -13,20 +13,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cli import main
+from amodal.cli import main
+from amodal.graphs import builtin_replay_graph, load_app_graph
 from pipeline.configfile import load_yaml
-from pipeline.defaults import default_replay_graph
 from tests.test_pipeline_support import PLUGIN, frames_and_eos, read_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_builtin_replay_graph_is_configs_replay_yaml() -> None:
-    assert load_yaml(REPO / "configs/replay.yaml") == default_replay_graph()
-
-
-def test_builtin_basic_replay_graph_is_configs_replay_basic_yaml() -> None:
-    assert load_yaml(REPO / "configs/replay_basic.yaml") == default_replay_graph(basic=True)
+@pytest.mark.parametrize("basic", [False, True])
+def test_the_builtin_replay_graphs_are_the_configs_yaml_files_and_valid(basic: bool) -> None:
+    name = "replay_basic.yaml" if basic else "replay.yaml"
+    raw = builtin_replay_graph(basic=basic)
+    assert raw == load_yaml(REPO / "configs" / name)
+    graph = load_app_graph(data=raw)
+    assert graph.plugins == ["stages"]  # so a stage process started from it registers them too
+    assert graph.stages[0].type == "ingest" and graph.stages[-1].type == "video_sink"
 
 
 def test_check_prints_the_resolved_graph_with_credentials_masked(capsys, monkeypatch, shared_dir) -> None:
@@ -181,7 +183,7 @@ def test_run_drains_on_sigint_and_exits_0(tmp_path: Path) -> None:
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "run", str(config)],
+        [sys.executable, "-m", "amodal", "run", str(config)],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
@@ -249,7 +251,7 @@ def test_a_source_that_cannot_be_read_exits_3_after_the_others_and_keeps_its_row
     import json
     import sqlite3
 
-    from pipeline.cli import EXIT_SOURCE_ERROR
+    from amodal.outcome import EXIT_SOURCE_ERROR
     from stages.media.testclip import write_clip
 
     folder = tmp_path / "videos"
@@ -286,7 +288,7 @@ def test_a_source_that_cannot_be_read_exits_3_after_the_others_and_keeps_its_row
 
 def test_run_in_process_mode_exits_3_when_a_source_cannot_be_read(tmp_path: Path, capsys) -> None:
     """``amodal run`` finishes the readable streams, then says which one failed (exit 3)."""
-    from pipeline.cli import EXIT_SOURCE_ERROR
+    from amodal.outcome import EXIT_SOURCE_ERROR
     from stages.media.testclip import write_clip
 
     write_clip(tmp_path / "good.mp4", frames=5, width=64, height=48)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.graph import load_graph
+from amodal.graphs import load_app_graph
 from pipeline.supervisor import ProcessRuntime
 
 pytestmark = [pytest.mark.shared_assets, pytest.mark.slow]
@@ -71,7 +71,7 @@ def test_every_stage_killed_once_loses_and_repeats_nothing(tmp_path: Path, share
     detector = shared_dir / "models" / "yolov8n_int8_openvino_model"
     if not video.exists() or not detector.exists():
         pytest.skip("needs the shared footage and the OpenVINO detector")
-    runtime = ProcessRuntime(load_graph(data=_graph(tmp_path, video, detector)))
+    runtime = ProcessRuntime(load_app_graph(data=_graph(tmp_path, video, detector)))
     holder: dict = {}
     thread = threading.Thread(target=lambda: holder.setdefault("report", runtime.run()))
     thread.start()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
 from pathlib import Path
 
 import cv2
@@ -15,11 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"amodal.commands.{name}")
 
 
 def _make_subset(root: Path, subset: str, persons: int, per_person: int, seed: int) -> None:

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import yaml
 
+from amodal.check import describe_graph, print_description
 from models.backbones import registry as backbone_registry
-from pipeline.cli import _print_description, describe_graph
 from pipeline.configfile import ConfigError
 from pipeline.graph import load_graph
 from pipeline.messages import EndOfStream, PersonCrops, Tracks, TrackState
@@ -123,7 +123,7 @@ def test_the_runtime_promises_of_the_stage_section_hold(
     bad["stages"][-1]["config"] = {"min_heigth": 40}
     with pytest.raises(ConfigError, match="min_heigth"):
         load_graph(data=bad)
-    _print_description(describe_graph(load_graph(data=plugin_graph)))
+    print_description(describe_graph(load_graph(data=plugin_graph)))
     printed = [line.strip() for line in capsys.readouterr().out.splitlines()]
     (shown,) = _blocks("text", "Add a stage")
     for line in shown.strip().splitlines():

@@ -1,5 +1,5 @@
 """The grader's evaluation on MOTChallenge-style footage (``models/reid/grader_eval.py``,
-``tools/eval_grader.py``): rank metrics against hand-computed values, the reader on a tiny sequence
+``amodal eval grader``): rank metrics against hand-computed values, the reader on a tiny sequence
 written in the test (clipping, skipping, counts, clear errors), and the tool end to end with a
 small random OAMN checkpoint."""
 
@@ -247,7 +247,7 @@ def tiny_oamn(tmp_path) -> Path:
 
 
 def test_tool_end_to_end(tmp_path, tiny_oamn):
-    from tools.eval_grader import main
+    from amodal.commands.eval_grader import main
 
     for name in ("SEQ-A", "SEQ-B"):
         _write_sequence(tmp_path / "data" / name)
@@ -285,7 +285,7 @@ def test_tool_end_to_end(tmp_path, tiny_oamn):
 
 
 def test_tool_clear_errors(tmp_path, tiny_oamn):
-    from tools.eval_grader import main
+    from amodal.commands.eval_grader import main
 
     data = _write_sequence(tmp_path / "data/SEQ-A").parent
     out = ["--json", str(tmp_path / "g.json"), "--threads", "1"]

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import yaml
 
+from amodal.graphs import load_app_graph
 from pipeline.configfile import ConfigError, validate
-from pipeline.graph import load_graph
 from pipeline.links import free_tcp_port
 from pipeline.messages import EndOfStream, Frame
 from pipeline.runtime import EmbeddedRuntime
@@ -397,7 +397,7 @@ def test_a_stream_added_at_run_time_reaches_the_sink(tmp_path: Path, long_clip: 
             {"name": "events", "type": "jsonl_sink", "inputs": ["relay"], "config": {"path": "events.jsonl"}},
         ],
     }
-    runtime = EmbeddedRuntime(load_graph(data=data))
+    runtime = EmbeddedRuntime(load_app_graph(data=data))
     holder: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: holder.setdefault("report", runtime.run()), daemon=True)
     thread.start()

@@ -29,8 +29,8 @@ import pytest
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.cli import main
-from pipeline.graph import load_graph
+from amodal.cli import main
+from amodal.graphs import load_app_graph
 from pipeline.messages import GRADE_NAMES, EndOfStream, PersonCrops, TrackEnd, Tracks
 from pipeline.registry import register_stage
 from pipeline.runtime import EmbeddedRuntime
@@ -522,7 +522,7 @@ def test_track_ends_cross_drop_oldest_links_and_stages_that_do_not_take_them(tmp
              "config": {"path": "after.jsonl"}},
         ],
     }  # fmt: skip
-    runtime = EmbeddedRuntime(load_graph(data=data))
+    runtime = EmbeddedRuntime(load_app_graph(data=data))
     report = runtime.run()
     assert report.exit_code == 0, report.error
     metrics = runtime.metrics

@@ -93,7 +93,7 @@ def _tiny_recipe(shared_dir: Path, out: Path, iterations: int) -> ReIDRecipe:
 def test_tiny_training_run_reduces_loss_and_resumes(shared_dir, tmp_path):
     if not (shared_dir / "datasets/PETA/SARC3D").is_dir():
         pytest.skip("PETA not present")
-    from tools.train_reid import train
+    from amodal.commands.train_reid import train
 
     torch.set_num_threads(1)
     metrics = train(_tiny_recipe(shared_dir, tmp_path / "run", 8), show_progress=False)
@@ -108,7 +108,7 @@ def test_tiny_training_run_reduces_loss_and_resumes(shared_dir, tmp_path):
     assert grader[-1]["score"] < joint[0]["score"]  # eq. 7 decreases in the grader-only phase
     assert (tmp_path / "run/oamn.pt").is_file() and (tmp_path / "run/metrics.json").is_file()
     # nothing was held out, so there is nothing to calibrate on
-    from tools.calibrate_reid import main as calibrate_main
+    from amodal.commands.calibrate_reid import main as calibrate_main
 
     with pytest.raises(SystemExit):
         calibrate_main(
@@ -123,7 +123,7 @@ def test_tiny_training_run_reduces_loss_and_resumes(shared_dir, tmp_path):
 
 
 def test_eval_program_on_market_layout(shared_dir, tmp_path):
-    from tools.eval_reid import main
+    from amodal.commands.eval_reid import main
 
     rng = np.random.default_rng(1)
     names_q = [f"{i:04d}_c1s1_000001_00.jpg" for i in range(1, 5)]
@@ -294,8 +294,8 @@ def test_validate_ranks_identities_by_their_embedding():
 def test_training_with_holdout_validates_and_ships_calibrated_thresholds(shared_dir, tmp_path):
     if not (shared_dir / "datasets/PETA/SARC3D").is_dir():
         pytest.skip("PETA not present")
+    from amodal.commands.train_reid import train
     from models.reid.oamn import load_oamn
-    from tools.train_reid import train
 
     recipe = _tiny_recipe(shared_dir, tmp_path / "run", 4)
     recipe.data.max_ids = 10
@@ -320,7 +320,7 @@ def test_training_with_holdout_validates_and_ships_calibrated_thresholds(shared_
     assert len(ckpt["extra"]["held_out_ids"]) == 3
     assert ckpt["extra"]["train_ids"] == 7  # the held-out identities never reach the classifier
     # the evaluation program reproduces the selection split from the checkpoint alone
-    from tools.eval_reid import main
+    from amodal.commands.eval_reid import main
 
     out = tmp_path / "held_out.json"
     assert (
@@ -346,8 +346,8 @@ def test_training_with_holdout_validates_and_ships_calibrated_thresholds(shared_
     assert res["occlusion_seeds"] == [0, 1, 2, 3, 4]
     per_seed = [res[f"occluded_seed{s}"]["unified_grader"]["mAP"] for s in range(5)]
     assert res["occluded"]["unified_grader"]["mAP"] == pytest.approx(np.mean(per_seed))
-    # tools/calibrate_reid.py redoes training's calibration from the checkpoint alone
-    from tools.calibrate_reid import main as calibrate_main
+    # amodal calibrate-reid redoes training's calibration from the checkpoint alone
+    from amodal.commands.calibrate_reid import main as calibrate_main
 
     again = tmp_path / "again.pt"
     args = ["--weights", str(tmp_path / "run/oamn.pt"), "--data", recipe.data.root, "--out", str(again)]
@@ -363,8 +363,8 @@ def test_visibility_grader_trains_on_realistic_occlusions_calibrates_and_resumes
     market = shared_dir / "datasets/Market-1501"
     if not (market / "bounding_box_train_parsing").is_dir():
         pytest.skip("Market-1501 with parsing masks not present")
+    from amodal.commands.train_reid import train
     from models.reid.oamn import load_oamn
-    from tools.train_reid import train
 
     torch.set_num_threads(1)
     raw = {
@@ -412,7 +412,7 @@ def test_visibility_grader_trains_on_realistic_occlusions_calibrates_and_resumes
     assert cfg.grade_thresholds[0] <= cfg.grade_thresholds[1] and 0 <= cfg.grader_reference_median <= 1
     assert metrics["visible_threshold"] == cfg.visible_threshold
     # the grader evaluation on those held-out identities, occluded realistically, per kind
-    from tools.eval_grader import main as eval_grader
+    from amodal.commands.eval_grader import main as eval_grader
 
     out = tmp_path / "held_out.json"
     args = ["--weights", str(tmp_path / "run/oamn.pt"), "--data", raw["data"]["root"], "--json", str(out)]

@@ -198,7 +198,7 @@ def test_export_tool_reports_parity_and_gallery_costs(tmp_path):
     pytest.importorskip("onnxruntime")
     import json
 
-    from tools.export_reid import main
+    from amodal.commands.export_reid import main
 
     cfg = OAMNModelConfig(backbone="osnet_x0_25", split_at="conv3", input_size=HW, grader_pool_hw=(2, 2))
     model = OAMN.from_config(cfg, load_backbone_weights=False).eval()

@@ -17,7 +17,7 @@ from pathlib import Path
 import av
 import pytest
 
-from pipeline.cli import main
+from amodal.cli import main
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,7 +123,7 @@ def test_sigint_during_replay_leaves_consistent_outputs(tmp_path: Path, untraine
     clip = write_clip(tmp_path / "long.mp4", frames=250, width=160, height=96, fps=25)
     out = tmp_path / "out"
     command = [
-        sys.executable, "-m", "pipeline.cli", "replay", str(clip), "--out", str(out), "--no-progress",
+        sys.executable, "-m", "amodal", "replay", str(clip), "--out", str(out), "--no-progress",
         "--basic", "--set", f"detect.weights={untrained_weights}", "--set", "detect.imgsz=64",
         "--set", "ingest.realtime=true",
     ]  # fmt: skip
@@ -152,11 +152,11 @@ def test_run_in_process_mode_with_the_real_stages(tmp_path: Path, untrained_weig
     """The basic replay graph as one supervised process per stage over ipc://: same outputs, exit 0."""
     import yaml
 
-    from pipeline.defaults import default_replay_graph
+    from amodal.graphs import builtin_replay_graph
     from stages.media.testclip import write_clip
 
     clip = write_clip(tmp_path / "cam.mp4", frames=20, width=160, height=96)
-    graph = default_replay_graph(basic=True)
+    graph = builtin_replay_graph(basic=True)
     graph.update(mode="process", output_dir=str(tmp_path / "out"))
     graph["stages"] = [s for s in graph["stages"] if s["name"] != "jsonl"]  # one process fewer to start
     graph["stages"][0]["config"]["streams"] = [{"id": "cam", "source": str(clip)}]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from amodal.graphs import load_app_graph
 from pipeline.configfile import ConfigError
 from pipeline.graph import load_graph
 from pipeline.links import free_tcp_port
@@ -268,16 +269,16 @@ def test_cycles_are_rejected(tmp_path: Path) -> None:
 
 
 def test_a_link_that_could_carry_nothing_is_rejected() -> None:
-    from pipeline.defaults import default_replay_graph
+    from amodal.graphs import builtin_replay_graph, load_app_graph
 
-    data = default_replay_graph(basic=True)
+    data = builtin_replay_graph(basic=True)
     data["stages"][3]["inputs"] = ["detect"]  # sqlite_sink wants PersonCrops; detect emits Frames
     with pytest.raises(
         ConfigError,
         match=r"events\.inputs: detect \(detect\) emits Frame, but events "
         r"\(sqlite_sink\) accepts PersonCrops",
     ):
-        load_graph(data=data)
+        load_app_graph(data=data)
 
 
 def test_missing_config_file() -> None:
@@ -365,7 +366,7 @@ def test_what_a_restarted_receiver_on_a_drop_oldest_link_never_got_is_counted_in
     )
     data["stages"][1]["inputs"] = [{"source": "src", "policy": "drop_oldest", "hwm": 4}]
     data["stages"][2] = {"name": "sink", "type": "jsonl_sink", "inputs": ["relay"], "config": {}}
-    run = Background(ProcessRuntime(load_graph(data=data)))
+    run = Background(ProcessRuntime(load_app_graph(data=data)))
     run.wait_for_lines(tmp_path / "events.jsonl", 10)
     os.kill(run.runtime.stage_pid("relay"), signal.SIGKILL)
     report = run.report()

@@ -217,10 +217,10 @@ def test_build_soak_config_basic_rewires_sinks_to_the_tracker() -> None:
 
 
 def test_soak_config_is_a_valid_graph(tmp_path) -> None:
-    from pipeline.graph import load_graph
+    from amodal.graphs import load_app_graph
 
     data = build_soak_config(load_yaml(EDGE), ["rtsp://127.0.0.1:9/test"], str(tmp_path), 31000, basic=True)
-    graph = load_graph(data=data, overrides=["detect.weights=yolo11n.pt"])
+    graph = load_app_graph(data=data, overrides=["detect.weights=yolo11n.pt"])
     assert [s.name for s in graph.stages] == ["ingest", "detect", "track", "events", "live"]
 
 

@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 from pydantic import BaseModel
 
+from amodal.graphs import load_app_graph, register_stages
 from pipeline.configfile import ConfigError
-from pipeline.graph import load_graph
 from pipeline.messages import EndOfStream, PersonCrops, Tracks
 from pipeline.registry import stage_types
 from pipeline.stage import SourceStage, Stage, StageContext
 from tests.test_pipeline_support import PLUGIN
+
+register_stages()  # the shipped stage types, looked up below before any graph is loaded
 
 #: the stage types the product ships (the test plugin's own stages are registered too, and skipped)
 TYPES = sorted(name for name, cls in stage_types().items() if cls.__module__.startswith("stages."))
@@ -50,7 +52,7 @@ def _undescribed(model: type[BaseModel], prefix: str = "") -> list[str]:
 def test_an_unknown_config_key_is_refused_naming_it(type_name: str, tmp_path: Path) -> None:
     config = dict(MINIMAL.get(type_name, {}), no_such_option=1)
     with pytest.raises(ConfigError, match="no_such_option"):
-        load_graph(data=_graph(type_name, config, tmp_path))
+        load_app_graph(data=_graph(type_name, config, tmp_path))
 
 
 @pytest.mark.parametrize("type_name", TYPES)
@@ -63,7 +65,7 @@ def test_every_option_has_a_description(type_name: str) -> None:
 def test_file_checks_and_outputs_answer_with_plain_lists(type_name: str, tmp_path: Path) -> None:
     """``check_files`` (amodal check / replay preflight) names keys as ``<stage>.<key>``; ``output_files``
     lists paths under the output folder (replay's --overwrite / --append)."""
-    graph = load_graph(data=_graph(type_name, dict(MINIMAL.get(type_name, {})), tmp_path))
+    graph = load_app_graph(data=_graph(type_name, dict(MINIMAL.get(type_name, {})), tmp_path))
     spec = graph.stage("under_test")
     problems = spec.stage_class.check_files(spec.config, spec.name)
     assert isinstance(problems, list) and all(p.startswith("under_test.") for p in problems), problems
@@ -75,7 +77,7 @@ def test_file_checks_and_outputs_answer_with_plain_lists(type_name: str, tmp_pat
 def test_a_stage_ends_a_stream_it_never_saw_and_stops_cleanly(type_name: str, tmp_path: Path) -> None:
     """EndOfStream of an unknown stream (a camera that never sent a frame) and an empty frame never
     raise; on_stop after that returns (sinks leave their files consistent)."""
-    graph = load_graph(data=_graph(type_name, {}, tmp_path))
+    graph = load_app_graph(data=_graph(type_name, {}, tmp_path))
     spec = graph.stage("under_test")
     stage: Stage = spec.stage_class.from_config(spec.config, StageContext("under_test", output_dir=tmp_path))
     stage.on_start()

@@ -1,4 +1,4 @@
-"""The super-resolution family (models/superres, tools/train_superres.py, tools/eval_superres.py):
+"""The super-resolution family (models/superres, amodal train superres, amodal eval superres):
 recipe validation, network contract, a resumable training run on crops made in the test, the
 predictor, and the shipped checkpoints against bicubic on real Market-1501 query crops."""
 
@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import sys
 from pathlib import Path
 
 import cv2
@@ -26,11 +25,7 @@ SHIPPED = {2: REPO / "models/weights/superres_x2_market.pt", 4: REPO / "models/w
 
 
 def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"amodal.commands.{name}")
 
 
 def _synthetic_crop(rng: np.random.Generator, colours: np.ndarray, h: int = 32, w: int = 16) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Track aggregation for the identify stage: crop weights, the bounded weighted mean of each
-unification version, the track grade, its use with the gallery, and ``tools/eval_identity.py`` on a
+unification version, the track grade, its use with the gallery, and ``amodal eval identity`` on a
 tiny Market-1501-layout folder of real crops."""
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def test_tracks_go_into_and_match_against_the_gallery():
 
 
 def test_threshold_and_summary_helpers():
-    from tools.eval_identity import choose_threshold, pairwise_thresholds, summarise
+    from amodal.commands.eval_identity import choose_threshold, pairwise_thresholds, summarise
 
     known = np.array([0.8, 0.7, 0.9, 0.3])
     correct = np.array([True, True, True, False])
@@ -201,7 +201,7 @@ def test_threshold_and_summary_helpers():
 
 @pytest.mark.shared_assets
 def test_eval_identity_program_on_a_tiny_market_folder(shared_dir, tmp_path):
-    from tools.eval_identity import VARIANTS, main
+    from amodal.commands.eval_identity import VARIANTS, main
 
     market = shared_dir / "datasets/Market-1501"
     peta = shared_dir / "datasets/PETA"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -238,11 +237,7 @@ def test_recipe_names_wrong_keys_and_needs_stage_one_for_content():
 
 
 def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"amodal.commands.{name}")
 
 
 @pytest.fixture(scope="module")

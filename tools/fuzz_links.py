@@ -58,21 +58,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import zmq
+from zmq.utils.monitor import recv_monitor_message
 
-import numpy as np  # noqa: E402
-import zmq  # noqa: E402
-from zmq.utils.monitor import recv_monitor_message  # noqa: E402
-
-from pipeline.configfile import ConfigError, load_yaml  # noqa: E402
-from pipeline.delivery import ACK, MARKER, MESSAGE, RESEND, envelope  # noqa: E402
-from pipeline.graph import load_graph  # noqa: E402
-from pipeline.messages import EndOfStream, Frame, PersonCrops, StageDone, TrackEnd, Tracks  # noqa: E402
-from pipeline.runtime import EmbeddedRuntime  # noqa: E402
-from pipeline.security import KeyDir, make_keys  # noqa: E402
-from pipeline.stage_overrides import apply_stage_overrides  # noqa: E402
-from pipeline.transport import Link  # noqa: E402
-from pipeline.wire import encode  # noqa: E402
+from pipeline.configfile import ConfigError, load_yaml
+from pipeline.delivery import ACK, MARKER, MESSAGE, RESEND, envelope
+from pipeline.graph import load_graph
+from pipeline.messages import EndOfStream, Frame, PersonCrops, StageDone, TrackEnd, Tracks
+from pipeline.runtime import EmbeddedRuntime
+from pipeline.security import KeyDir, make_keys
+from pipeline.stage_overrides import apply_stage_overrides
+from pipeline.transport import Link
+from pipeline.wire import encode
 
 __all__ = [
     "KINDS",

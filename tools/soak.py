@@ -17,7 +17,7 @@ What it does:
 * writes a copy of ``--config`` into a work folder with the camera URLs as the ingest streams, a
   private ``output_dir``, free metrics ports and free ``tcp://`` sink endpoints (``--basic`` keeps
   only ingest, detect, track and the sinks, rewired to the tracker), then runs
-  ``python -m pipeline.cli run COPY --set ...`` (= ``amodal run``) with ``YOLO_OFFLINE=1``;
+  ``python -m amodal run COPY --set ...`` (= ``amodal run``) with ``YOLO_OFFLINE=1``;
 * starts the clock once every stage serves its metrics (the startup is reported apart), then
   every ``--sample-every`` reads the RSS and USS of every stage process (found by ``--stage NAME``
   on the command line of amodal's child processes) and scrapes every stage's Prometheus endpoint (stage
@@ -64,11 +64,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import yaml
 
-import yaml  # noqa: E402
-
-from pipeline.configfile import ConfigError, load_yaml  # noqa: E402
+from pipeline.configfile import ConfigError, load_yaml
 
 __all__ = [
     "main",
@@ -891,7 +889,7 @@ class _Soak:
             names = [s["name"] for s in data["stages"]]
             extra_sets = self._restart_budget(data)
             port = data["metrics"]["port"]
-            cmd = [sys.executable, "-m", "pipeline.cli", "run", str(config_path)]
+            cmd = [sys.executable, "-m", "amodal", "run", str(config_path)]
             for item in [*opts.sets, *extra_sets]:
                 cmd += ["--set", item]
             env = dict(os.environ, YOLO_OFFLINE="1", YOLO_AUTOINSTALL="false", YOLO_VERBOSE="false")

@@ -114,7 +114,7 @@ def load_attribute_model(
     if not isinstance(blob, dict) or "bundle" not in blob or "state_dict" not in blob:
         raise ValueError(
             f"{path} is not an attribute checkpoint (no 'bundle'/'state_dict'); "
-            "write it with tools/train_attributes.py or save_attribute_model"
+            "write it with amodal train attributes or save_attribute_model"
         )
     bundle = AttributeModelBundle.model_validate(blob["bundle"])
     model = build_attribute_model(bundle.model, bundle.attribute_names, load_backbone_weights=False)

@@ -49,7 +49,7 @@ class AttributePredictorConfig(PredictorConfig):
 
     weights: str = Field(
         DEFAULT_ATTRIBUTE_WEIGHTS,
-        description="attribute checkpoint (tools/train_attributes.py / export_attributes.py --ship): a "
+        description="attribute checkpoint (amodal train attributes / amodal export attributes --ship): a "
         "path, or the bare name of a file shipped in models/weights/ (research-only PETA weights).",
     )
 

@@ -1,9 +1,9 @@
-"""The YAML training recipe of ``tools/train_attributes.py`` (typed, every key described) and the
+"""The YAML training recipe of ``amodal train attributes`` (typed, every key described) and the
 data loading it drives: which reader, which subsets, which attributes, which held-out part.
 
 Model selection (loss variant, epoch) uses a held-out part of the TRAINING data, split by person
 id so no person is on both sides; the test set (VIPeR in ``configs/attributes_*.yaml``) is only
-touched by ``tools/eval_attributes.py``. The per-attribute decision thresholds (``selection``) are
+touched by ``amodal eval attributes``. The per-attribute decision thresholds (``selection``) are
 chosen on that same held-out part of the training identities, never on test data.
 
 Two ways to name the data:

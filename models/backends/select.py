@@ -42,7 +42,7 @@ class BackendConfig(BaseModel):
     )
     build_engine: bool = Field(
         False,
-        description="Build a missing TensorRT engine at start-up (minutes); else use tools/build_engine.py.",
+        description="Build a missing TensorRT engine at start-up (minutes); else use amodal build-engine.",
     )
     max_batch: int = Field(
         32,

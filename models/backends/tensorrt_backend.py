@@ -2,7 +2,7 @@
 
 The engine is looked up in the keyed cache (``engine_cache``: an engine built anywhere else, or for
 an older export, is never loaded). Building is slow (minutes), so the constructor only builds when
-asked (``build=True`` or ``tools/build_engine.py``; see ``tensorrt_build``).
+asked (``build=True`` or ``amodal build-engine``; see ``tensorrt_build``).
 
 Uses the TensorRT 10 name-based tensor API: ``set_input_shape`` / ``set_tensor_address`` /
 ``execute_async_v3`` with torch-allocated device buffers on the caller's CUDA stream.
@@ -91,7 +91,7 @@ class TensorRTBackend(InferenceBackend):
                 raise BackendUnavailable(
                     self.name,
                     f"no matching engine {cache.engine_path(key)} "
-                    "(build it with tools/build_engine.py or build=True)",
+                    "(build it with amodal build-engine or build=True)",
                 )
             serialized = build_serialized_engine(onnx_path, precision, profile, calibrator=calibrator)
             cache.store(key, parts, serialized)

@@ -1,6 +1,6 @@
 """Building TensorRT engines: the guarded ``tensorrt`` import, the INT8 calibrator and the builder.
 
-Building is slow (minutes), so only ``tools/build_engine.py`` or ``TensorRTBackend(build=True)``
+Building is slow (minutes), so only ``amodal build-engine`` or ``TensorRTBackend(build=True)``
 calls it. Uses the TensorRT 10 builder API (explicit batch, one optimisation profile).
 """
 

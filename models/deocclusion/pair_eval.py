@@ -1,4 +1,4 @@
-"""Evaluation of de-occluders on pairs with exact targets (``pairs.py``): what ``tools/eval_deocclusion.py``
+"""Evaluation of de-occluders on pairs with exact targets (``pairs.py``): what ``amodal eval deocclusion``
 reports for two-stage files, the U-Net baseline and the shipped generator, on the same pairs.
 
 Per set of crops: SSIM / PSNR of the whole crop, of the occluder's region (known exactly for any
@@ -158,7 +158,7 @@ def as_tensor(images: np.ndarray) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class PairEvalSettings:
-    """What ``evaluate_pairs`` evaluates (``tools/eval_deocclusion.py``'s pairs protocol)."""
+    """What ``evaluate_pairs`` evaluates (``amodal eval deocclusion``'s pairs protocol)."""
 
     weights: list[str]
     market: str

@@ -34,7 +34,7 @@ __all__ = ["DeocclusionPredictor", "DeocclusionPredictorConfig", "DEFAULT_DEOCCL
 logger = logging.getLogger(__name__)
 
 DEFAULT_DEOCCLUSION_WEIGHTS = "deocclusion_two_stage_market.pt"
-#: names of the exported graph (``tools/export_deocclusion.py``): RGB in [-1, 1] in and out
+#: names of the exported graph (``amodal export deocclusion``): RGB in [-1, 1] in and out
 INPUT_NAME, OUTPUT_NAME = "images", "generated"
 #: a two-stage graph's second output: the region it restored, (N, 1, H, W) in {0, 1}
 REGION_NAME = "region"
@@ -69,8 +69,8 @@ class DeocclusionPredictorConfig(PredictorConfig):
 
     weights: str = Field(
         DEFAULT_DEOCCLUSION_WEIGHTS,
-        description="de-occluder file: a two-stage file (tools/train_two_stage.py) or a U-Net "
-        "generator (tools/train_deocclusion.py); a path, or the bare name of a file shipped in "
+        description="de-occluder file: a two-stage file (amodal train two-stage) or a U-Net "
+        "generator (amodal train deocclusion); a path, or the bare name of a file shipped in "
         "models/weights/ (research-only Market-1501 weights by default).",
     )
 

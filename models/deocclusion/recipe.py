@@ -177,7 +177,7 @@ class DeocclusionRecipe(BaseModel):
 
 
 class EvalConfig(BaseModel):
-    """Evaluation settings (``tools/eval_deocclusion.py``)."""
+    """Evaluation settings (``amodal eval deocclusion``)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -1,7 +1,7 @@
 """Calibrate a trained OAMN on held-out crops (never the test set): the grader's eq. 8 thresholds,
 the median top grader score that per-camera adaptation starts from, and the similarity offsets of
-unified matching. ``tools/train_reid.py`` runs it at the end of training and
-``tools/calibrate_reid.py`` on an existing checkpoint; the results go into the model config.
+unified matching. ``amodal train reid`` runs it at the end of training and
+``amodal calibrate-reid`` on an existing checkpoint; the results go into the model config.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ class CameraThresholds:
         _, cfg = load_oamn(path)
         if cfg.grader_reference_median is None:
             raise ValueError(
-                f"{path} has no grader_reference_median; calibrate it with tools/calibrate_reid.py"
+                f"{path} has no grader_reference_median; calibrate it with amodal calibrate-reid"
             )
         return cls(cfg.thresholds(), cfg.grader_reference_median, **kwargs)
 

@@ -1,4 +1,4 @@
-"""Pieces of ReID evaluation shared by ``tools/eval_reid.py`` and training-time validation:
+"""Pieces of ReID evaluation shared by ``amodal eval reid`` and training-time validation:
 batched encoding, synthetic query occlusion with a fixed seed (OAMN sec. 3.1 corner patches) and
 the held-out validation that picks the shipped checkpoint and calibrates the grader.
 """

@@ -209,7 +209,7 @@ def save_oamn_weights(
 
 def load_oamn(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[OAMN, Any]:
     """Load a checkpoint written by ``save_oamn_weights`` or a training checkpoint (``last.pt`` /
-    ``best.pt`` from ``tools/train_reid.py``); returns the model in eval mode and its model config."""
+    ``best.pt`` from ``amodal train reid``); returns the model in eval mode and its model config."""
     from .config import OAMNModelConfig
 
     path = Path(path)

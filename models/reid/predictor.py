@@ -36,7 +36,7 @@ __all__ = ["ReidPredictor", "ReidPredictorConfig", "DEFAULT_REID_WEIGHTS", "REID
 logger = logging.getLogger(__name__)
 
 DEFAULT_REID_WEIGHTS = "oamn_osnet_x0_25_market.pt"
-#: output names of the exported graph (``tools/export_reid.py``): L2-normalised embedding, grader scores
+#: output names of the exported graph (``amodal export reid``): L2-normalised embedding, grader scores
 REID_OUTPUTS = ("embedding", "grade")
 #: grader output columns: four location scores, then the visible fraction (``grader.VISIBLE``)
 GRADER_COLUMNS = 5
@@ -47,7 +47,7 @@ class ReidPredictorConfig(PredictorConfig):
 
     weights: str = Field(
         DEFAULT_REID_WEIGHTS,
-        description="OAMN checkpoint (tools/train_reid.py / calibrate_reid.py): a path, or the bare name "
+        description="OAMN checkpoint (amodal train reid / amodal calibrate-reid): a path, or the bare name "
         "of a file shipped in models/weights/ (research-only Market-1501 weights by default).",
     )
 

@@ -17,7 +17,7 @@ fine-tuned, pulled back towards what synthetic training taught by distillation, 
 
 Pseudo labels: ``occluded`` = covered share >= ``min_covered`` (0.3) and not truncated; ``clear`` =
 nothing covered and not truncated; partly covered and truncated boxes (the frame border may hide
-part of the person, so their label is unknown) are not used. ``tools/adapt_grader.py`` reads the
+part of the person, so their label is unknown) are not used. ``amodal adapt-grader`` reads the
 recording and the pipeline's JSONL and writes the adapted checkpoint.
 """
 

@@ -20,7 +20,7 @@ aggregate is each row's weighted mean, re-normalised, plus one grade for the tra
 ``crop_weight`` prefers crops that show more of the person (grade 0 > quarter > half, by the visible
 share of the grade's region), sharp ones (variance of the Laplacian), tall ones and confident
 detections. The weights and the grade rule (defaults) were chosen on the held-out PETA training
-identities by ``tools/eval_identity.py`` (never on test data). There, and on Market-1501, weighting
+identities by ``amodal eval identity`` (never on test data). There, and on Market-1501, weighting
 by visible share and grading a track holistic once its whole crops carry a quarter of the weight
 beat a uniform mean with the majority grade on occluded queries; the weighted variants are within
 noise of each other, and the height and confidence factors could not be measured (fixed-height

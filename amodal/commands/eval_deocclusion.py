@@ -4,7 +4,7 @@ Two protocols, chosen by the first ``--weights`` file:
 
 * a U-Net generator file (``deocclusion_unet16_*.pt``), the PETA protocol:
 
-    python tools/eval_deocclusion.py --weights models/weights/deocclusion_unet16_peta_128x64.pt \\
+    amodal eval deocclusion --weights models/weights/deocclusion_unet16_peta_128x64.pt \\
         --data ../shared/datasets/PETA --json runs/deocc_eval.json [--subsets VIPeR] \\
         [--modes silhouette bottom corner] [--attribute-model D.pt] [--backend onnxruntime torch]
 
@@ -13,7 +13,7 @@ Two protocols, chosen by the first ``--weights`` file:
   with exact targets, on held-out Market-1501 training identities, Market-1501 query crops and
   PETA's VIPeR (with attribute and ReID figures there):
 
-    python tools/eval_deocclusion.py --weights models/weights/deocclusion_two_stage_market.pt \\
+    amodal eval deocclusion --weights models/weights/deocclusion_two_stage_market.pt \\
         models/weights/deocclusion_two_stage_unet_market.pt --data ../shared/datasets/Market-1501 \\
         --peta ../shared/datasets/PETA --json runs/two_stage_eval.json \\
         --attribute-model models/weights/attributes_part_osnet_x0_25.pt
@@ -35,26 +35,27 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from models.backends import create_backend, export_onnx  # noqa: E402
-from models.deocclusion.checkpoint import load_generator  # noqa: E402
-from models.deocclusion.data import OcclusionPairs, load_crops, occluder_pool, to_tensor, to_uint8  # noqa: E402
-from models.deocclusion.dataset_setup import load_crop_set  # noqa: E402
-from models.deocclusion.grid import save_grid  # noqa: E402
-from models.deocclusion.image_metrics import batch_ssim_psnr  # noqa: E402
-from models.deocclusion.synthesis import MODES, OcclusionSynthesizer  # noqa: E402
-from models.training import set_threads, write_json  # noqa: E402
+from amodal.commands import prog_of
+from models.backends import create_backend, export_onnx
+from models.deocclusion.checkpoint import load_generator
+from models.deocclusion.data import OcclusionPairs, load_crops, occluder_pool, to_tensor, to_uint8
+from models.deocclusion.dataset_setup import load_crop_set
+from models.deocclusion.grid import save_grid
+from models.deocclusion.image_metrics import batch_ssim_psnr
+from models.deocclusion.synthesis import MODES, OcclusionSynthesizer
+from models.training import set_threads, write_json
 
 logger = logging.getLogger("eval_deocclusion")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument(
         "--weights",
         required=True,
@@ -103,6 +104,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="models/weights/oamn_osnet_x0_25_market.pt",
         help="OAMN file for ReID rank-1 on VIPeR (empty: skip)",
     )
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     return p.parse_args(argv)
 
 

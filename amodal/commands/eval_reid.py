@@ -2,11 +2,11 @@
 occluded synthetically (OAMN sec. 3.1 corner patches, fixed seeds, averaged over five), each without
 and with occlusion unification (OAMN sec. 3.4), plus the grader's location / area confusion matrices.
 
-    # trained OAMN (weights from tools/train_reid.py or models/weights/)
-    python tools/eval_reid.py --weights models/weights/oamn_osnet_x0_25_peta.pt \\
+    # trained OAMN (weights from amodal train reid or models/weights/)
+    amodal eval reid --weights models/weights/oamn_osnet_x0_25_peta.pt \\
         --data ../shared/datasets/PETA --json runs/eval_oamn.json
     # a plain backbone (e.g. the shared torchreid weights, untrained here): global-pooled features
-    python tools/eval_reid.py --weights ../shared/models/osnet_x0_25_msmt17.pth --backbone osnet_x0_25 \\
+    amodal eval reid --weights ../shared/models/osnet_x0_25_msmt17.pth --backbone osnet_x0_25 \\
         --input-size 256 128 --data ../shared/datasets/PETA --json runs/eval_backbone.json
 
 ``--data`` is a PETA root (query = ``--subset`` camera ``--query-cam``, gallery = camera
@@ -24,42 +24,39 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from models.backbones import create_backbone  # noqa: E402
-from models.data.reid_datasets import (  # noqa: E402
+from amodal.commands import prog_of
+from models.backbones import create_backbone
+from models.data.reid_datasets import (
     ReIDRecord,
     evaluation_split,
     load_images,
     normalize,
     read_market_folder,
 )
-from models.reid.calibration import held_out_records  # noqa: E402
-from models.reid.evaluation import (  # noqa: E402
+from models.reid.calibration import held_out_records
+from models.reid.evaluation import (
     encode,
     held_out_split,
     synthesize_occlusions,
     synthesize_person_occlusions,
 )
-from models.reid.grader import GradeThresholds, adapt_thresholds, decide_grades, visible_fraction  # noqa: E402
-from models.reid.grader_data import load_body_masks  # noqa: E402
-from models.reid.metrics import cmc_map, confusion_matrix  # noqa: E402
-from models.reid.oamn import load_oamn  # noqa: E402
-from models.reid.occlusion_augment import AREAS, LOCATIONS, grade_from_index  # noqa: E402
-from models.reid.unification import (  # noqa: E402
+from models.reid.grader import GradeThresholds, adapt_thresholds, decide_grades, visible_fraction
+from models.reid.grader_data import load_body_masks
+from models.reid.metrics import cmc_map, confusion_matrix
+from models.reid.oamn import load_oamn
+from models.reid.occlusion_augment import AREAS, LOCATIONS, grade_from_index
+from models.reid.unification import (
     plain_similarity,
     unification_versions,
     unified_similarity,
 )
-from models.training import write_json  # noqa: E402
+from models.training import write_json
 
 logger = logging.getLogger("eval_reid")
 
@@ -284,9 +281,9 @@ def _person_occluder(folder: str, masks_dir: str, hw: tuple[int, int]):
     return lambda images, seed: synthesize_person_occlusions(images, people, bodies, seed)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
         "--weights", required=True, help="OAMN checkpoint, or backbone weights with --backbone"
@@ -350,6 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Export an attribute checkpoint to ONNX, check parity with torch, and time inference per crop.
 
-    python tools/export_attributes.py --weights models/weights/attributes_part_osnet_x0_25.pt \
+    amodal export attributes --weights models/weights/attributes_part_osnet_x0_25.pt \
         --onnx runs/attributes.onnx --json runs/export_attributes.json [--with-mask] [--benchmark]
 
 The graph takes ``images`` (B, 3, H, W) normalised RGB (and ``masks`` (B, 1, H, W) with
@@ -18,15 +18,14 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from models.attributes.model import load_attribute_model, save_attribute_model  # noqa: E402
-from models.attributes.predictor import AttributeExportWrapper, feature_stride  # noqa: E402
-from models.backends import check_onnx_parity, create_backend, export_onnx  # noqa: E402
-from models.training import set_threads, write_json  # noqa: E402
+from amodal.commands import prog_of
+from models.attributes.model import load_attribute_model, save_attribute_model
+from models.attributes.predictor import AttributeExportWrapper, feature_stride
+from models.backends import check_onnx_parity, create_backend, export_onnx
+from models.training import set_threads, write_json
 
 logger = logging.getLogger("export_attributes")
 
@@ -43,9 +42,9 @@ def time_backend(backend, feeds: dict[str, np.ndarray], repeats: int, warmup: in
     return 1000.0 * float(np.median(times)) / next(iter(feeds.values())).shape[0]
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--weights", required=True, type=Path, help="attribute checkpoint (.pt)")
     parser.add_argument("--onnx", required=True, type=Path, help="ONNX file to write")
@@ -63,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch and ONNX Runtime")
     parser.add_argument("--repeats", type=int, default=20, help="timed runs per setting")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     set_threads(args.threads)

@@ -3,7 +3,7 @@ thresholds, the median top grader score per-camera adaptation starts from, and t
 offsets of unified matching (``models/reid/calibration.py``). Training does the same at its end;
 this brings checkpoints trained before a calibration was added up to date without retraining.
 
-    python tools/calibrate_reid.py --weights models/weights/oamn_osnet_x0_25_peta.pt \\
+    amodal calibrate-reid --weights models/weights/oamn_osnet_x0_25_peta.pt \\
         --data ../shared/datasets/PETA --out runs/oamn_calibrated.pt [--json calibration.json]
 """
 
@@ -11,24 +11,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from models.data.reid_datasets import load_images  # noqa: E402
-from models.reid.calibration import calibrate, held_out_records  # noqa: E402
-from models.reid.oamn import OAMNInference, load_oamn, save_oamn_weights  # noqa: E402
-from models.training import write_json  # noqa: E402
+from amodal.commands import prog_of
+from models.data.reid_datasets import load_images
+from models.reid.calibration import calibrate, held_out_records
+from models.reid.oamn import OAMNInference, load_oamn, save_oamn_weights
+from models.training import write_json
 
 logger = logging.getLogger("calibrate_reid")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--weights", required=True, help="OAMN checkpoint that lists its held-out ids")
     parser.add_argument("--data", required=True, help="the data root it was trained from")
@@ -36,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the calibration as JSON")
     parser.add_argument("--seed", type=int, help="seed of the synthetic occlusions (default: training's)")
     parser.add_argument("--threads", type=int, default=1)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)

@@ -1,7 +1,7 @@
 """Evaluate super-resolution networks: PSNR/SSIM of SR vs plain up-sampling against the HR crop, and
 attribute mA on small crops with and without SR (reconstruction paper sec. 4-5, Tab. 2 "lowRAP").
 
-    python tools/eval_superres.py --weights models/weights/superres_x4_market.pt \
+    amodal eval superres --weights models/weights/superres_x4_market.pt \
         models/weights/superres_x2_market.pt --data ../shared/datasets/Market-1501 --json out.json \
         [--attribute-model models/weights/attributes_vocab_osnet_x0_25.pt] [--limit 2000 --seed 0]
 
@@ -10,7 +10,7 @@ training downsampling, default INTER_AREA), then (a) bilinear (the paper's Tab. 
 bicubic up-sampling back to the HR size, (b) the SR network; PSNR/SSIM of each against HR. With
 ``--attribute-model`` the attribute classifier is run on HR, on (a) and on (b) (every variant is at
 the HR size, and the classifier's own resize to its input size applies to all of them alike) and
-mA / accuracy / precision / recall / F1 are reported for each, scored like tools/eval_attributes.py
+mA / accuracy / precision / recall / F1 are reported for each, scored like amodal eval attributes
 (its attribute matching and the checkpoint's thresholds).
 
 Data (``--format``, detected when left out):
@@ -30,26 +30,27 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from models.attributes.metrics import attribute_metrics  # noqa: E402
-from models.data.transforms import load_rgb, resize  # noqa: E402
-from models.deocclusion.grid import save_grid  # noqa: E402
-from models.deocclusion.image_metrics import psnr, ssim  # noqa: E402
-from models.superres.data import downsample, modcrop, upsample  # noqa: E402
-from models.superres.predictor import SuperResolver  # noqa: E402
-from models.training import set_threads, write_json  # noqa: E402
+from amodal.commands import prog_of
+from models.attributes.metrics import attribute_metrics
+from models.data.transforms import load_rgb, resize
+from models.deocclusion.grid import save_grid
+from models.deocclusion.image_metrics import psnr, ssim
+from models.superres.data import downsample, modcrop, upsample
+from models.superres.predictor import SuperResolver
+from models.training import set_threads, write_json
 
 logger = logging.getLogger("eval_superres")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 BASELINES = ("bilinear", "bicubic")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument(
         "--weights",
         required=True,
@@ -71,6 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--batch-size", type=int, default=32, help="SR and attribute batch size")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     return p.parse_args(argv)
 
 
@@ -146,12 +152,12 @@ def time_sr(resolver: SuperResolver, lr: list[np.ndarray], batch: int, repeats: 
 
 
 class AttributeScorer:
-    """The attribute classifier and the scoring of tools/eval_attributes.py on fixed records."""
+    """The attribute classifier and the scoring of amodal eval attributes on fixed records."""
 
     def __init__(self, weights: Path, records, data_naming: str | None, batch_size: int):
+        from amodal.commands.eval_attributes import match_attributes
         from models.attributes.model import load_attribute_model
         from models.attributes.predictor import AttributePredictor
-        from tools.eval_attributes import match_attributes
 
         model, bundle = load_attribute_model(weights)
         self.names = list(bundle.attribute_names)

@@ -2,7 +2,7 @@
 (``models/reid/track_embedding.py``) gains over the paper's single-crop matching, and the
 new-identity threshold of the identify stage, chosen on the checkpoint's held-out training identities.
 
-    python tools/eval_identity.py --weights models/weights/oamn_osnet_x0_25_peta.pt \\
+    amodal eval identity --weights models/weights/oamn_osnet_x0_25_peta.pt \\
         --data ../shared/datasets/Market-1501 --json runs/eval_identity.json --threads 1
 
 Tracks. A track is every crop of one identity in one camera. On Market-1501 (``--data``, a root with
@@ -28,7 +28,7 @@ Rows (unified matching with grader grades and the checkpoint's offsets, as ``Occ
   identify stage does.
 
 Views: ``holistic`` query crops; ``occluded``: every query crop occluded synthetically (OAMN sec. 3.1
-corner patches, type uniform, ``--seed``, as ``tools/eval_reid.py``); ``mixed``: each query crop
+corner patches, type uniform, ``--seed``, as ``amodal eval reid``); ``mixed``: each query crop
 occluded with probability ``--mixed-prob`` (the same occluded copies). Gallery crops stay holistic.
 
 Aggregation (``--variant`` or chosen): crop weights (uniform, visible share, sharpness, top-K) x the
@@ -50,29 +50,27 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+from PIL import Image
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from models.data.reid_datasets import ReIDRecord, load_images, normalize, read_market_folder  # noqa: E402
-from models.reid.calibration import held_out_records  # noqa: E402
-from models.reid.encoder import TorchEncoder  # noqa: E402
-from models.reid.evaluation import synthesize_occlusions  # noqa: E402
-from models.reid.grader import GradeThresholds, decide_grades  # noqa: E402
-from models.reid.metrics import cmc_map  # noqa: E402
-from models.reid.oamn import load_oamn  # noqa: E402
-from models.reid.occlusion_augment import NUM_GRADES  # noqa: E402
-from models.reid.track_embedding import TrackEmbedding, crop_weights, laplacian_sharpness  # noqa: E402
-from models.reid.unification import plain_similarity, unification_versions, unified_similarity  # noqa: E402
-from models.training import write_json  # noqa: E402
+from amodal.commands import prog_of
+from models.data.reid_datasets import ReIDRecord, load_images, normalize, read_market_folder
+from models.reid.calibration import held_out_records
+from models.reid.encoder import TorchEncoder
+from models.reid.evaluation import synthesize_occlusions
+from models.reid.grader import GradeThresholds, decide_grades
+from models.reid.metrics import cmc_map
+from models.reid.oamn import load_oamn
+from models.reid.occlusion_augment import NUM_GRADES
+from models.reid.track_embedding import TrackEmbedding, crop_weights, laplacian_sharpness
+from models.reid.unification import plain_similarity, unification_versions, unified_similarity
+from models.training import write_json
 
 logger = logging.getLogger("eval_identity")
 
@@ -581,9 +579,9 @@ def print_report(results: dict) -> None:
     print(f"  pairwise: {t['pairwise']}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--weights", required=True, help="OAMN checkpoint with held-out identities")
     parser.add_argument("--data", required=True, help="Market-1501-style root (query/, bounding_box_test/)")
@@ -604,6 +602,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.max_track_len < 1 or not 0 <= args.mixed_prob <= 1:
         parser.error("--max-track-len must be >= 1 and --mixed-prob in [0, 1]")

@@ -4,7 +4,7 @@ with ``--gallery-entries``, what the "occlude them all" gallery pays per entry a
 (``models/reid/gallery.py``: 9 versions per entry; a query needs one version per grade in the
 gallery).
 
-    python tools/export_reid.py --weights models/weights/oamn_osnet_x0_25_peta.pt \\
+    amodal export reid --weights models/weights/oamn_osnet_x0_25_peta.pt \\
         --onnx runs/export/oamn_osnet_x0_25_peta.onnx --json runs/export/oamn_export.json \\
         --benchmark-batches 1 32 --gallery-entries 64 --threads 1
 
@@ -16,21 +16,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from models.backends import check_onnx_parity, create_backend, export_onnx  # noqa: E402
-from models.reid.encoder import BackendEncoder  # noqa: E402
-from models.reid.gallery import OcclusionGallery  # noqa: E402
-from models.reid.oamn import OAMNInference, load_oamn  # noqa: E402
-from models.reid.occlusion_augment import NUM_GRADES, grade_index  # noqa: E402
-from models.training import write_json  # noqa: E402
+from amodal.commands import prog_of
+from models.backends import check_onnx_parity, create_backend, export_onnx
+from models.reid.encoder import BackendEncoder
+from models.reid.gallery import OcclusionGallery
+from models.reid.oamn import OAMNInference, load_oamn
+from models.reid.occlusion_augment import NUM_GRADES, grade_index
+from models.training import write_json
 
 logger = logging.getLogger("export_reid")
 OUTPUTS = ["embedding", "grade"]
@@ -77,11 +74,11 @@ def backend_dim(backend, hw: tuple[int, int]) -> int:
     return int(backend(np.zeros((1, 3, *hw), np.float32))["embedding"].shape[1])
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--weights", required=True, help="OAMN checkpoint (tools/train_reid.py oamn.pt)")
+    parser.add_argument("--weights", required=True, help="OAMN checkpoint (amodal train reid oamn.pt)")
     parser.add_argument("--onnx", required=True, help="ONNX file to write")
     parser.add_argument("--json", help="write parity + timings here")
     parser.add_argument("--atol", type=float, default=1e-4, help="parity tolerance (max abs difference)")
@@ -101,6 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)

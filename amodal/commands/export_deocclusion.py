@@ -1,7 +1,7 @@
 """Export a de-occluder (U-Net generator or two-stage file) to ONNX, check parity with torch, and
 benchmark the CPU backends.
 
-    python tools/export_deocclusion.py --weights models/weights/deocclusion_unet16_peta_128x64.pt \\
+    amodal export deocclusion --weights models/weights/deocclusion_unet16_peta_128x64.pt \\
         --onnx runs/deocclusion.onnx [--bench --batches 1 32 --threads 1 --json runs/deocc_bench.json]
 
 The export has a dynamic batch axis (input ``images``, output ``generated``, RGB in [-1, 1]; a
@@ -16,22 +16,22 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from models.backends import BackendUnavailable, check_onnx_parity, create_backend, export_onnx  # noqa: E402
-from models.deocclusion.predictor import INPUT_NAME, load_deoccluder  # noqa: E402
-from models.training import set_threads, write_json  # noqa: E402
+from amodal.commands import prog_of
+from models.backends import BackendUnavailable, check_onnx_parity, create_backend, export_onnx
+from models.deocclusion.predictor import INPUT_NAME, load_deoccluder
+from models.training import set_threads, write_json
 
 logger = logging.getLogger("export_deocclusion")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--weights", required=True, help="generator or two-stage file")
     p.add_argument("--onnx", required=True, help="output ONNX path")
     p.add_argument("--atol", type=float, default=1e-4, help="parity tolerance (fp32)")
@@ -43,6 +43,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=10, help="timed runs per batch size (after 2 warm-ups)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch and ONNX Runtime")
     p.add_argument("--json", default=None, help="write parity and timings here")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     return p.parse_args(argv)
 
 

@@ -1,6 +1,6 @@
 """Train the super-resolution network G^S (reconstruction paper sec. 3.3) on Market-1501 training crops.
 
-    python tools/train_superres.py --config configs/superres_x4_market.yaml \
+    amodal train superres --config configs/superres_x4_market.yaml \
         [--set optim.max_iters=200 ...] [--resume] [--no-progress]
 
 LR inputs are the HR crops downsampled by ``model.scale`` (sec. 3.3 / lowRAP); content loss L1, MSE
@@ -22,18 +22,17 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from models.deocclusion.discriminator import Discriminator  # noqa: E402
-from models.deocclusion.grid import save_grid  # noqa: E402
-from models.deocclusion.image_metrics import batch_ssim_psnr  # noqa: E402
-from models.deocclusion.losses import discriminator_loss, generator_adversarial_loss  # noqa: E402
-from models.superres.checkpoint import build_network, save_superres  # noqa: E402
-from models.superres.data import (  # noqa: E402
+from amodal.commands import prog_of
+from models.deocclusion.discriminator import Discriminator
+from models.deocclusion.grid import save_grid
+from models.deocclusion.image_metrics import batch_ssim_psnr
+from models.deocclusion.losses import discriminator_loss, generator_adversarial_loss
+from models.superres.checkpoint import build_network, save_superres
+from models.superres.data import (
     SRPairs,
     downsample,
     load_market_crops,
@@ -42,22 +41,22 @@ from models.superres.data import (  # noqa: E402
     to_uint8,
     upsample,
 )
-from models.superres.recipe import SuperResRecipe  # noqa: E402
-from models.training import (  # noqa: E402
+from models.superres.recipe import SuperResRecipe
+from models.training import (
     Checkpointer,
     budget_spent,
     progress,
     start_run,
-    training_arguments,
+    training_parser,
     write_json,
 )
-from pipeline.configfile import load_config  # noqa: E402
+from pipeline.configfile import load_config
 
 logger = logging.getLogger("train_superres")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return training_arguments(__doc__, "configs/superres_*.yaml", "optim.max_iters=200", argv)
+def build_parser() -> argparse.ArgumentParser:
+    return training_parser(prog_of(__name__), __doc__, "configs/superres_*.yaml", "optim.max_iters=200")
 
 
 def content_loss(sr: torch.Tensor, hr: torch.Tensor, kind: str) -> torch.Tensor:
@@ -113,7 +112,7 @@ class Validator:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     recipe = load_config(SuperResRecipe, args.config, overrides=args.overrides)
     run, data, opt_cfg, loss_cfg = recipe.run, recipe.data, recipe.optim, recipe.loss

@@ -8,11 +8,11 @@ the grader alone (``models/reid/site_adaptation.py``), its visible threshold is 
 site's clear crops, and the adapted checkpoint is written with a before / after report on tracks
 held out of the adaptation.
 
-    python tools/adapt_grader.py --weights models/weights/oamn_osnet_x0_25_peta.pt \\
+    amodal adapt-grader --weights models/weights/oamn_osnet_x0_25_peta.pt \\
         --video recordings/cam1.mp4 --tracks runs/cam1/events.jsonl \\
         --out models/weights/oamn_site_cam1.pt --json runs/cam1/adapt_grader.json
     # a JSONL holding several streams: say which one the recording is
-    python tools/adapt_grader.py --weights W --video cam2.mp4 --tracks events.jsonl --stream cam2 \\
+    amodal adapt-grader --weights W --video cam2.mp4 --tracks events.jsonl --stream cam2 \\
         --out W_cam2.pt --steps 500 --min-covered 0.4
 
 Each ``tracks`` line of the stream is matched to the decoded frame nearest its ``pts`` (seconds
@@ -34,21 +34,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import av
+import numpy as np
+import torch
 
-import av  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from models.reid.oamn import load_oamn, save_oamn_weights  # noqa: E402
-from models.reid.site_adaptation import (  # noqa: E402
+from amodal.commands import prog_of
+from models.reid.oamn import load_oamn, save_oamn_weights
+from models.reid.site_adaptation import (
     MIN_COVERED,
     MIN_CROPS,
     AdaptationError,
@@ -61,8 +59,8 @@ from models.reid.site_adaptation import (  # noqa: E402
     require_visibility_grader,
     sample_boxes,
 )
-from models.training import set_threads, write_json  # noqa: E402
-from models.weights_path import require_file  # noqa: E402
+from models.training import set_threads, write_json
+from models.weights_path import require_file
 
 logger = logging.getLogger("adapt_grader")
 
@@ -263,9 +261,9 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--weights", required=True, help="OAMN checkpoint with a 'visibility' grader")
     parser.add_argument("--video", required=True, help="the site's recording (any format PyAV decodes)")
@@ -294,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the crop draw, track split and pairs")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     for name in ("steps", "track_step", "max_crops", "min_crops", "batch_size", "threads"):
         if getattr(args, name) < 1:

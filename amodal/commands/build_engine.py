@@ -1,6 +1,6 @@
 """Build (or verify) the TensorRT engine for an ONNX export, into the keyed engine cache.
 
-    python tools/build_engine.py --onnx runs/deocclusion.onnx --cache-dir engines \\
+    amodal build-engine --onnx runs/deocclusion.onnx --cache-dir engines \\
         [--precision fp16|fp32|int8] [--min-batch 1 --opt-batch 8 --max-batch 32] \\
         [--calibration-crops DIR --calibration-batches 16]
 
@@ -17,21 +17,22 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from models.backends.base import BackendUnavailable  # noqa: E402
-from models.backends.engine_profile import EngineProfile  # noqa: E402
-from models.backends.export import onnx_io_spec  # noqa: E402
-from models.backends.tensorrt_backend import TensorRTBackend  # noqa: E402
-from models.backends.tensorrt_build import make_int8_calibrator  # noqa: E402
+from amodal.commands import prog_of
+from models.backends.base import BackendUnavailable
+from models.backends.engine_profile import EngineProfile
+from models.backends.export import onnx_io_spec
+from models.backends.tensorrt_backend import TensorRTBackend
+from models.backends.tensorrt_build import make_int8_calibrator
 
 logger = logging.getLogger("build_engine")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--onnx", required=True, help="ONNX export (models.backends.export_onnx)")
     p.add_argument("--cache-dir", default="engines", help="engine cache directory")
     p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16")
@@ -41,6 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--calibration-crops", default=None, help="INT8: folder of crops for calibration")
     p.add_argument("--calibration-batches", type=int, default=16, help="INT8: batches of max-batch crops")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     return p.parse_args(argv)
 
 

@@ -1,6 +1,6 @@
 """Train OAMN (Chen et al., ICCV 2021) from a YAML recipe.
 
-    python tools/train_reid.py --config configs/reid_oamn_osnet_x0_25_peta.yaml [--set train.iterations=50]
+    amodal train reid --config configs/reid_oamn_osnet_x0_25_peta.yaml [--set train.iterations=50]
 
 Resumes from ``<run.out_dir>/last.pt`` when it exists (``--fresh`` ignores it); writes
 ``<run.out_dir>/metrics.json`` and the inference weights ``<run.out_dir>/oamn.pt`` at the end.
@@ -12,41 +12,38 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
+import math
 import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import math  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from models.data.reid_datasets import (  # noqa: E402
+from amodal.commands import prog_of
+from models.data.reid_datasets import (
     load_images,
     normalize,
     read_market_folder,
     read_peta_reid,
     relabel,
 )
-from models.reid.calibration import calibrate, calibrate_visibility  # noqa: E402
-from models.reid.config import OAMNModelConfig, ReIDRecipe  # noqa: E402
-from models.reid.evaluation import encode, holdout_split, validate  # noqa: E402
-from models.reid.grader import decide_grades, occlusion_score  # noqa: E402
-from models.reid.grader_data import (  # noqa: E402
+from models.reid.calibration import calibrate, calibrate_visibility
+from models.reid.config import OAMNModelConfig, ReIDRecipe
+from models.reid.evaluation import encode, holdout_split, validate
+from models.reid.grader import decide_grades, occlusion_score
+from models.reid.grader_data import (
     RealisticBatches,
     RealisticSet,
     load_body_masks,
     realistic_set,
 )
-from models.reid.grader_eval import roc_auc, spearman  # noqa: E402
-from models.reid.losses import OAMNLoss, score_loss  # noqa: E402
-from models.reid.oamn import OAMN, OAMNInference, load_oamn, save_oamn_weights  # noqa: E402
-from models.reid.occlusion_augment import augment_batch  # noqa: E402
-from models.reid.sampler import PKSampler  # noqa: E402
-from models.training import (  # noqa: E402
+from models.reid.grader_eval import roc_auc, spearman
+from models.reid.losses import OAMNLoss, score_loss
+from models.reid.oamn import OAMN, OAMNInference, load_oamn, save_oamn_weights
+from models.reid.occlusion_augment import augment_batch
+from models.reid.sampler import PKSampler
+from models.training import (
     Checkpointer,
     pick_device,
     progress,
@@ -54,7 +51,7 @@ from models.training import (  # noqa: E402
     set_threads,
     write_json,
 )
-from pipeline.configfile import load_config  # noqa: E402
+from pipeline.configfile import load_config
 
 logger = logging.getLogger("train_reid")
 
@@ -422,14 +419,19 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
     return metrics
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", required=True, help="YAML recipe (configs/reid_*.yaml)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="a.b.c=value override")
     parser.add_argument("--fresh", action="store_true", help="ignore an existing last.pt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     recipe = load_config(ReIDRecipe, args.config, overrides=args.overrides)

@@ -1,8 +1,8 @@
 """Train one stage of the two-stage de-occlusion (de-occlusion paper sec. 3.2-3.3) on Market-1501
 training crops occluded with exact targets (``models/deocclusion/pairs.py``).
 
-    python tools/train_two_stage.py --config configs/deocclusion_two_stage_mask.yaml
-    python tools/train_two_stage.py --config configs/deocclusion_two_stage_content.yaml \
+    amodal train two-stage --config configs/deocclusion_two_stage_mask.yaml
+    amodal train two-stage --config configs/deocclusion_two_stage_content.yaml \
         [--set optim.max_iters=500 ...] [--resume]
 
 ``stage: mask`` trains the mask-completion network and writes ``<out_dir>/masks.pt``;
@@ -19,23 +19,21 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from models.deocclusion.data import to_uint8  # noqa: E402
-from models.deocclusion.discriminator import Discriminator  # noqa: E402
-from models.deocclusion.grid import save_grid  # noqa: E402
-from models.deocclusion.image_metrics import batch_ssim_psnr  # noqa: E402
-from models.deocclusion.losses import OSNetFeatures, discriminator_loss, generator_adversarial_loss  # noqa: E402
-from models.deocclusion.mask_completion import mask_templates  # noqa: E402
-from models.deocclusion.pair_data import load_market_parts, rough_masks, split_identities  # noqa: E402
-from models.deocclusion.pair_eval import mask_ious  # noqa: E402
-from models.deocclusion.pairs import KINDS, PairBatch, PairBatches, pair_set  # noqa: E402
-from models.deocclusion.two_stage import (  # noqa: E402
+from amodal.commands import prog_of
+from models.deocclusion.data import to_uint8
+from models.deocclusion.discriminator import Discriminator
+from models.deocclusion.grid import save_grid
+from models.deocclusion.image_metrics import batch_ssim_psnr
+from models.deocclusion.losses import OSNetFeatures, discriminator_loss, generator_adversarial_loss
+from models.deocclusion.mask_completion import mask_templates
+from models.deocclusion.pair_data import load_market_parts, rough_masks, split_identities
+from models.deocclusion.pair_eval import mask_ious
+from models.deocclusion.pairs import KINDS, PairBatch, PairBatches, pair_set
+from models.deocclusion.two_stage import (
     TwoStageDeoccluder,
     build_content_net,
     build_mask_net,
@@ -45,23 +43,25 @@ from models.deocclusion.two_stage import (  # noqa: E402
     mix_guidance,
     save_two_stage,
 )
-from models.deocclusion.two_stage_losses import FeatureLosses, hole_l1, mask_losses  # noqa: E402
-from models.deocclusion.two_stage_recipe import TwoStageRecipe  # noqa: E402
-from models.training import (  # noqa: E402
+from models.deocclusion.two_stage_losses import FeatureLosses, hole_l1, mask_losses
+from models.deocclusion.two_stage_recipe import TwoStageRecipe
+from models.training import (
     Checkpointer,
     budget_spent,
     progress,
     start_run,
-    training_arguments,
+    training_parser,
     write_json,
 )
-from pipeline.configfile import load_config  # noqa: E402
+from pipeline.configfile import load_config
 
 logger = logging.getLogger("train_two_stage")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return training_arguments(__doc__, "configs/deocclusion_two_stage_*.yaml", "optim.max_iters=500", argv)
+def build_parser() -> argparse.ArgumentParser:
+    return training_parser(
+        prog_of(__name__), __doc__, "configs/deocclusion_two_stage_*.yaml", "optim.max_iters=500"
+    )
 
 
 def to_unit(images: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -117,7 +117,7 @@ def content_metrics(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     recipe = load_config(TwoStageRecipe, args.config, overrides=args.overrides)
     run, data, opt = recipe.run, recipe.data, recipe.optim

@@ -1,13 +1,13 @@
 """Benchmark the pipeline against its own stages run bare, in the same run (ratios, not absolutes).
 
-    python tools/bench_pipeline.py ../shared/media/crosswalk-occlusions.mp4 \
+    amodal bench ../shared/media/crosswalk-occlusions.mp4 \
         --weights ../shared/models/yolov8n_int8_openvino_model --json bench.json
 
 Measures, on one video:
 
 * ``decode_fps``: PyAV decode to BGR (the ingest decoder, no runtime), and ``ffmpeg_fps``: ``ffmpeg
   -f null`` decode of the same frames (when ffmpeg is installed); ``decode_vs_ffmpeg`` is their ratio;
-* each stage of the built-in replay graph (``default_replay_graph()``, walked, not listed here) bare on
+* each stage of the built-in replay graph (``builtin_replay_graph()``, walked, not listed here) bare on
   recorded inputs: ingest (decode threads + Frame messages), detect on the decoded frames (in batches
   of its ``max_batch``), track on the recorded detections, every model stage after the tracker
   (grade, deocclude, describe, identify: whatever the graph has) on the output of its input stage,
@@ -21,7 +21,7 @@ Measures, on one video:
   ``model_calls_vs_track_length``: per track, runs against its visible length in seconds
   (``max_runs_over_schedule`` = max over tracks of runs / (1 + seconds x schedule rate), and the
   least-squares slope of runs on seconds), so a schedule whose calls grow with frames shows;
-* the detect-and-track graph (``default_replay_graph(basic=True)``) and the full graph, end to end on
+* the detect-and-track graph (``builtin_replay_graph(basic=True)``) and the full graph, end to end on
   the same frames in embedded mode, alternated ``--repeats`` times (basic, full, full, basic, ...):
   ``basic_fps``, ``full_fps`` (means over the runs), ``full_vs_basic`` = full_fps / basic_fps, and
   ``graph_stage_metrics``: each stage's process / model seconds and model counts from the runtime's
@@ -62,19 +62,18 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
 
-import numpy as np  # noqa: E402
-from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
-
-from pipeline.messages import DATA_TYPES, EndOfStream, Frame, PersonCrops, TrackEnd  # noqa: E402
-from pipeline.metrics import RuntimeMetrics  # noqa: E402
-from pipeline.registry import register_stage  # noqa: E402
-from pipeline.stage import Stage, StageContext  # noqa: E402
+from amodal.commands import prog_of
+from pipeline.messages import DATA_TYPES, EndOfStream, Frame, PersonCrops, TrackEnd
+from pipeline.metrics import RuntimeMetrics
+from pipeline.registry import register_stage
+from pipeline.stage import Stage, StageContext
 
 logger = logging.getLogger("bench_pipeline")
 
-PLUGIN = "tools.bench_pipeline"
+PLUGIN = "amodal.commands.bench_pipeline"
 
 
 class ProbeConfig(BaseModel):
@@ -490,10 +489,11 @@ def build_graph(
 ) -> dict[str, Any]:
     """The built-in replay graph (full, or detect-and-track with ``basic``) on the benchmark video, with
     a probe fed by the last stage before the sinks that sends PersonCrops."""
-    from pipeline.defaults import default_replay_graph
+    from amodal.graphs import builtin_replay_graph, register_stages
     from pipeline.registry import get_stage
 
-    graph = default_replay_graph(basic=basic)
+    register_stages()
+    graph = builtin_replay_graph(basic=basic)
     graph.update(mode=mode, output_dir=str(out_dir), plugins=[PLUGIN])
     graph["logging"]["level"] = "ERROR"
     # A stage process that finishes keeps flushing its last queued messages for linger_s; behind a
@@ -535,13 +535,15 @@ def bench_graph(
     basic: bool = False,
 ) -> dict[str, Any]:
     """One run of the graph; in embedded mode also each stage's metrics (``stage_metrics``)."""
-    from pipeline.graph import load_graph
+    from amodal.graphs import load_app_graph
     from pipeline.runtime import EmbeddedRuntime
     from pipeline.supervisor import ProcessRuntime
 
     with tempfile.TemporaryDirectory(prefix=f"bench-{mode}-") as tmp:
         probe = Path(tmp) / "probe.json"
-        graph = load_graph(data=build_graph(args, mode, Path(tmp) / "out", probe, realtime, frames, basic))
+        graph = load_app_graph(
+            data=build_graph(args, mode, Path(tmp) / "out", probe, realtime, frames, basic)
+        )
         runtime = EmbeddedRuntime(graph) if mode == "embedded" else ProcessRuntime(graph)
         started = time.perf_counter()
         report = runtime.run()
@@ -639,8 +641,8 @@ def bench_transport(sample_frame: Frame, sample_crops: PersonCrops, count: int) 
 
 
 # ---------------------------------------------------------------------------------------- main
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog_of(__name__), description=__doc__.splitlines()[0])
     parser.add_argument("video", help="video file to benchmark on")
     parser.add_argument("--weights", required=True, help="detector weights (.pt/.onnx/.engine/OpenVINO dir)")
     parser.add_argument("--frames", type=int, default=None, help="use only the first N frames")
@@ -688,6 +690,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="detect config override key=value (e.g. interval=2)",
     )
     parser.add_argument("--json", dest="json_path", default=None, help="also write the JSON here")
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -749,11 +756,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args.detect_overrides = apply_overrides({}, args.detect_set)
 
-    from pipeline.graph import load_graph
+    from amodal.graphs import load_app_graph
     from pipeline.registry import get_stage
 
     with tempfile.TemporaryDirectory(prefix="bench-bare-") as tmp:
-        template = load_graph(
+        template = load_app_graph(
             data=build_graph(args, "embedded", Path(tmp) / "out", Path(tmp) / "p.json", False, args.frames)
         )
     specs = [spec for spec in template.stages if spec.type != "bench_probe"]

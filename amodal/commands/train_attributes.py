@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """Train a pedestrian-attribute network from a YAML recipe (configs/attributes_*.yaml).
 
-    python tools/train_attributes.py --config configs/attributes_part_osnet.yaml \
+    amodal train attributes --config configs/attributes_part_osnet.yaml \
         [--set optim.epochs=2 --set loss.scheme=exp] [--json runs/x/metrics.json]
 
 Resumable: rerun the same command and it continues from ``<run.out_dir>/last.pt``. Each epoch is scored
 on the held-out part of the TRAINING data (by person id); ``best.pt`` keeps the best held-out mA and
-is a self-describing checkpoint that ``tools/eval_attributes.py --weights`` and the pipeline load.
+is a self-describing checkpoint that ``amodal eval attributes --weights`` and the pipeline load.
 With ``selection.thresholds`` other than ``fixed``, each epoch also chooses per-attribute decision
 thresholds on that held-out part (training identities, never test data) and stores them in the
 checkpoint. ``data.sources`` trains on several datasets at once in the shared attribute vocabulary
@@ -22,25 +22,24 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from models.attributes.groups import attribute_task  # noqa: E402
-from models.attributes.losses import AttributeLoss, positive_ratio  # noqa: E402
-from models.attributes.metrics import attribute_metrics, choose_thresholds, format_metrics  # noqa: E402
-from models.attributes.model import AttributeModelBundle, build_attribute_model  # noqa: E402
-from models.attributes.recipe import (  # noqa: E402
+from amodal.commands import prog_of
+from models.attributes.groups import attribute_task
+from models.attributes.losses import AttributeLoss, positive_ratio
+from models.attributes.metrics import attribute_metrics, choose_thresholds, format_metrics
+from models.attributes.model import AttributeModelBundle, build_attribute_model
+from models.attributes.recipe import (
     AttributeRecipe,
     load_training_records,
     split_holdout,
 )
-from models.data.attribute_dataset import AttributeImageDataset  # noqa: E402
-from models.data.transforms import AttributeTransform  # noqa: E402
-from models.training import Checkpointer, pick_device, progress, seed_everything, set_threads, write_json  # noqa: E402
-from pipeline.configfile import load_config  # noqa: E402
+from models.data.attribute_dataset import AttributeImageDataset
+from models.data.transforms import AttributeTransform
+from models.training import Checkpointer, pick_device, progress, seed_everything, set_threads, write_json
+from pipeline.configfile import load_config
 
 logger = logging.getLogger("train_attributes")
 
@@ -234,9 +233,9 @@ def train(recipe: AttributeRecipe, json_out: Path | None = None) -> dict:
     return payload
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--config", required=True, help="YAML recipe (configs/attributes_*.yaml)")
     parser.add_argument(
@@ -250,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--json", type=Path, default=None, help="metrics JSON (default <run.out_dir>/metrics.json)"
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     recipe = load_config(AttributeRecipe, args.config, overrides=args.overrides)

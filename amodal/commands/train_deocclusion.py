@@ -1,6 +1,6 @@
 """Train the de-occlusion U-Net GAN (de-occlusion paper sec. 3) on crops with synthesised occlusions.
 
-    python tools/train_deocclusion.py --config configs/deocclusion_cpu.yaml \
+    amodal train deocclusion --config configs/deocclusion_cpu.yaml \
         [--set optim.epochs=2 ...] [--resume]
 
 Alternating D / G updates with K = 1, Adam(0.5, 0.999), lr 2e-4, batch 20, horizontal flips
@@ -16,21 +16,19 @@ import argparse
 import logging
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-
-from models.deocclusion.checkpoint import build_generator, save_generator  # noqa: E402
-from models.deocclusion.data import OcclusionPairs, occluder_pool, to_uint8  # noqa: E402
-from models.deocclusion.dataset_setup import load_crop_set, split_holdout  # noqa: E402
-from models.deocclusion.discriminator import Discriminator  # noqa: E402
-from models.deocclusion.grid import save_grid  # noqa: E402
-from models.deocclusion.image_metrics import batch_ssim_psnr  # noqa: E402
-from models.deocclusion.losses import (  # noqa: E402
+from amodal.commands import prog_of
+from models.deocclusion.checkpoint import build_generator, save_generator
+from models.deocclusion.data import OcclusionPairs, occluder_pool, to_uint8
+from models.deocclusion.dataset_setup import load_crop_set, split_holdout
+from models.deocclusion.discriminator import Discriminator
+from models.deocclusion.grid import save_grid
+from models.deocclusion.image_metrics import batch_ssim_psnr
+from models.deocclusion.losses import (
     AttributeLoss,
     PerceptualLoss,
     build_feature_network,
@@ -38,23 +36,23 @@ from models.deocclusion.losses import (  # noqa: E402
     generator_adversarial_loss,
     pixel_loss,
 )
-from models.deocclusion.recipe import DeocclusionRecipe  # noqa: E402
-from models.deocclusion.synthesis import OcclusionSynthesizer  # noqa: E402
-from models.training import (  # noqa: E402
+from models.deocclusion.recipe import DeocclusionRecipe
+from models.deocclusion.synthesis import OcclusionSynthesizer
+from models.training import (
     Checkpointer,
     budget_spent,
     progress,
     start_run,
-    training_arguments,
+    training_parser,
     write_json,
 )
-from pipeline.configfile import load_config  # noqa: E402
+from pipeline.configfile import load_config
 
 logger = logging.getLogger("train_deocclusion")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    return training_arguments(__doc__, "configs/deocclusion_*.yaml", "optim.epochs=3", argv)
+def build_parser() -> argparse.ArgumentParser:
+    return training_parser(prog_of(__name__), __doc__, "configs/deocclusion_*.yaml", "optim.epochs=3")
 
 
 @torch.no_grad()
@@ -83,7 +81,7 @@ def evaluate_pairs(generator: torch.nn.Module, pairs: OcclusionPairs, device: to
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     recipe = load_config(DeocclusionRecipe, args.config, overrides=args.overrides)
     run = recipe.run

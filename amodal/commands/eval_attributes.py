@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Evaluate an attribute checkpoint: mA, accuracy, precision, recall, F1 and a per-attribute table.
 
-    python tools/eval_attributes.py --weights models/weights/attributes_part_osnet_x0_25.pt \
+    amodal eval attributes --weights models/weights/attributes_part_osnet_x0_25.pt \
         --data ../shared/datasets/PETA --subsets VIPeR --json runs/eval_viper.json \
         [--occlusion bottom --occlusion-range 0.5 0.8 --seed 0] [--backend onnxruntime --onnx x.onnx]
 
@@ -32,24 +32,23 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from models.attributes.metrics import attribute_metrics, format_metrics  # noqa: E402
-from models.attributes.model import load_attribute_model  # noqa: E402
-from models.attributes.predictor import AttributePredictor  # noqa: E402
-from models.attributes.recipe import load_records  # noqa: E402
-from models.data.attribute_vocabulary import (  # noqa: E402
+from amodal.commands import prog_of
+from models.attributes.metrics import attribute_metrics, format_metrics
+from models.attributes.model import load_attribute_model
+from models.attributes.predictor import AttributePredictor
+from models.attributes.recipe import load_records
+from models.data.attribute_vocabulary import (
     MAPPINGS,
     VOCABULARY_NAMES,
     DatasetMapping,
     mapping_for_names,
     to_vocabulary,
 )
-from models.data.peta_attributes import PETA_35_ATTRIBUTES, AttributeRecords  # noqa: E402
-from models.data.transforms import load_rgb, occlude_bottom, resize  # noqa: E402
-from models.training import set_threads, write_json  # noqa: E402
+from models.data.peta_attributes import PETA_35_ATTRIBUTES, AttributeRecords
+from models.data.transforms import load_rgb, occlude_bottom, resize
+from models.training import set_threads, write_json
 
 logger = logging.getLogger("eval_attributes")
 
@@ -247,9 +246,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     return payload
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--weights", required=True, type=Path, help="attribute checkpoint (.pt)")
     parser.add_argument(
@@ -283,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--onnx", type=Path, default=None, help="ONNX file for onnxruntime / tensorrt")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quiet", action="store_true", help="print only the summary line")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     lo, hi = args.occlusion_range

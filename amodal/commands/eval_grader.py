@@ -5,11 +5,11 @@ ROC AUC of the occlusion score for visibility < 0.7, its Spearman correlation wi
 the 3 x 3 confusion of the grade decision's area (holistic, 1/4, 1/2) against the hidden share, and
 the operating point (share of occluded boxes graded occluded, share of the others graded occluded).
 
-    python tools/eval_grader.py --weights models/weights/oamn_osnet_x0_25_peta.pt \\
+    amodal eval grader --weights models/weights/oamn_osnet_x0_25_peta.pt \\
         --data ../shared/datasets/MOT17/train --json runs/eval_grader_mot17.json \\
         --frame-step 10 --max-boxes-per-seq 1000
     # one sequence, persons on vehicles and static persons too, other thresholds
-    python tools/eval_grader.py --weights W --data ../shared/datasets/MOT20/train/MOT20-01 \\
+    amodal eval grader --weights W --data ../shared/datasets/MOT20/train/MOT20-01 \\
         --json runs/g.json --classes 1 2 7 --thresholds 0.6 0.8
 
 ``--data`` holds sequences (``SEQ/img1/000001.jpg``, ``SEQ/gt/gt.txt``; ``seqinfo.ini``'s imDir and
@@ -27,7 +27,7 @@ MASKS its parsing maps; the identities the checkpoint held out in training are o
 realistically (people in front, static objects, frame-border cuts, or nothing; ``--seed``), and
 the report is per occlusion kind instead of per sequence.
 
-    python tools/eval_grader.py --weights models/weights/oamn_osnet_x0_25_market.pt \
+    amodal eval grader --weights models/weights/oamn_osnet_x0_25_market.pt \
         --data ../shared/datasets/Market-1501/bounding_box_train \
         --held-out ../shared/datasets/Market-1501/bounding_box_train_parsing --json runs/g_held_out.json
 """
@@ -36,21 +36,18 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
 from dataclasses import replace
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
 
-import torch  # noqa: E402
-
-from models.backends import BackendConfig  # noqa: E402
-from models.data.reid_datasets import load_images, normalize  # noqa: E402
-from models.reid.calibration import held_out_records  # noqa: E402
-from models.reid.grader import GradeThresholds  # noqa: E402
-from models.reid.grader_data import held_out_report, load_body_masks, realistic_set  # noqa: E402
-from models.reid.grader_eval import (  # noqa: E402
+from amodal.commands import prog_of
+from models.backends import BackendConfig
+from models.data.reid_datasets import load_images, normalize
+from models.reid.calibration import held_out_records
+from models.reid.grader import GradeThresholds
+from models.reid.grader_data import held_out_report, load_body_masks, realistic_set
+from models.reid.grader_eval import (
     DEFAULT_CLASSES,
     MIN_CROP_HW,
     VISIBILITY_THRESHOLD,
@@ -61,8 +58,8 @@ from models.reid.grader_eval import (  # noqa: E402
     score_sequence,
     select_boxes,
 )
-from models.reid.predictor import ReidPredictor  # noqa: E402
-from models.training import set_threads, write_json  # noqa: E402
+from models.reid.predictor import ReidPredictor
+from models.training import set_threads, write_json
 
 logger = logging.getLogger("eval_grader")
 
@@ -116,9 +113,9 @@ def _held_out(args: argparse.Namespace, predictor: ReidPredictor, thresholds: Gr
     return report
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--weights", required=True, help="OAMN checkpoint (a path or a models/weights/ name)")
     parser.add_argument(
@@ -184,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         help="parsing-map folder: evaluate on the checkpoint's held-out training identities of --data, "
         "occluded synthetically with exact labels, instead of MOTChallenge sequences",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     for name in ("frame_step", "batch_size", "threads"):
         if getattr(args, name) < 1:
