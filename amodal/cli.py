@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for group, text in GROUPS.items():
         group_parser = sub.add_parser(group, help=text, description=text)
-        names = group_parser.add_subparsers(dest="program", required=True, metavar="NAME")
+        names = group_parser.add_subparsers(dest="program", required=True)
         for words, (_, line) in COMMANDS.items():
             if words[0] == group:
                 names.add_parser(words[1], help=line, add_help=False)

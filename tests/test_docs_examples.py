@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 from amodal.check import describe_graph, print_description
+from amodal.graphs import load_app_graph
 from models.backbones import registry as backbone_registry
 from pipeline.configfile import ConfigError
-from pipeline.graph import load_graph
 from pipeline.messages import EndOfStream, PersonCrops, Tracks, TrackState
 from pipeline.registry import stage_types
 from pipeline.stage import MetricSink, StageContext
@@ -92,7 +92,7 @@ def plugin_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, A
 
 
 def test_the_stage_example_loads_in_a_graph_after_track(plugin_graph: dict[str, Any]) -> None:
-    graph = load_graph(data=plugin_graph)
+    graph = load_app_graph(data=plugin_graph)
     spec = graph.stage("count")
     assert spec.type == "count_people" and stage_types()["count_people"] is spec.stage_class
     assert spec.stage_class.__module__ == "people_counter"  # not under stages.: no contract test runs
@@ -101,7 +101,7 @@ def test_the_stage_example_loads_in_a_graph_after_track(plugin_graph: dict[str, 
 
 
 def test_the_stage_example_counts_and_passes_the_message_on(plugin_graph: dict[str, Any]) -> None:
-    spec = load_graph(data=plugin_graph).stage("count")
+    spec = load_app_graph(data=plugin_graph).stage("count")
     gauges = _Gauges()
     stage = spec.stage_class.from_config(spec.config, StageContext("count", metrics=gauges))
     stage.on_start()
@@ -122,8 +122,8 @@ def test_the_runtime_promises_of_the_stage_section_hold(
     bad = {**plugin_graph, "stages": [*plugin_graph["stages"][:-1], dict(plugin_graph["stages"][-1])]}
     bad["stages"][-1]["config"] = {"min_heigth": 40}
     with pytest.raises(ConfigError, match="min_heigth"):
-        load_graph(data=bad)
-    print_description(describe_graph(load_graph(data=plugin_graph)))
+        load_app_graph(data=bad)
+    print_description(describe_graph(load_app_graph(data=plugin_graph)))
     printed = [line.strip() for line in capsys.readouterr().out.splitlines()]
     (shown,) = _blocks("text", "Add a stage")
     for line in shown.strip().splitlines():

@@ -290,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse to adapt with fewer occluded or fewer clear crops than this",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the crop draw, track split and pairs")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--batch-size", type=int, default=64, help="crops per batch (features and adaptation steps)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     return parser
 

@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="calibrated checkpoint to write (may be --weights)")
     parser.add_argument("--json", help="also write the calibration as JSON")
     parser.add_argument("--seed", type=int, help="seed of the synthetic occlusions (default: training's)")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     return parser
 
 

@@ -256,7 +256,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--json", required=True, type=Path, help="where to write the metrics JSON")
     parser.add_argument(
-        "--format", default="peta", choices=["peta", "market", "pa100k", "rap", "csv", "json"]
+        "--format",
+        default="peta",
+        choices=["peta", "market", "pa100k", "rap", "csv", "json"],
+        help="layout of --data",
     )
     parser.add_argument("--subsets", nargs="*", default=["VIPeR"], help="PETA subsets to evaluate on")
     parser.add_argument(
@@ -266,8 +269,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="score only these attributes (model or vocabulary names; 'peta35' = the PETA-35 under "
         "either name), e.g. to compare a vocabulary model with a PETA-35 one on the same attributes",
     )
-    parser.add_argument("--occlusion", default="none", choices=["none", "bottom", "oamn"])
-    parser.add_argument("--occlusion-range", nargs=2, type=float, default=[0.5, 0.8], metavar=("LO", "HI"))
+    parser.add_argument(
+        "--occlusion",
+        default="none",
+        choices=["none", "bottom", "oamn"],
+        help="synthetic occlusion of the test crops by another person's crop: bottom (a --occlusion-range "
+        "share of the height) or oamn (OAMN's occluder on the bottom half)",
+    )
+    parser.add_argument(
+        "--occlusion-range",
+        nargs=2,
+        type=float,
+        default=[0.5, 0.8],
+        metavar=("LO", "HI"),
+        help="--occlusion bottom: share of the height covered, drawn uniformly in [LO, HI]",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic occlusion")
     parser.add_argument(
         "--threshold",
@@ -276,11 +292,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="probability threshold for a positive, every attribute (default: the checkpoint's "
         "per-attribute thresholds, else 0.5)",
     )
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="crops per forward pass")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
+    parser.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnxruntime", "tensorrt"],
+        help="runtime of the model",
+    )
     parser.add_argument("--onnx", type=Path, default=None, help="ONNX file for onnxruntime / tensorrt")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--quiet", action="store_true", help="print only the summary line")
     return parser
 

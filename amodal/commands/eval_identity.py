@@ -600,8 +600,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--variant", choices=sorted(VARIANTS), help="aggregation to report (default: chosen on held-out)"
     )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=64, help="crops per forward pass")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     return parser
 
 

@@ -308,8 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
         "of --subset: the split that chose its training step and thresholds; each identity's first "
         "image is the query",
     )
-    parser.add_argument("--query-cam", type=int, default=1)
-    parser.add_argument("--gallery-cam", type=int, default=2)
+    parser.add_argument("--query-cam", type=int, default=1, help="PETA: camera of the queries")
+    parser.add_argument("--gallery-cam", type=int, default=2, help="PETA: camera of the gallery")
     parser.add_argument(
         "--seeds",
         nargs="+",
@@ -345,8 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--no-unification", action="store_true", help="plain matching rows only (no masked versions)"
     )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=64, help="crops per forward pass")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     return parser
 
 
