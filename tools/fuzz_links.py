@@ -62,9 +62,9 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from amodal.graphs import load_app_graph
 from pipeline.configfile import ConfigError, load_yaml
 from pipeline.delivery import ACK, MARKER, MESSAGE, RESEND, envelope
-from pipeline.graph import load_graph
 from pipeline.messages import EndOfStream, Frame, PersonCrops, StageDone, TrackEnd, Tracks
 from pipeline.runtime import EmbeddedRuntime
 from pipeline.security import KeyDir, make_keys
@@ -725,7 +725,7 @@ def run_graph(
     A run that has not ended after ``timeout_s`` is asked to stop (sources stop, stages drain), and
     aborted if it does not drain within its ``shutdown.drain_timeout_s``.
     """
-    graph = load_graph(data=data)
+    graph = load_app_graph(data=data)
     runtime = EmbeddedRuntime(graph)
     box: dict[str, Any] = {}
 
