@@ -20,7 +20,6 @@ The same runner runs a stage as a thread (embedded mode) or as the body of a sta
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import threading
 import time
@@ -32,11 +31,13 @@ from typing import Any
 import zmq
 
 from pipeline.configfile import ConfigError
-from pipeline.delivery import Sent
 from pipeline.graph_settings import GraphConfig
 from pipeline.messages import DATA_TYPES, EndOfStream, StageDone, TrackEnd
 from pipeline.metrics import RuntimeMetrics
+from pipeline.redelivery import RedeliveryFilter
+from pipeline.source_progress import SourceProgress
 from pipeline.stage import RunInfo, SourceStage, Stage, StageContext
+from pipeline.stream_ends import StreamEnds
 from pipeline.transport import POLL_S, Inputs, Link, OnceLog, Outlet
 from pipeline.urls import mask_urls_in
 from pipeline.wire import encode, type_name
@@ -123,9 +124,9 @@ class StageRunner:
         self._inflight: collections.deque[_InFlight] = collections.deque()
         self._last_flush = time.monotonic()
         self._durable = False
-        self._dedup = _Dedup()
+        self._dedup = RedeliveryFilter()
         self._inputs: Inputs | None = None
-        self._progress: _SourceProgress | None = None
+        self._progress: SourceProgress | None = None
         self._failure: BaseException | None = None
         self._consecutive_errors = 0
         self.result = StageResult(name=name, ok=False)
@@ -144,7 +145,7 @@ class StageRunner:
             ]
             cls = self.spec.stage_class
             if issubclass(cls, SourceStage) and self._run.state_dir:
-                self._progress = _SourceProgress(Path(self._run.state_dir) / f"{self.name}.progress.json")
+                self._progress = SourceProgress(Path(self._run.state_dir) / f"{self.name}.progress.json")
                 self._run = replace(self._run, resume=self._progress.load())
                 for outlet in self._outlets:
                     outlet.on_release = self._progress.released_by(outlet)
@@ -253,7 +254,7 @@ class StageRunner:
     def _run_consumer(self, stage: Stage | None, inputs: Inputs) -> None:
         pending = {name for name, link in inputs.links.items() if link.upstream not in self._upstream_done}
         done_links = set(inputs.links) - pending
-        streams = _StreamEnds(self.graph, inputs.links)
+        streams = StreamEnds(self.graph, inputs.links)
         cls = self.spec.stage_class
         max_batch = max(1, int(getattr(stage, "max_batch", cls.max_batch) or 1))
         max_wait = float(getattr(stage, "max_wait_s", cls.max_wait_s) or 0.0)
@@ -480,161 +481,3 @@ class _InFlight:
 
     tokens: list[Any]
     marks: tuple[int, ...]
-
-
-class _Dedup:
-    """Recognises messages a restarted sender produced again (pipeline.delivery).
-
-    Frame numbers of a stream only grow, so data older than what a link already delivered is a
-    duplicate; the same number again is one only from another sender connection (a tracker sends a
-    second message for a stream's last frame at its end, from the same connection). A second
-    EndOfStream with no data in between is a duplicate too.
-    """
-
-    def __init__(self) -> None:
-        self._last: dict[tuple[str, str], tuple[int, bytes]] = {}
-        self._ended: set[tuple[str, str]] = set()
-
-    def data(self, link: str, message: Any, peer: bytes) -> bool:
-        key = (link, message.stream_id)
-        last = self._last.get(key)
-        if last is not None and (message.seq < last[0] or (message.seq == last[0] and peer != last[1])):
-            return False
-        self._last[key] = (message.seq, peer)
-        self._ended.discard(key)
-        return True
-
-    def end(self, link: str, stream_id: str) -> bool:
-        key = (link, stream_id)
-        if key in self._ended:
-            return False
-        self._ended.add(key)
-        return True
-
-
-class _SourceProgress:
-    """What a source's outlets have had acknowledged per stream, kept in a file across its restarts.
-
-    ``{stream: {"acked": seq, "sent": seq, "ended": bool}}``: ``acked`` = every frame up to it is done in
-    every sink (on every outlet), ``ended`` = its EndOfStream is, ``sent`` = the highest frame number
-    handed out (a restarted live source numbers on above it). Written atomically, at most every 0.2 s.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._base: dict[str, dict[str, Any]] = {}
-        self._acked: list[dict[str, int]] = []
-        self._ended: list[set[str]] = []
-        self._sent: dict[str, int] = {}
-        self._dirty = False
-        self._saved_at = 0.0
-
-    def load(self) -> dict[str, dict[str, Any]]:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            data = {}
-        self._base = {str(k): dict(v) for k, v in data.items() if isinstance(v, dict)}
-        self._sent = {k: int(v.get("sent", -1)) for k, v in self._base.items()}
-        return self._base
-
-    def released_by(self, outlet: Outlet) -> Callable[[list[Sent]], None]:
-        acked: dict[str, int] = {}
-        ended: set[str] = set()
-        self._acked.append(acked)
-        self._ended.append(ended)
-
-        def released(entries: list[Sent]) -> None:
-            for entry in entries:
-                if entry.stream_id is None:
-                    continue
-                if entry.seq is not None:
-                    acked[entry.stream_id] = max(acked.get(entry.stream_id, -1), entry.seq)
-                elif entry.kind == "end_of_stream":
-                    ended.add(entry.stream_id)
-            self._dirty = True
-
-        return released
-
-    def sent(self, stream: str, seq: int) -> None:
-        if seq > self._sent.get(stream, -1):
-            self._sent[stream] = seq
-            self._dirty = True
-
-    def snapshot(self) -> dict[str, dict[str, Any]]:
-        streams = set(self._base) | set(self._sent)
-        state = {}
-        for stream in sorted(streams):
-            base = self._base.get(stream, {})
-            before = int(base.get("acked", -1))
-            acked = [a.get(stream, before) for a in self._acked] or [before]
-            ended = bool(base.get("ended")) or bool(self._ended) and all(stream in e for e in self._ended)
-            state[stream] = {"acked": min(acked), "sent": self._sent.get(stream, -1), "ended": ended}
-        return state
-
-    def save_every(self, interval_s: float) -> None:
-        if self._dirty and time.monotonic() - self._saved_at >= interval_s:
-            self.save()
-
-    def save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps(self.snapshot()))
-        tmp.replace(self.path)
-        self._dirty = False
-        self._saved_at = time.monotonic()
-
-
-class _StreamEnds:
-    """Decides when a stream has ended on *every* input link that will carry its EndOfStream.
-
-    The runtime forwards EndOfStream on every link, so a stream's marker reaches a stage once per
-    input path from the source that produced it (twice in a diamond src -> a, b -> sink). A stream
-    first seen on link L is expected to end on every input link whose upstream sources overlap L's;
-    links from unrelated sources (a second camera's ingest) are not waited for. A link that finishes
-    (StageDone) counts as ended for all its streams.
-    """
-
-    def __init__(self, graph: GraphConfig, links: dict[str, Link]) -> None:
-        self._sources = {name: _sources_upstream(graph, link.upstream) for name, link in links.items()}
-        self._expected: dict[str, set[str]] = {}
-        self._ended: dict[str, set[str]] = {}
-        self._first_eos: dict[str, EndOfStream] = {}
-
-    def seen(self, link: str, stream: str) -> None:
-        if stream not in self._expected:
-            mine = self._sources[link]
-            self._expected[stream] = {name for name, srcs in self._sources.items() if srcs & mine} | {link}
-            self._ended[stream] = set()
-
-    def end(self, link: str, eos: EndOfStream, done_links: set[str]) -> EndOfStream | None:
-        self.seen(link, eos.stream_id)
-        self._ended[eos.stream_id].add(link)
-        self._first_eos.setdefault(eos.stream_id, eos)
-        return self._complete(eos.stream_id, done_links)
-
-    def link_done(self, link: str, done_links: set[str]) -> list[EndOfStream]:
-        finished = []
-        for stream in [s for s, expected in self._expected.items() if link in expected]:
-            eos = self._complete(stream, done_links)
-            if eos is not None:
-                finished.append(eos)
-        return finished
-
-    def _complete(self, stream: str, done_links: set[str]) -> EndOfStream | None:
-        if not self._expected[stream] <= self._ended[stream] | done_links:
-            return None
-        del self._expected[stream], self._ended[stream]
-        eos = self._first_eos.pop(stream, None)
-        return eos or EndOfStream(stream_id=stream, reason="stopped", detail="upstream finished without one")
-
-
-def _sources_upstream(graph: GraphConfig, name: str) -> frozenset[str]:
-    """The source stages whose messages can reach stage ``name`` (itself if it is a source)."""
-    spec = graph.stage(name)
-    inputs = spec.input_specs()
-    if not inputs:
-        return frozenset({name})
-    found: set[str] = set()
-    for item in inputs:
-        found |= _sources_upstream(graph, item.source)
-    return frozenset(found)
