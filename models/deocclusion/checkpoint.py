@@ -9,8 +9,11 @@ import torch
 
 from models.deocclusion.generator import UNetGenerator
 from models.deocclusion.recipe import ModelConfig
+from models.model_file import as_float, cpu_state, read_model_file, weights_in, write_model_file
 
-__all__ = ["build_generator", "save_generator", "load_generator"]
+__all__ = ["FORMAT", "build_generator", "save_generator", "load_generator"]
+
+FORMAT = "amodal-deocclusion-generator/1"
 
 
 def build_generator(cfg: ModelConfig) -> UNetGenerator:
@@ -28,35 +31,16 @@ def save_generator(
     path: str | Path, generator: UNetGenerator, cfg: ModelConfig, extra: dict[str, Any] | None = None
 ) -> Path:
     """``{"format": "amodal-deocclusion-generator/1", "model": cfg, "state_dict": ..., **extra}``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": "amodal-deocclusion-generator/1",
-        "model": cfg.model_dump(mode="json"),
-        "state_dict": {k: v.detach().cpu() for k, v in generator.state_dict().items()},
-        **(extra or {}),
-    }
-    torch.save(payload, path)
-    return path
+    return write_model_file(path, FORMAT, cfg, {"state_dict": cpu_state(generator)}, extra)
 
 
 def load_generator(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[UNetGenerator, ModelConfig, dict]:
     """A shipped generator file or a training checkpoint (``last.pt`` / ``best.pt``), in eval mode."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"generator weights {path} do not exist")
-    payload = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(payload, dict) or "model" not in payload:
-        raise ValueError(f"{path} is not a de-occlusion generator file (no 'model' entry)")
-    if "state_dict" in payload:
-        state = payload["state_dict"]
-    elif "generator" in payload:
-        state = payload["generator"]
-    else:
-        raise ValueError(f"{path} has no generator weights ('state_dict' or 'generator')")
+    payload = read_model_file(path, "de-occlusion generator", map_location)
+    state = weights_in(payload, ("state_dict", "generator"), path)
     cfg = ModelConfig(**payload["model"])
     generator = build_generator(cfg)
-    generator.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    generator.load_state_dict(as_float(state), strict=True)
     return generator.eval(), cfg, payload

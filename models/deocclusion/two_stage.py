@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from models.model_file import as_float, cpu_state, read_model_file, write_model_file
+
 from .content_recovery import ContentRecoveryNet, composite, restore_region
 from .generator import UNetGenerator
 from .mask_completion import MaskCompletionNet
@@ -145,23 +147,10 @@ def save_two_stage(
     """One self-describing file: the model config, stage 1's weights and, once trained, stage 2's.
     ``half`` stores float weights as float16 (half the size, so the shipped file stays small; they
     are computed in float32 after loading)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def state(module: nn.Module) -> dict[str, torch.Tensor]:
-        out = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-        return {k: v.half() if half and v.is_floating_point() else v for k, v in out.items()}
-
-    payload = {
-        "format": FORMAT,
-        "model": cfg.model_dump(mode="json"),
-        "parts": list(PARTS),
-        "masks": state(masks),
-        **({"content": state(content)} if content is not None else {}),
-        **(extra or {}),
-    }
-    torch.save(payload, path)
-    return path
+    states = {"masks": cpu_state(masks, half)}
+    if content is not None:
+        states["content"] = cpu_state(content, half)
+    return write_model_file(path, FORMAT, cfg, states, {"parts": list(PARTS), **(extra or {})})
 
 
 def is_two_stage(payload: object) -> bool:
@@ -171,17 +160,10 @@ def is_two_stage(payload: object) -> bool:
 
 def read_two_stage(path: str | Path) -> dict:
     """A two-stage file's contents, checked (format and parts)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"two-stage de-occlusion weights {path} do not exist")
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = read_model_file(path, "two-stage de-occlusion")
     if not is_two_stage(payload):
         raise ValueError(f"{path} is not a two-stage de-occlusion file (format {FORMAT!r})")
     return payload
-
-
-def _float(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
 def mask_net_from(payload: dict, source: str | Path) -> tuple[MaskCompletionNet, TwoStageModelConfig]:
@@ -190,7 +172,7 @@ def mask_net_from(payload: dict, source: str | Path) -> tuple[MaskCompletionNet,
         raise ValueError(f"{source} was trained on parts {payload.get('parts')}, this code has {list(PARTS)}")
     cfg = TwoStageModelConfig(**payload["model"])
     masks = build_mask_net(cfg, payload["masks"]["templates"].float())
-    masks.load_state_dict(_float(payload["masks"]))
+    masks.load_state_dict(as_float(payload["masks"]))
     return masks.eval(), cfg
 
 
@@ -200,7 +182,7 @@ def two_stage_from(payload: dict, source: str | Path) -> tuple[TwoStageDeocclude
     if "content" not in payload:
         raise ValueError(f"{source} holds the mask-completion stage only; train the content stage on it")
     content = build_content_net(cfg)
-    content.load_state_dict(_float(payload["content"]))
+    content.load_state_dict(as_float(payload["content"]))
     return TwoStageDeoccluder(masks, content.eval()).eval(), cfg
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from models.model_file import as_float, cpu_state, read_model_file, weights_in, write_model_file
 from models.superres.network import SuperResolutionNet
 from models.superres.recipe import ModelConfig
 
@@ -30,32 +31,16 @@ def save_superres(
     path: str | Path, net: SuperResolutionNet, cfg: ModelConfig, extra: dict[str, Any] | None = None
 ) -> Path:
     """Write the weights, the config that rebuilds them and ``extra`` (recipe, step, validation)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "format": FORMAT,
-        "model": cfg.model_dump(mode="json"),
-        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-        **(extra or {}),
-    }
-    torch.save(payload, path)
-    return path
+    return write_model_file(path, FORMAT, cfg, {"state_dict": cpu_state(net)}, extra)
 
 
 def load_superres(
     path: str | Path, map_location: str | torch.device = "cpu"
 ) -> tuple[SuperResolutionNet, ModelConfig, dict[str, Any]]:
     """(network in eval mode, its config, the whole payload) from a shipped file or a training checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"super-resolution weights {path} do not exist")
-    payload = torch.load(path, map_location=map_location, weights_only=False)
-    if not isinstance(payload, dict) or "model" not in payload:
-        raise ValueError(f"{path} is not a super-resolution file (no 'model' entry)")
-    state = payload.get("state_dict", payload.get("net"))
-    if state is None:
-        raise ValueError(f"{path} has no network weights ('state_dict' or 'net')")
+    payload = read_model_file(path, "super-resolution", map_location)
+    state = weights_in(payload, ("state_dict", "net"), path)
     cfg = ModelConfig(**payload["model"])
     net = build_network(cfg)
-    net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    net.load_state_dict(as_float(state), strict=True)
     return net.eval(), cfg, payload
