@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.backends import BackendConfig
+from models.backends import BackendConfig, OnnxRuntime, TensorRTRuntime, TorchRuntime
 from models.data.transforms import resize
 
 __all__ = ["PredictorConfig", "check_crop_batch", "resize_batch", "network_input", "check_onnx_image_size"]
@@ -24,9 +24,11 @@ class PredictorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     backend: BackendConfig = Field(
-        default_factory=lambda: BackendConfig(threads=1),
+        default_factory=lambda: BackendConfig(
+            preference=[TensorRTRuntime(), OnnxRuntime(threads=1), TorchRuntime()]
+        ),
         description="Inference runtime, in order of preference; max_batch is the chunk size of one call. "
-        "threads: 1 by default, since the graph's stages share the cores.",
+        "ONNX Runtime gets 1 thread by default, since the graph's stages share the cores.",
     )
     onnx: str | None = Field(
         "auto",

@@ -13,28 +13,31 @@ from pydantic import BaseModel
 __all__ = ["option_description"]
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside an annotation (itself, ``X | None``, ``list[X]``, ``dict[str, X]``)."""
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models inside an annotation: itself, ``X | None``, ``list[X]``, ``dict[str, X]``,
+    and each member of a (discriminated) union such as ``list[Annotated[A | B, ...]]``."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType, list, tuple, dict):
-        for arg in typing.get_args(annotation):
-            found = _model_in(arg)
-            if found is not None:
-                return found
-    return None
+        return [annotation]
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _models_in(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType, list, tuple, dict):
+        return [model for arg in typing.get_args(annotation) for model in _models_in(arg)]
+    return []
 
 
 def option_description(model: type[BaseModel], key: str) -> str | None:
     """``key`` as ``_flatten`` spells it (``reconnect.max_s``, ``streams[0].id``) -> the field's
-    description, or None when the key is not a described field of ``model``."""
-    current: type[BaseModel] | None = model
+    description, or None when the key is not a described field of ``model``. Under a union the first
+    member that has the field answers (the members of a discriminated union share only ``type``)."""
+    candidates: list[type[BaseModel]] = [model]
     description = None
     for part in key.split("."):
         name = re.sub(r"\[\d+\]$", "", part)
-        if current is None or name not in current.model_fields:
+        owner = next((m for m in candidates if name in m.model_fields), None)
+        if owner is None:
             return None
-        field = current.model_fields[name]
+        field = owner.model_fields[name]
         description = field.description
-        current = _model_in(field.annotation)
+        candidates = _models_in(field.annotation)
     return description

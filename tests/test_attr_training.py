@@ -4,20 +4,15 @@ ONNX export of the checkpoint it wrote, through the command-line programs."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
+from amodal.commands import eval_attributes, export_attributes, train_attributes
+from models.attributes.recipe import AttributeRecipe
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
-
-import eval_attributes  # noqa: E402
-import export_attributes  # noqa: E402
-import train_attributes  # noqa: E402
-
-from models.attributes.recipe import AttributeRecipe  # noqa: E402
 
 
 def _make_dataset(root: Path, n: int = 16) -> Path:

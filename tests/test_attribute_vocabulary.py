@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
 import cv2
@@ -35,7 +34,6 @@ from models.data.peta_attributes import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
 
 
 # ---- mapping tables ---------------------------------------------------------------------------------
@@ -284,9 +282,7 @@ def _csv_source(root: Path, name: str, columns: list[str], n: int = 8) -> Path:
 
 
 def test_two_step_training_on_two_sources_with_different_labels(tmp_path):
-    import eval_attributes
-    import train_attributes
-
+    from amodal.commands import eval_attributes, train_attributes
     from models.attributes.model import load_attribute_model
     from models.attributes.recipe import AttributeRecipe
 
@@ -328,8 +324,7 @@ def test_two_step_training_on_two_sources_with_different_labels(tmp_path):
 
 
 def test_a_peta35_model_evaluates_on_market_and_peta(tmp_path):
-    import eval_attributes
-
+    from amodal.commands import eval_attributes
     from models.attributes.model import (
         AttributeModelBundle,
         AttributeModelConfig,

@@ -14,6 +14,8 @@ from models.backends import (
     BackendConfig,
     BackendUnavailable,
     OnnxParityError,
+    OnnxRuntime,
+    TensorRTRuntime,
     check_onnx_parity,
     create_backend,
     create_backend_from_config,
@@ -80,11 +82,10 @@ def test_selection_falls_back_and_logs_reasons(exported, caplog, tmp_path):
     net, path, x = exported
     caplog.set_level(logging.INFO, logger="models.backends.select")
     backend = create_backend(
-        preference=["tensorrt", "onnxruntime", "torch"],
+        preference=[TensorRTRuntime(engine_cache_dir=str(tmp_path / "engines")), "onnxruntime", "torch"],
         onnx_path=path,
         module=net,
         device="cpu",
-        engine_cache_dir=tmp_path / "engines",
     )
     assert backend.name == "onnxruntime"
     assert backend.skipped_reasons and backend.skipped_reasons[0].startswith("tensorrt:")
@@ -144,6 +145,65 @@ def test_backend_config_validation():
         BackendConfig(preferences=["torch"])
     backend = create_backend_from_config(BackendConfig(preference=["torch"]), module=nn.Identity())
     assert backend(np.ones((1, 3, 4, 4), np.float32))["output"].shape == (1, 3, 4, 4)
+
+
+def test_an_onnxruntime_block_sets_the_session_threads(exported):
+    _, path, _ = exported
+    one = create_backend([OnnxRuntime(threads=1)], onnx_path=path)
+    assert one.session.get_session_options().intra_op_num_threads == 1
+    config = BackendConfig(preference=[{"type": "onnxruntime", "threads": 2}])
+    two = create_backend_from_config(config, onnx_path=path)
+    assert two.session.get_session_options().intra_op_num_threads == 2
+    bare = create_backend(["onnxruntime"], onnx_path=path)
+    assert bare.session.get_session_options().intra_op_num_threads == 0  # 0: ONNX Runtime's default
+
+
+class _FakeTensorRT:
+    """Stands in for ``TensorRTBackend`` (no TensorRT here): records the arguments it is given."""
+
+    name = "tensorrt"
+    calls: list[dict] = []
+
+    def __init__(self, onnx_path, device, precision, cache_dir, profile, build, calibrator):
+        self.calls.append(
+            dict(device=device, cache_dir=cache_dir, profile=profile, build=build, calibrator=calibrator)
+        )
+        self.precision = precision
+        self.profile = profile
+
+
+@pytest.fixture()
+def fake_tensorrt(monkeypatch):
+    from models.backends import tensorrt_backend, tensorrt_build
+
+    monkeypatch.setattr(tensorrt_build, "import_tensorrt", lambda: None)
+    monkeypatch.setattr(tensorrt_backend, "TensorRTBackend", _FakeTensorRT)
+    _FakeTensorRT.calls = []
+    return _FakeTensorRT.calls
+
+
+def test_a_tensorrt_block_reaches_the_backend_as_typed_arguments(exported, fake_tensorrt):
+    _, path, _ = exported
+    block = TensorRTRuntime(engine_cache_dir="cache/trt", build_engine=True, opt_batch=2)
+    backend = create_backend([block, "torch"], onnx_path=path, device="cuda", max_batch=4)
+    (call,) = fake_tensorrt
+    assert (call["cache_dir"], call["build"], call["calibrator"]) == ("cache/trt", True, None)
+    assert call["profile"] == EngineProfile("images", (3, 16, 8), 1, 2, 4)
+    assert backend.max_batch == 4
+    # a bare name takes the block's defaults; the config's max_batch is the profile's maximum
+    config = BackendConfig(preference=["tensorrt"], device="cuda", max_batch=16)
+    create_backend_from_config(config, onnx_path=path)
+    assert (fake_tensorrt[1]["cache_dir"], fake_tensorrt[1]["build"]) == ("engines", False)
+    assert fake_tensorrt[1]["profile"] == EngineProfile("images", (3, 16, 8), 1, 8, 16)
+    # an explicit profile and calibrator (amodal build-engine's) pass through; the profile caps the chunk
+    profile, calibrator = EngineProfile("images", (3, 16, 8), 1, 4, 8), object()
+    capped = create_backend(
+        ["tensorrt"], onnx_path=path, max_batch=64, profile=profile, calibrator=calibrator
+    )
+    assert fake_tensorrt[2]["profile"] is profile and fake_tensorrt[2]["calibrator"] is calibrator
+    assert capped.max_batch == 8
+    with pytest.raises(TypeError, match="engine_cache_dir"):
+        create_backend(["tensorrt"], onnx_path=path, engine_cache_dir="engines")  # type: ignore[call-arg]
 
 
 BASE = dict(

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.backends import BackendUnavailable, create_backend, export_onnx
+from models.backends import BackendUnavailable, TensorRTRuntime, create_backend, export_onnx
 from models.backends.tensorrt_backend import TensorRTBackend
 from models.backends.tensorrt_build import import_tensorrt
 
@@ -42,16 +42,14 @@ def test_tensorrt_engine_build_cache_and_run(tmp_path):
     with pytest.raises(BackendUnavailable, match="no matching engine"):
         TensorRTBackend(onnx, precision="fp32", cache_dir=tmp_path / "eng")  # never builds unasked
     built = create_backend(
-        ["tensorrt"],
+        [TensorRTRuntime(engine_cache_dir=str(tmp_path / "eng"), build_engine=True, opt_batch=2)],
         onnx_path=onnx,
         device="cuda",
         precision="fp32",
-        engine_cache_dir=tmp_path / "eng",
-        build_engine=True,
         max_batch=4,
-        opt_batch=2,
     )
     assert built.name == "tensorrt" and built.engine_path.is_file()
+    assert (built.profile.opt_batch, built.profile.max_batch, built.max_batch) == (2, 4, 4)
     cached = TensorRTBackend(onnx, precision="fp32", cache_dir=tmp_path / "eng", profile=built.profile)
     x = np.random.default_rng(0).standard_normal((3, 3, 32, 16)).astype(np.float32)
     with torch.no_grad():

@@ -327,5 +327,10 @@ def test_check_finds_each_options_description() -> None:
     assert option_description(IngestConfig, "reconnect.max_s") == reconnect
     assert option_description(IngestConfig, "streams[1].id").startswith("Stream id")
     assert option_description(DeoccludeConfig, "model.backend.device") == "'cpu', 'cuda' or 'cuda:N'."
+    # inside the discriminated union of runtime blocks: each member's own fields
+    threads = option_description(DeoccludeConfig, "model.backend.preference[1].threads")
+    assert threads is not None and threads.startswith("ONNX Runtime intra-op threads")
+    cache = option_description(DeoccludeConfig, "model.backend.preference[0].engine_cache_dir")
+    assert cache is not None and "TensorRT engines" in cache
     assert option_description(IngestConfig, "reconnect.no_such_key") is None
     assert option_description(IngestConfig, "no_such_key") is None

@@ -15,7 +15,13 @@ from pydantic import ValidationError
 from torch import nn
 
 from models.attributes.predictor import AttributeExportWrapper, AttributePredictor, AttributePredictorConfig
-from models.backends import BackendConfig, create_backend, create_backend_from_config, export_onnx
+from models.backends import (
+    BackendConfig,
+    OnnxRuntime,
+    create_backend,
+    create_backend_from_config,
+    export_onnx,
+)
 from models.backends.torch_backend import TorchBackend
 from models.deocclusion.predictor import DeocclusionPredictor, DeocclusionPredictorConfig
 from models.reid.encoder import TorchEncoder, prepare_crops
@@ -32,7 +38,7 @@ from models.weights_path import (
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH = BackendConfig(preference=["torch"])
-ORT = BackendConfig(preference=["onnxruntime"], threads=1)
+ORT = BackendConfig(preference=[OnnxRuntime(threads=1)])
 CONFIGS = [ReidPredictorConfig, DeocclusionPredictorConfig, AttributePredictorConfig]
 
 

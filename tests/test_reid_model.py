@@ -300,7 +300,7 @@ def test_camera_thresholds_follow_each_cameras_recent_crops(tmp_path):
     cfg = OAMNModelConfig(input_size=(64, 32), grader_pool_hw=(2, 2), grade_thresholds=(0.6, 0.9))
     model = OAMN.from_config(cfg, load_backbone_weights=False)
     path = save_oamn_weights(model, cfg.model_dump(mode="json"), tmp_path / "plain.pt")
-    with pytest.raises(ValueError, match="calibrate_reid"):
+    with pytest.raises(ValueError, match="amodal calibrate-reid"):
         CameraThresholds.from_weights(path)
     cfg.grader_reference_median = 0.3
     path = save_oamn_weights(model, cfg.model_dump(mode="json"), tmp_path / "calibrated.pt")

@@ -35,11 +35,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--onnx", required=True, help="ONNX export (models.backends.export_onnx)")
     p.add_argument("--cache-dir", default="engines", help="engine cache directory")
-    p.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "int8"],
+        default="fp16",
+        help="engine precision (int8 needs --calibration-crops)",
+    )
     p.add_argument("--device", default="cuda", help="cuda or cuda:N")
-    p.add_argument("--min-batch", type=int, default=1)
-    p.add_argument("--opt-batch", type=int, default=8)
-    p.add_argument("--max-batch", type=int, default=32)
+    p.add_argument("--min-batch", type=int, default=1, help="smallest batch the engine accepts")
+    p.add_argument("--opt-batch", type=int, default=8, help="batch size TensorRT tunes kernels for")
+    p.add_argument("--max-batch", type=int, default=32, help="largest batch the engine accepts")
     p.add_argument("--calibration-crops", default=None, help="INT8: folder of crops for calibration")
     p.add_argument("--calibration-batches", type=int, default=16, help="INT8: batches of max-batch crops")
     return p

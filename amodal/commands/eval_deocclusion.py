@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from amodal.commands import prog_of
-from models.backends import create_backend, export_onnx
+from models.backends import create_backend, export_onnx, runtimes_from_names
 from models.deocclusion.checkpoint import load_generator
 from models.deocclusion.data import OcclusionPairs, load_crops, occluder_pool, to_tensor, to_uint8
 from models.deocclusion.dataset_setup import load_crop_set
@@ -214,13 +214,12 @@ def evaluate_synthetic(args: argparse.Namespace) -> dict:
                 output_names=["generated"],
             )
         backend = create_backend(
-            args.backend,
+            runtimes_from_names(args.backend, threads=args.threads),
             onnx_path=onnx_path,
             module=generator,
             device="cpu",
             input_names=["images"],
             output_names=["generated"],
-            threads=args.threads,
         )
         frozen = None
         if args.attribute_model:

@@ -42,7 +42,7 @@ from dataclasses import replace
 import torch
 
 from amodal.commands import prog_of
-from models.backends import BackendConfig
+from models.backends import BackendConfig, runtimes_from_names
 from models.data.reid_datasets import load_images, normalize
 from models.reid.calibration import held_out_records
 from models.reid.grader import GradeThresholds
@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="at most this many boxes per sequence, drawn with --seed (after --frame-step)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the --max-boxes-per-seq draw")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="crops per forward pass")
     parser.add_argument("--threads", type=int, default=2, help="torch / ONNX Runtime CPU threads")
     parser.add_argument(
         "--classes",
@@ -170,7 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--keep-detector-copies", action="store_true", help="evaluate MOT17's -DPM/-FRCNN/-SDP copies each"
     )
-    parser.add_argument("--backend", default="torch", choices=["torch", "onnxruntime", "tensorrt"])
+    parser.add_argument(
+        "--backend",
+        default="torch",
+        choices=["torch", "onnxruntime", "tensorrt"],
+        help="runtime of the model",
+    )
     parser.add_argument(
         "--onnx", default=None, help="ONNX file for onnxruntime / tensorrt (default: auto export)"
     )
@@ -204,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.grade_visible is not None and not 0.0 <= args.grade_visible <= 1.0:
         parser.error("--grade-visible must be in [0, 1]")
     backend = BackendConfig(
-        preference=[args.backend], device=args.device, max_batch=args.batch_size, threads=args.threads
+        preference=runtimes_from_names([args.backend], threads=args.threads),
+        device=args.device,
+        max_batch=args.batch_size,
     )
     onnx = args.onnx or (None if args.backend == "torch" else "auto")
     try:

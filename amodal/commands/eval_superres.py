@@ -155,7 +155,7 @@ class AttributeScorer:
     """The attribute classifier and the scoring of amodal eval attributes on fixed records."""
 
     def __init__(self, weights: Path, records, data_naming: str | None, batch_size: int):
-        from amodal.commands.eval_attributes import match_attributes
+        from models.attributes.matching import match_attributes
         from models.attributes.model import load_attribute_model
         from models.attributes.predictor import AttributePredictor
 

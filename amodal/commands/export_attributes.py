@@ -24,7 +24,7 @@ import torch
 from amodal.commands import prog_of
 from models.attributes.model import load_attribute_model, save_attribute_model
 from models.attributes.predictor import AttributeExportWrapper, feature_stride
-from models.backends import check_onnx_parity, create_backend, export_onnx
+from models.backends import check_onnx_parity, create_backend, export_onnx, runtimes_from_names
 from models.training import set_threads, write_json
 
 logger = logging.getLogger("export_attributes")
@@ -109,13 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         timings = {}
         for name in ("torch", "onnxruntime"):
             backend = create_backend(
-                [name],
+                runtimes_from_names([name], threads=args.threads),
                 onnx_path=args.onnx,
                 module=wrapper,
                 device="cpu",
                 input_names=inputs,
                 output_names=["logits", "probabilities"],
-                threads=args.threads,
             )
             for batch in (1, 32):
                 feeds = {"images": np.random.default_rng(0).standard_normal((batch, 3, h, w), np.float32)}

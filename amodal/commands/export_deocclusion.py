@@ -21,7 +21,13 @@ import numpy as np
 import torch
 
 from amodal.commands import prog_of
-from models.backends import BackendUnavailable, check_onnx_parity, create_backend, export_onnx
+from models.backends import (
+    BackendUnavailable,
+    check_onnx_parity,
+    create_backend,
+    export_onnx,
+    runtimes_from_names,
+)
 from models.deocclusion.predictor import INPUT_NAME, load_deoccluder
 from models.training import set_threads, write_json
 
@@ -93,12 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.backends:
             try:
                 backend = create_backend(
-                    [name],
+                    runtimes_from_names([name], threads=args.threads),
                     onnx_path=path,
                     module=generator,
                     device=args.device,
                     precision=args.precision,
-                    threads=args.threads,
                     input_names=[INPUT_NAME],
                     output_names=outputs,
                 )

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from amodal.commands import prog_of
-from models.backends import check_onnx_parity, create_backend, export_onnx
+from models.backends import check_onnx_parity, create_backend, export_onnx, runtimes_from_names
 from models.reid.encoder import BackendEncoder
 from models.reid.gallery import OcclusionGallery
 from models.reid.oamn import OAMNInference, load_oamn
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", help="write parity + timings here")
     parser.add_argument("--atol", type=float, default=1e-4, help="parity tolerance (max abs difference)")
     parser.add_argument("--benchmark-batches", nargs="*", type=int, default=[], help="batch sizes to time")
-    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per batch size")
     parser.add_argument(
         "--gallery-entries",
         type=int,
@@ -96,8 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=["torch", "onnxruntime", "tensorrt"],
         help="backends to time (each that can run here)",
     )
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=1, help="torch / ONNX Runtime CPU threads")
     return parser
 
 
@@ -130,13 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.backends if timed else []:
         try:
             backend = create_backend(
-                [name],
+                runtimes_from_names([name], threads=args.threads),
                 onnx_path=path,
                 module=graph,
                 device=args.device,
                 input_names=["images"],
                 output_names=outputs,
-                threads=args.threads,
             )
         except (RuntimeError, ValueError) as exc:
             report["timings"][name] = {"unavailable": str(exc)}

@@ -157,7 +157,7 @@ class AttributePredictor:
             example,
             ["images"],
             ["logits", "probabilities"],
-            config.backend.preference,
+            config.backend.names,
         )
         return cls(model, bundle, onnx_path=onnx_path, backend=config.backend)
 

@@ -1,7 +1,8 @@
 """Pick the first backend in an ordered preference that can run here, and log why the others can't.
 
-``BackendConfig`` is the YAML face of it (one block in any stage or tool config); ``create_backend``
-takes plain arguments so tests and tools build backends without YAML.
+``create_backend`` takes plain arguments (runtime blocks or bare names, typed keywords) so tests and
+tools build backends without YAML; ``create_backend_from_config`` maps a ``BackendConfig`` block
+(``models.backends.config``) onto it.
 """
 
 from __future__ import annotations
@@ -9,127 +10,103 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
 from models.backends.base import BackendUnavailable, InferenceBackend
+from models.backends.config import (
+    BACKEND_NAMES,
+    BackendConfig,
+    OnnxRuntime,
+    Runtime,
+    TensorRTRuntime,
+    TorchRuntime,
+    parse_runtime,
+)
+from models.backends.engine_profile import EngineProfile
 
-__all__ = ["create_backend", "create_backend_from_config", "BackendConfig", "BACKEND_NAMES"]
+__all__ = ["create_backend", "create_backend_from_config", "BACKEND_NAMES"]
 
 logger = logging.getLogger(__name__)
 
-BACKEND_NAMES = ("tensorrt", "onnxruntime", "torch")
+_DEFAULT_MAX_BATCH = 32  # TensorRT profile maximum when no max_batch is given
 
 
-class BackendConfig(BaseModel):
-    """Which runtime runs a model, in order of preference, and how."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    preference: list[Literal["tensorrt", "onnxruntime", "torch"]] = Field(
-        default_factory=lambda: ["tensorrt", "onnxruntime", "torch"],
-        description="Backends to try in order; the first that can run here is used.",
-    )
-    device: str = Field("cpu", description="'cpu', 'cuda' or 'cuda:N'.")
-    precision: Literal["fp32", "fp16", "int8"] = Field(
-        "fp32",
-        description="fp16 runs on CUDA only (torch, TensorRT); int8 is TensorRT-only and needs calibration.",
-    )
-    engine_cache_dir: str = Field(
-        "engines", description="Directory of cached TensorRT engines (keyed files)."
-    )
-    build_engine: bool = Field(
-        False,
-        description="Build a missing TensorRT engine at start-up (minutes); else use amodal build-engine.",
-    )
-    max_batch: int = Field(
-        32,
-        ge=1,
-        description="Largest batch one inference call runs (larger batches are split into chunks); "
-        "also the TensorRT optimisation profile's maximum.",
-    )
-    opt_batch: int = Field(8, ge=1, description="Batch size TensorRT tunes kernels for.")
-    threads: int | None = Field(
-        None, ge=1, description="ONNX Runtime intra-op threads (None: runtime default)."
-    )
-
-    @field_validator("preference")
-    @classmethod
-    def _non_empty_unique(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("preference must name at least one backend")
-        if len(set(value)) != len(value):
-            raise ValueError(f"preference lists a backend twice: {value}")
-        return value
-
-
-def _make(
-    name: str,
+def _make_torch(
     onnx_path: str | Path | None,
     module: nn.Module | None,
     device: str,
     precision: str,
     input_names: Sequence[str] | None,
     output_names: Sequence[str] | None,
-    options: dict[str, Any],
 ) -> InferenceBackend:
-    if name == "torch":
-        from models.backends.torch_backend import TorchBackend
+    from models.backends.torch_backend import TorchBackend
 
-        if module is None:
-            raise BackendUnavailable(name, "no torch module was given")
-        if input_names is None or output_names is None:
-            if onnx_path is not None and Path(onnx_path).is_file():
-                from models.backends.export import onnx_io_spec
-
-                ins, outs = onnx_io_spec(onnx_path)  # the export's names, so every backend answers alike
-            else:
-                ins, outs = {"images": []}, {"output": []}
-            input_names = input_names or list(ins)
-            output_names = output_names or list(outs)
-        return TorchBackend(module, input_names, output_names, device=device, precision=precision)
-    if name == "onnxruntime":
-        from models.backends.onnxruntime_backend import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(
-            onnx_path,
-            device=device,
-            precision=precision,
-            threads=options.get("threads"),
-            output_names=output_names,
-        )
-    if name == "tensorrt":
-        if onnx_path is None:
-            raise BackendUnavailable(name, "no ONNX file was given to build or look up an engine")
-        from models.backends.tensorrt_backend import TensorRTBackend
-        from models.backends.tensorrt_build import import_tensorrt
-
-        import_tensorrt()  # cheapest reason first: no runtime, no need to read the ONNX file
-        profile = options.get("profile")
-        if profile is None:
-            from models.backends.engine_profile import default_profile
+    if module is None:
+        raise BackendUnavailable("torch", "no torch module was given")
+    if input_names is None or output_names is None:
+        if onnx_path is not None and Path(onnx_path).is_file():
             from models.backends.export import onnx_io_spec
 
-            ins, _ = onnx_io_spec(onnx_path)
-            input_name, dims = next(iter(ins.items()))
-            profile = default_profile(
-                input_name,
-                [int(d) for d in dims[1:]],
-                options.get("max_batch", 32),
-                options.get("opt_batch", 8),
-            )
-        return TensorRTBackend(
-            onnx_path,
-            device=device,
-            precision=precision,
-            cache_dir=options.get("engine_cache_dir", "engines"),
-            profile=profile,
-            build=bool(options.get("build_engine", False)),
-            calibrator=options.get("calibrator"),
+            ins, outs = onnx_io_spec(onnx_path)  # the export's names, so every backend answers alike
+        else:
+            ins, outs = {"images": []}, {"output": []}
+        input_names = input_names or list(ins)
+        output_names = output_names or list(outs)
+    return TorchBackend(module, input_names, output_names, device=device, precision=precision)
+
+
+def _make_onnxruntime(
+    runtime: OnnxRuntime,
+    onnx_path: str | Path | None,
+    device: str,
+    precision: str,
+    output_names: Sequence[str] | None,
+) -> InferenceBackend:
+    from models.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend(
+        onnx_path, device=device, precision=precision, threads=runtime.threads, output_names=output_names
+    )
+
+
+def _make_tensorrt(
+    runtime: TensorRTRuntime,
+    onnx_path: str | Path | None,
+    device: str,
+    precision: str,
+    max_batch: int | None,
+    profile: EngineProfile | None,
+    calibrator: Any,
+) -> InferenceBackend:
+    if onnx_path is None:
+        raise BackendUnavailable("tensorrt", "no ONNX file was given to build or look up an engine")
+    from models.backends.tensorrt_backend import TensorRTBackend
+    from models.backends.tensorrt_build import import_tensorrt
+
+    import_tensorrt()  # cheapest reason first: no runtime, no need to read the ONNX file
+    if profile is None:
+        from models.backends.engine_profile import default_profile
+        from models.backends.export import onnx_io_spec
+
+        ins, _ = onnx_io_spec(onnx_path)
+        input_name, dims = next(iter(ins.items()))
+        profile = default_profile(
+            input_name,
+            [int(d) for d in dims[1:]],
+            _DEFAULT_MAX_BATCH if max_batch is None else max_batch,
+            runtime.opt_batch,
         )
-    raise ValueError(f"unknown backend {name!r}; choose from {list(BACKEND_NAMES)}")
+    return TensorRTBackend(
+        onnx_path,
+        device=device,
+        precision=precision,
+        cache_dir=runtime.engine_cache_dir,
+        profile=profile,
+        build=runtime.build_engine,
+        calibrator=calibrator,
+    )
 
 
 def _chunk_limit(requested: int | None, backend: InferenceBackend) -> int | None:
@@ -141,41 +118,57 @@ def _chunk_limit(requested: int | None, backend: InferenceBackend) -> int | None
     return int(engine_max) if requested is None else min(int(requested), int(engine_max))
 
 
+def _runtimes(preference: Sequence[Runtime | str]) -> list[Runtime]:
+    """``preference`` as runtime blocks; ValueError naming every unknown name (or an empty list)."""
+    unknown = [item for item in preference if isinstance(item, str) and item not in BACKEND_NAMES]
+    if unknown or not preference:
+        shown = [item if isinstance(item, str) else item.type for item in preference]
+        raise ValueError(
+            f"unknown backend(s) {unknown} in preference {shown}; choose from {list(BACKEND_NAMES)}"
+        )
+    return [parse_runtime(item) for item in preference]
+
+
 def create_backend(
-    preference: Sequence[str] = BACKEND_NAMES,
+    preference: Sequence[Runtime | str] = BACKEND_NAMES,
     onnx_path: str | Path | None = None,
     module: nn.Module | None = None,
     device: str = "cpu",
     precision: str = "fp32",
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
-    **options: Any,
+    max_batch: int | None = None,
+    profile: EngineProfile | None = None,
+    calibrator: Any = None,
 ) -> InferenceBackend:
     """The first backend in ``preference`` that can run here.
 
-    ``options``: ``threads`` (ONNX Runtime), ``max_batch`` (every backend: the chunk size of one call,
-    None = no limit; TensorRT: also the profile's maximum, and an engine's profile caps it),
-    ``engine_cache_dir``, ``build_engine``, ``opt_batch``, ``profile``, ``calibrator`` (TensorRT).
-    Raises RuntimeError listing every backend's reason when none can run; unknown names are a
-    ValueError.
+    ``preference``: runtime blocks (``OnnxRuntime(threads=1)``, ``TensorRTRuntime(...)``) or bare
+    names, which take each runtime's defaults. ``max_batch``: the chunk size of one call on every
+    backend (None = no limit); TensorRT: also the default profile's maximum (32 when None), and an
+    engine's profile caps it. ``profile``, ``calibrator``: TensorRT's optimisation profile and INT8
+    calibrator, built by the caller (``amodal build-engine``). Raises RuntimeError listing every
+    backend's reason when none can run; unknown names are a ValueError.
     """
-    unknown = [name for name in preference if name not in BACKEND_NAMES]
-    if unknown or not preference:
-        raise ValueError(
-            f"unknown backend(s) {unknown} in preference {list(preference)}; "
-            f"choose from {list(BACKEND_NAMES)}"
-        )
+    runtimes = _runtimes(preference)
     if precision not in ("fp32", "fp16", "int8"):
         raise ValueError(f"precision must be one of fp32, fp16, int8; got {precision!r}")
     reasons: list[str] = []
-    for name in preference:
+    for runtime in runtimes:
         try:
-            backend = _make(name, onnx_path, module, device, precision, input_names, output_names, options)
+            if isinstance(runtime, TorchRuntime):
+                backend = _make_torch(onnx_path, module, device, precision, input_names, output_names)
+            elif isinstance(runtime, OnnxRuntime):
+                backend = _make_onnxruntime(runtime, onnx_path, device, precision, output_names)
+            else:
+                backend = _make_tensorrt(
+                    runtime, onnx_path, device, precision, max_batch, profile, calibrator
+                )
         except BackendUnavailable as exc:
-            reasons.append(f"{name}: {exc.reason}")
-            logger.info("backend %s cannot run here: %s", name, exc.reason)
+            reasons.append(f"{runtime.type}: {exc.reason}")
+            logger.info("backend %s cannot run here: %s", runtime.type, exc.reason)
             continue
-        backend.max_batch = _chunk_limit(options.get("max_batch"), backend)
+        backend.max_batch = _chunk_limit(max_batch, backend)
         skipped = "; ".join(reasons) if reasons else "none skipped"
         logger.info(
             "using backend %s (device %s, %s, max batch %s); skipped: %s",
@@ -196,9 +189,8 @@ def create_backend_from_config(
     module: nn.Module | None = None,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
-    **extra: Any,
 ) -> InferenceBackend:
-    """``create_backend`` with the options taken from a ``BackendConfig`` block."""
+    """``create_backend`` with the runtimes, device, precision and chunk size of a ``BackendConfig``."""
     return create_backend(
         config.preference,
         onnx_path=onnx_path,
@@ -207,10 +199,5 @@ def create_backend_from_config(
         precision=config.precision,
         input_names=input_names,
         output_names=output_names,
-        threads=config.threads,
-        engine_cache_dir=config.engine_cache_dir,
-        build_engine=config.build_engine,
         max_batch=config.max_batch,
-        opt_batch=config.opt_batch,
-        **extra,
     )

@@ -110,7 +110,7 @@ class DeocclusionPredictor:
             [torch.zeros(2, 3, *self.image_size)],
             [INPUT_NAME],
             outputs,
-            backend.preference,
+            backend.names,
         )
         self.backend: InferenceBackend = create_backend_from_config(
             backend,

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.backends.select import BackendConfig
+from models.backends import BackendConfig
 from models.run_config import RunConfig, refuse_moved_keys
 
 __all__ = [

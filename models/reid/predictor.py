@@ -75,7 +75,7 @@ class ReidPredictor:
         module = OAMNInference(model).eval()
         example = [torch.zeros(2, 3, *cfg.input_size)]
         onnx_path = resolve_onnx(
-            onnx, onnx_key, path, module, example, ["images"], list(REID_OUTPUTS), backend.preference
+            onnx, onnx_key, path, module, example, ["images"], list(REID_OUTPUTS), backend.names
         )
         self.weights: Path = path
         self.model_config: OAMNModelConfig = cfg
