@@ -25,11 +25,11 @@ from amodal.check import describe_graph, preflight, print_description
 from amodal.commands import COMMANDS, GROUPS
 from amodal.graphs import load_app_graph
 from amodal.outcome import CommandFailed, failed_sources, finish, report_failure
+from amodal.program_env import set_program_env_defaults
 from amodal.progress import run_with_signals
 from amodal.replay import replay
 from pipeline.configfile import ConfigError
 from pipeline.logs import setup_logging
-from pipeline.program_env import set_program_env_defaults
 from pipeline.runtime import EmbeddedRuntime
 from pipeline.security import add_keys_parser, keys_command
 from pipeline.urls import mask_url

@@ -27,7 +27,6 @@ import zmq
 from pipeline.graph import load_graph
 from pipeline.logs import setup_logging
 from pipeline.metrics import MetricsServer, RuntimeMetrics
-from pipeline.program_env import set_program_env_defaults
 from pipeline.runner import RuntimeHandles, StageRunner
 from pipeline.security import LinkGuard
 from pipeline.stage import RunInfo
@@ -136,7 +135,6 @@ def _wait_for_release(path: str | None, abort: threading.Event, timeout_s: float
 
 
 def main(argv: list[str] | None = None) -> int:
-    set_program_env_defaults()  # before the stage imports ultralytics
     parser = argparse.ArgumentParser(
         description="Run one stage of an Amodal graph (started by the supervisor)."
     )

@@ -10,7 +10,7 @@ Weights: ``.pt``, ``.onnx``, ``.engine`` or an OpenVINO export directory, all lo
 connected machine; offline (``YOLO_OFFLINE=1`` or no network) the stage checks the file first and
 fails with the path and the ``--set`` that points the config at local weights, so ultralytics
 never tries a download. Nor does it pip-install anything: ``amodal`` and the stage worker set
-``YOLO_AUTOINSTALL=false`` before ultralytics is imported (``pipeline.program_env``). Conversion
+``YOLO_AUTOINSTALL=false`` before ultralytics is imported (``amodal.program_env``). Conversion
 from ultralytics ``Results`` to our ``Detections`` lives here (STYLE.md: conversions belong in the
 stage that needs them).
 """

@@ -10,9 +10,9 @@ import av
 import numpy as np
 import pytest
 
+from amodal.program_env import set_program_env_defaults
 from pipeline.configfile import ConfigError, load_config
 from pipeline.messages import Detections, EndOfStream, Frame
-from pipeline.program_env import set_program_env_defaults
 from pipeline.stage import StageContext
 from stages.detect import DetectConfig, DetectStage, resolve_weights
 from stages.media.decoder import to_bgr
@@ -95,7 +95,7 @@ def test_pt_weights_built_from_yaml_run_batched(yaml_weights: Path) -> None:
 
 
 def test_starting_the_stage_leaves_the_environment_alone(yaml_weights: Path, monkeypatch) -> None:
-    """The programs set ultralytics' environment defaults (pipeline.program_env); a stage never does."""
+    """The programs set ultralytics' environment defaults (amodal.program_env); a stage never does."""
     monkeypatch.delenv("YOLO_AUTOINSTALL", raising=False)
     before = dict(os.environ)
     make_stage(weights=str(yaml_weights), imgsz=64, warmup=False).on_start()

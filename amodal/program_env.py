@@ -1,10 +1,10 @@
-"""Environment defaults the programs (``amodal``, the stage worker) set before any stage runs.
+"""Environment defaults the ``amodal`` command sets before any stage runs.
 
 Some libraries the stages use read their settings once, from the environment, when they are first
 imported, and offer no other way to set them: ultralytics turns ``YOLO_AUTOINSTALL`` into a
-module constant (``ultralytics.utils.AUTOINSTALL``) at import. So the program entry points set
-these defaults, once, before the graph starts (a variable the user set wins); stages and library
-code never change the environment.
+module constant (``ultralytics.utils.AUTOINSTALL``) at import. So ``amodal`` sets these defaults,
+once, before the graph starts (a variable the user set wins); the stage processes of a process-mode
+graph inherit them. Stages, the runtime and library code never change the environment.
 """
 
 from __future__ import annotations
