@@ -23,7 +23,7 @@ from pipeline.graph import GraphConfig
 from pipeline.logs import setup_logging
 from pipeline.runtime import EmbeddedRuntime
 
-__all__ = ["replay", "VIDEO_SUFFIXES"]
+__all__ = ["replay", "for_files", "VIDEO_SUFFIXES"]
 
 logger = logging.getLogger("amodal")
 
@@ -38,7 +38,7 @@ def replay(args: argparse.Namespace) -> int:
     videos = expand_videos(args.videos)
     ids = stream_ids(videos)
     raw = load_yaml(args.config) if args.config else builtin_replay_graph(basic=args.basic)
-    graph = load_app_graph(data=_for_files(raw, videos, ids, args.out), overrides=args.overrides)
+    graph = load_app_graph(data=for_files(raw, videos, ids, args.out), overrides=args.overrides)
     preflight(graph)
     earlier_results(graph, overwrite=args.overwrite, append=args.append)
     setup_logging(args.log_level or graph.logging.level, graph.logging.format)
@@ -51,7 +51,7 @@ def replay(args: argparse.Namespace) -> int:
     return finish(report) or failed_sources(report.failed_streams)
 
 
-def _for_files(raw: dict[str, Any], videos: list[Path], ids: list[str], out: str | None) -> dict[str, Any]:
+def for_files(raw: dict[str, Any], videos: list[Path], ids: list[str], out: str | None) -> dict[str, Any]:
     """The raw graph with its ingest stage reading ``videos``, embedded, writing to ``out``."""
     ingest = [s for s in raw.get("stages", []) if isinstance(s, dict) and s.get("type") == "ingest"]
     if len(ingest) != 1:

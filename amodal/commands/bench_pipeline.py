@@ -1,35 +1,50 @@
-"""Benchmark the pipeline against its own stages run bare, in the same run (ratios, not absolutes).
+"""Benchmark a graph against its own stages run bare, in the same run (ratios, not absolutes).
 
     amodal bench ../shared/media/crosswalk-occlusions.mp4 \
         --weights ../shared/models/yolov8n_int8_openvino_model --json bench.json
+    amodal bench VIDEO --config GRAPH.yaml [--basic-config BASIC.yaml] [--set detect.conf=0.4] ...
+
+The graphs are ``--config`` (default: the built-in replay graph, ``configs/replay.yaml``) and
+``--basic-config`` (default: the built-in detect-and-track graph, ``configs/replay_basic.yaml``). Each
+gets the video as its single ingest stage's stream the way ``amodal replay`` does
+(``amodal.replay.for_files``), and the ``--set`` overrides in ``amodal replay``'s spelling
+(``detect.conf=0.4``, ``links.hwm=32``) apply to both; an override that names a stage only the other
+graph has is skipped for this one. ``--weights W`` is short for ``--set detect.weights=W``, and a key
+without a stage name (``--set interval=2``) is the older spelling of ``detect.interval=2``.
 
 Measures, on one video:
 
 * ``decode_fps``: PyAV decode to BGR (the ingest decoder, no runtime), and ``ffmpeg_fps``: ``ffmpeg
   -f null`` decode of the same frames (when ffmpeg is installed); ``decode_vs_ffmpeg`` is their ratio;
-* each stage of the built-in replay graph (``builtin_replay_graph()``, walked, not listed here) bare on
-  recorded inputs: ingest (decode threads + Frame messages), detect on the decoded frames (in batches
-  of its ``max_batch``), track on the recorded detections, every model stage after the tracker
-  (grade, deocclude, describe, identify: whatever the graph has) on the output of its input stage,
-  recorded once (the tracker's PersonCrops / TrackEnd / EndOfStream stream, then each stage's own
-  output), in batches of its ``max_batch`` as the runtime feeds it (``on_start`` not timed), and every
-  sink on the recorded output of its input stage; ``slowest_stage_fps`` is the minimum. The slowest
-  stage is measured again after the graphs run (``--recheck-frames``) and the faster of the two is
-  used, so a load spike from other processes during the bare run cannot flatter the ratios;
-* ``person_stages``: per model stage, its model calls / rows / seconds and schedule counts in the bare
-  run; ``model_calls_per_track``: model rows / tracks that got at least one row, and
-  ``model_calls_vs_track_length``: per track, runs against its visible length in seconds
-  (``max_runs_over_schedule`` = max over tracks of runs / (1 + seconds x schedule rate), and the
-  least-squares slope of runs on seconds), so a schedule whose calls grow with frames shows;
-* the detect-and-track graph (``builtin_replay_graph(basic=True)``) and the full graph, end to end on
-  the same frames in embedded mode, alternated ``--repeats`` times (basic, full, full, basic, ...):
-  ``basic_fps``, ``full_fps`` (means over the runs), ``full_vs_basic`` = full_fps / basic_fps, and
-  ``graph_stage_metrics``: each stage's process / model seconds and model counts from the runtime's
-  Prometheus registry (first run of each graph);
-* the full graph (= ``embedded_fps``: the built-in replay graph, in its own mode) and in process mode
-  (one process per stage, ipc://); ``*_ratio`` = graph fps / slowest bare stage fps. A graph's fps is
-  taken at a probe fed by the last stage before the sinks (track in the basic graph, identify in the
-  full one) over the frames after ``--warmup`` that were decoded after the first frame reached the
+* every stage of the ``--config`` graph bare on recorded inputs (``stage_fps``), walked in topological
+  order; no stage is named here. A source stage (ingest) is its ``run()`` decoding into Frame messages,
+  timed whole. Every other stage is built from its spec and fed the recorded output of its input
+  stage(s): from each input, the data messages its class accepts plus every control message, as the
+  links route them. Inputs from several stages (the video sink's ``[track, identify]``) are merged in
+  sequence order, and each stream's EndOfStream comes once, after its last message. The stage is fed
+  as the runtime feeds it (``run_stream``): runs of data messages in batches of the stage's
+  ``max_batch`` (detect's from its config), control messages one at a time, ``on_start`` not timed. Its
+  output, with the TrackEnd / EndOfStream the runtime forwards, is recorded and is what the next stages
+  get. A stage's fps counts frames (distinct stream and seq of its data messages) after ``--warmup``,
+  so a fan-in stage's several messages per frame count once. ``bare_stages`` lists each stage's fps,
+  inputs, ``max_batch`` and data messages in; ``slowest_stage_fps`` is the minimum. The slowest stage
+  (unless it is a source) is measured again after the graphs run (``--recheck-frames``) and the faster
+  of the two is used, so a load spike from other processes during the bare run cannot flatter the
+  ratios;
+* ``person_stages``: per model stage (a ``PersonStage``), its model calls / rows / seconds and schedule
+  counts in the bare run; ``model_calls_per_track``: per stage with a scheduler, model rows / tracks
+  that got at least one row, and ``model_calls_vs_track_length``: per track, runs against its visible
+  length in seconds (``max_runs_over_schedule`` = max over tracks of runs / (1 + seconds x schedule
+  rate), and the least-squares slope of runs on seconds), so a schedule whose calls grow with frames
+  shows;
+* the basic graph and the full graph (``--config``), end to end on the same frames in embedded mode,
+  alternated ``--repeats`` times (basic, full, full, basic, ...): ``basic_fps``, ``full_fps`` (means
+  over the runs), ``full_vs_basic`` = full_fps / basic_fps, and ``graph_stage_metrics``: each stage's
+  process / model seconds and model counts from the runtime's Prometheus registry (first run of each
+  graph);
+* the full graph in embedded mode (= ``embedded_fps``: the full runs above) and in process mode (one
+  process per stage, ipc://); ``*_ratio`` = graph fps / slowest bare stage fps. A graph's fps is taken
+  at a probe over the frames after ``--warmup`` that were decoded after the first frame reached the
   probe (so model loading and the backlog it leaves are not counted, as they are not for bare stages);
 * ``latency_ms``: capture (wall clock at decode) to probe, p50/p95 over the frames decoded after the
   first frame reached the probe (steady state), for each mode as fast as possible
@@ -37,17 +52,23 @@ Measures, on one video:
   ``--realtime-frames``, at the video's native rate over ``drop_oldest`` links (what a live camera
   sees; ``realtime_run.frames`` says how many of the decoded frames got through);
 * ``transport_us``: per-message cost of encode + send + receive + decode for a Frame (full image +
-  detections) and a PersonCrops over inproc://, ipc:// and tcp://.
+  detections: the first recorded Frame that has some) and a PersonCrops (the fullest of the first
+  stage that emits them) over inproc://, ipc:// and tcp://.
 
-The probe stage (``bench_probe``) is registered by this module and loaded into the graph through
-``plugins: [tools.bench_pipeline]``, so it also runs inside process-mode workers. Run from the repo
-root. The JSON has at least decode_fps, ffmpeg_fps, slowest_stage_fps, embedded_fps, process_fps,
+The probe (stage ``probe`` of type ``bench_probe``) is fed by the deepest stage whose class declares it
+emits PersonCrops: the one with the longest input path from a source, the later one in the config on a
+tie (``probe_source``). Sinks emit nothing, so in a graph with sinks this is the last stage before them:
+identify in the built-in full graph, track in the basic one. ``--no-sinks`` drops every stage that
+emits nothing and gives the same answer. The probe type is registered by this module and loaded into
+the graph through ``plugins``, so it also runs inside process-mode workers. Run from the repo root. The
+JSON has at least decode_fps, ffmpeg_fps, slowest_stage_fps, embedded_fps, process_fps,
 embedded_ratio, process_ratio, basic_fps, full_fps, full_vs_basic and model_calls_per_track.
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import logging
 import os
@@ -59,6 +80,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -66,14 +88,18 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from amodal.commands import prog_of
-from pipeline.messages import DATA_TYPES, EndOfStream, Frame, PersonCrops, TrackEnd
+from pipeline.configfile import ConfigError, load_yaml
+from pipeline.graph_settings import TOP_LEVEL_KEYS, GraphConfig
+from pipeline.messages import CONTROL_TYPES, DATA_TYPES, EndOfStream, Frame, PersonCrops, TrackEnd
 from pipeline.metrics import RuntimeMetrics
 from pipeline.registry import register_stage
-from pipeline.stage import Stage, StageContext
+from pipeline.stage import SourceStage, Stage, StageContext
 
 logger = logging.getLogger("bench_pipeline")
 
 PLUGIN = "amodal.commands.bench_pipeline"
+#: the name of the probe stage in the graphs the bench runs
+PROBE = "probe"
 
 
 class ProbeConfig(BaseModel):
@@ -149,18 +175,17 @@ def probe_stats(path: Path, warmup: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- decode
-def bench_decode(video: str, frames: int | None) -> tuple[float, list[Frame]]:
-    """The ingest decoder alone (PyAV -> BGR); returns fps and the decoded frames for later stages."""
+def bench_decode(video: str, frames: int | None) -> tuple[float, int]:
+    """The ingest decoder alone (PyAV -> BGR): its fps and the frames it decoded."""
     from stages.media.decoder import DecodedFrame, DecoderOptions, StreamDecoder
     from stages.media.sources import resolve_source
 
     decoder = StreamDecoder("bench", resolve_source(video), DecoderOptions(max_frames=frames))
-    out: list[Frame] = []
+    count = 0
     started = time.perf_counter()
     for item in decoder.frames(threading.Event()):
-        if isinstance(item, DecodedFrame):
-            out.append(Frame(item.stream_id, item.seq, item.pts, item.capture_time, item.image))
-    return rate(len(out), time.perf_counter() - started), out
+        count += isinstance(item, DecodedFrame)
+    return rate(count, time.perf_counter() - started), count
 
 
 def bench_ffmpeg(video: str, frames: int) -> dict[str, float] | None:
@@ -198,44 +223,29 @@ def bench_ffmpeg(video: str, frames: int) -> dict[str, float] | None:
     return out
 
 
-def bench_ingest(config: Any) -> float:
-    """The ingest stage's run() with a no-op emit: decode threads, hand-off buffer, Frame messages."""
-    from stages.ingest import IngestStage
-
-    count = 0
-
-    def emit(message: Any) -> None:
-        nonlocal count
-        count += isinstance(message, Frame)
-
-    stage = IngestStage(config, StageContext("ingest"))
-    started = time.perf_counter()
-    stage.run(emit, threading.Event())
-    return rate(count, time.perf_counter() - started)
+# ---------------------------------------------------------------------------------------- bare stages
+def frame_key(message: Any) -> tuple[str, int]:
+    """The frame a data message belongs to: several messages of one frame (a tracker's Frame and
+    PersonCrops, a fan-in stage's inputs) count as one frame in a stage's fps."""
+    return (message.stream_id, message.seq)
 
 
-def run_bare(stage: Stage, inputs: list[Any], warmup: int, batch: int = 1) -> tuple[float, list[Any]]:
-    """Feed recorded inputs through a stage's hooks; fps over the frames after ``warmup``."""
+def run_source(stage: SourceStage) -> tuple[float, list[Any]]:
+    """A source stage's ``run()`` with an emit that records: fps over all its frames (the decode threads
+    and hand-off buffer included, ``on_start`` not), and its messages, closed as the runtime closes
+    them: one EndOfStream per stream that did not end."""
     stage.on_start()
     outputs: list[Any] = []
-    started = None
-    timed = 0
-    for index in range(0, len(inputs), batch):
-        if started is None and index >= warmup:
-            started = time.perf_counter()
-        chunk = inputs[index : index + batch]
-        outputs.extend(stage.process_batch(chunk) if batch > 1 else stage.process(chunk[0]))
-        if started is not None:
-            timed += len(chunk)
-    stream_ids = sorted({getattr(m, "stream_id", "bench") for m in inputs})
-    for stream_id in stream_ids:
-        outputs.extend(stage.process(EndOfStream(stream_id, "finished")))
+    started = time.perf_counter()
+    stage.run(outputs.append, threading.Event())
+    elapsed = time.perf_counter() - started
     outputs.extend(stage.on_stop() or ())
-    elapsed = time.perf_counter() - started if started is not None else 0.0
-    return rate(timed, elapsed), outputs
+    data = [m for m in outputs if isinstance(m, DATA_TYPES)]
+    ended = {m.stream_id for m in outputs if isinstance(m, EndOfStream)}
+    outputs.extend(EndOfStream(sid, "finished") for sid in sorted({m.stream_id for m in data} - ended))
+    return rate(len({frame_key(m) for m in data}), elapsed), outputs
 
 
-# ---------------------------------------------------------------------------------------- model stages
 def run_stream(
     stage: Stage, inputs: list[Any], warmup: int, metrics: RuntimeMetrics | None = None
 ) -> tuple[float, list[Any]]:
@@ -244,20 +254,21 @@ def run_stream(
     Each run of consecutive data messages goes in batches of up to the stage's ``max_batch`` to
     ``process_batch``; each control message alone to ``process`` (a TrackEnd only if the stage accepts
     it); a TrackEnd is forwarded unless the stage answered with its own, an EndOfStream after the
-    stage's outputs. ``on_start`` is not timed, ``on_stop`` is; fps over the data messages after
-    ``warmup``. With ``metrics``, each call is recorded as the runtime records it (process seconds,
-    batch size).
+    stage's outputs. ``on_start`` is not timed, ``on_stop`` is; fps over the frames (``frame_key``)
+    after the first ``warmup``. With ``metrics``, each call is recorded as the runtime records it
+    (process seconds, batch size).
     """
     stage.on_start()
     name = stage.context.name
     max_batch = max(1, int(getattr(stage, "max_batch", 1) or 1))
     takes_ends = TrackEnd in type(stage).accepts
     outputs: list[Any] = []
-    seen = timed = 0
+    seen: set[tuple[str, int]] = set()
+    timed = 0
     started: float | None = None
     index = 0
     while index < len(inputs):
-        if started is None and seen >= warmup:
+        if started is None and len(seen) >= warmup:
             started = time.perf_counter()
         message = inputs[index]
         if not isinstance(message, DATA_TYPES):
@@ -279,30 +290,154 @@ def run_stream(
         if metrics is not None:
             metrics.process_seconds.labels(stage=name).observe(time.perf_counter() - call_started)
             metrics.batch_size.labels(stage=name).observe(len(chunk))
-        seen += len(chunk)
-        timed += len(chunk) if started is not None else 0
+        new = {frame_key(m) for m in chunk} - seen
+        seen |= new
+        timed += len(new) if started is not None else 0
         index = end
     outputs.extend(stage.on_stop() or ())
     elapsed = time.perf_counter() - started if started is not None else 0.0
     return rate(timed, elapsed), outputs
 
 
-def truncate_stream(messages: list[Any], data_messages: int) -> list[Any]:
-    """The first ``data_messages`` data messages of a recorded stream (with the control messages among
-    them), closed with an EndOfStream per stream when the cut removed it."""
+def truncate_stream(messages: list[Any], frames: int) -> list[Any]:
+    """The messages of the first ``frames`` frames (``frame_key``) of a recorded stream, with the
+    control messages among them, closed with an EndOfStream per stream when the cut removed it."""
     out: list[Any] = []
-    count = 0
+    seen: set[tuple[str, int]] = set()
     for message in messages:
-        if isinstance(message, DATA_TYPES):
-            if count == data_messages:
+        if isinstance(message, DATA_TYPES) and frame_key(message) not in seen:
+            if len(seen) == frames:
                 break
-            count += 1
+            seen.add(frame_key(message))
         out.append(message)
     ended = {m.stream_id for m in out if isinstance(m, EndOfStream)}
     out.extend(EndOfStream(sid, "finished") for sid in sorted({m.stream_id for m in out} - ended))
     return out
 
 
+def merge_inputs(spec: Any, outputs: dict[str, list[Any]]) -> list[Any]:
+    """What a stage receives from the recorded outputs of its input stages, as the links route them:
+    from each input, the data messages the stage's class accepts and every control message.
+
+    From one input, that stream as it is. From several, merged in sequence order (each input's own
+    order kept, the earlier-listed input first on a tie), and each stream's EndOfStream once, after the
+    stream's last message, as the runtime hands it over once every input carrying it has ended.
+    """
+    wanted = (*spec.stage_class.accepts, *CONTROL_TYPES)
+    streams = [[m for m in outputs[item.source] if isinstance(m, wanted)] for item in spec.input_specs()]
+    if len(streams) == 1:
+        return streams[0]
+    ends: dict[str, EndOfStream] = {}
+    for stream in streams:
+        for message in stream:
+            if isinstance(message, EndOfStream):
+                ends.setdefault(message.stream_id, message)
+    body = list(
+        heapq.merge(
+            *([m for m in stream if not isinstance(m, EndOfStream)] for stream in streams),
+            key=lambda m: m.seq,
+        )
+    )
+    last = {m.stream_id: index for index, m in enumerate(body)}
+    merged: list[Any] = []
+    for index, message in enumerate(body):
+        merged.append(message)
+        if last[message.stream_id] == index and message.stream_id in ends:
+            merged.append(ends.pop(message.stream_id))
+    merged.extend(ends.values())  # streams that ended without a message on these links
+    return merged
+
+
+def topological_order(graph: GraphConfig) -> list[Any]:
+    """The graph's stage specs, each after all its inputs (config order among those ready)."""
+    remaining = list(graph.stages)
+    done: set[str] = set()
+    order: list[Any] = []
+    while remaining:
+        spec = next(s for s in remaining if all(i.source in done for i in s.input_specs()))
+        order.append(spec)
+        done.add(spec.name)
+        remaining.remove(spec)
+    return order
+
+
+def stage_depths(graph: GraphConfig) -> dict[str, int]:
+    """Per stage, the length of the longest input path from a source (a source: 0)."""
+    depth: dict[str, int] = {}
+    for spec in topological_order(graph):
+        depth[spec.name] = 1 + max((depth[i.source] for i in spec.input_specs()), default=-1)
+    return depth
+
+
+def probe_source(graph: GraphConfig) -> str:
+    """The stage the probe listens to: the deepest stage whose class declares it emits PersonCrops
+    (``stage_depths``; on a tie, the later one in the config). Sinks emit nothing, so with sinks this
+    is the last stage before them (identify in the built-in full graph, track in the basic one), and
+    the same stage without them."""
+    depth = stage_depths(graph)
+    candidates = [s for s in graph.stages if PersonCrops in (s.stage_class.emits or ())]
+    if not candidates:
+        raise ConfigError(
+            "amodal bench measures a graph at a probe fed PersonCrops, but no stage of this graph "
+            f"emits PersonCrops ({[s.name for s in graph.stages]})"
+        )
+    return max(reversed(candidates), key=lambda s: depth[s.name]).name
+
+
+def sink_names(graph: GraphConfig) -> set[str]:
+    """The stages whose class declares it emits nothing (what ``--no-sinks`` drops)."""
+    return {s.name for s in graph.stages if s.stage_class.emits == ()}
+
+
+@dataclass
+class BareRun:
+    """Every stage of a graph run bare: per stage (walk order), its fps, recorded input and output."""
+
+    order: list[str]
+    fps: dict[str, float] = field(default_factory=dict)
+    inputs: dict[str, list[Any]] = field(default_factory=dict)  # non-source stages only
+    outputs: dict[str, list[Any]] = field(default_factory=dict)
+    details: dict[str, dict[str, Any]] = field(default_factory=dict)  # fps, inputs, max_batch, ...
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage_metrics of the bare run
+    runs: dict[str, Counter[tuple[str, int]]] = field(default_factory=dict)  # stages with a scheduler
+
+    def first_output(self, kind: type) -> list[Any]:
+        """The recorded output of the first stage (walk order) that emitted a ``kind`` message."""
+        for name in self.order:
+            if any(isinstance(m, kind) for m in self.outputs[name]):
+                return self.outputs[name]
+        return []
+
+
+def bench_stages(graph: GraphConfig, warmup: int, out_dir: Path) -> BareRun:
+    """Every stage of ``graph`` bare on recorded inputs, in topological order (module docstring)."""
+    order = topological_order(graph)
+    bare = BareRun(order=[spec.name for spec in order])
+    metrics = RuntimeMetrics()
+    for spec in order:
+        print(f"{spec.name} bare ...", file=sys.stderr)
+        context = StageContext(spec.name, metrics=metrics, output_dir=out_dir)
+        stage = spec.stage_class.from_config(spec.config, context)
+        sources = [item.source for item in spec.input_specs()]
+        if isinstance(stage, SourceStage):
+            fps, outputs = run_source(stage)
+            messages = sum(isinstance(m, DATA_TYPES) for m in outputs)
+        else:
+            inputs = bare.inputs[spec.name] = merge_inputs(spec, bare.outputs)
+            runs = record_runs(stage)
+            if runs is not None:
+                bare.runs[spec.name] = runs
+            fps, outputs = run_stream(stage, inputs, warmup, metrics)
+            messages = sum(isinstance(m, DATA_TYPES) for m in inputs)
+        bare.fps[spec.name], bare.outputs[spec.name] = fps, outputs
+        batch = None if isinstance(stage, SourceStage) else max(1, int(getattr(stage, "max_batch", 1) or 1))
+        bare.details[spec.name] = {"fps": fps, "inputs": sources, "max_batch": batch, "messages": messages}
+        del stage
+    bare.metrics = stage_metrics(metrics.registry)
+    return bare
+
+
+# ---------------------------------------------------------------------------------------- model stages
 def record_runs(stage: Stage) -> Counter[tuple[str, int]] | None:
     """Count, per (stream, track), the rows the stage's scheduler picks (= rows sent to its model)."""
     scheduler = getattr(stage, "scheduler", None)
@@ -444,87 +579,103 @@ def stage_metrics(registry: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
-def bench_person_stages(
-    specs: list[Any], streams: dict[str, list[Any]], warmup: int, out_dir: Path
-) -> dict[str, Any]:
-    """Every model stage after the tracker (``PersonStage``), in graph order, bare on the recorded
-    output of its input stage; adds each one's output to ``streams``."""
-    from pipeline.metrics import RuntimeMetrics
-    from stages.person_stage import PersonStage
-
-    metrics = RuntimeMetrics()
-    fps: dict[str, float] = {}
-    frames: dict[str, int] = {}
-    runs: dict[str, Counter[tuple[str, int]] | None] = {}
-    for spec in specs:
-        if not issubclass(spec.stage_class, PersonStage):
-            continue
-        sources = [i.source for i in spec.input_specs() if i.source in streams]
-        if not sources:
-            logger.warning("%s: no recorded input among %s; not measured", spec.name, spec.inputs)
-            continue
-        print(f"{spec.name} bare ...", file=sys.stderr)
-        inputs = streams[sources[-1]]
-        stage = spec.stage_class.from_config(
-            spec.config, StageContext(spec.name, metrics=metrics, output_dir=out_dir)
-        )
-        runs[spec.name] = record_runs(stage)
-        fps[spec.name], streams[spec.name] = run_stream(stage, inputs, warmup, metrics)
-        frames[spec.name] = sum(isinstance(m, DATA_TYPES) for m in inputs)
-        del stage
-    summary = stage_metrics(metrics.registry)
-    details = {name: {"fps": fps[name], "messages": frames[name], **summary.get(name, {})} for name in fps}
-    return {"fps": fps, "details": details, "runs": runs}
-
-
 # ---------------------------------------------------------------------------------------- graph
+def raw_graph(args: argparse.Namespace, basic: bool = False) -> dict[str, Any]:
+    """The raw ``--config`` graph (``--basic-config`` with ``basic``), or the built-in one."""
+    from amodal.graphs import builtin_replay_graph
+
+    path = args.basic_config if basic else args.config
+    return load_yaml(path) if path else builtin_replay_graph(basic=basic)
+
+
+def stage_names(raw: dict[str, Any]) -> set[str]:
+    stages = raw.get("stages")
+    return {s.get("name") for s in stages if isinstance(s, dict)} if isinstance(stages, list) else set()
+
+
+def bench_overrides(weights: str | None, items: list[str], known: set[str]) -> list[str]:
+    """``--weights`` and ``--set`` as graph overrides (``amodal replay --set``'s spelling): ``--weights
+    W`` is ``detect.weights=W`` (resolved), and a key without a stage name that is not a top-level key
+    (``interval=2``) is the older spelling of ``detect.interval=2``. ``known``: the stage names of
+    both graphs."""
+    out: list[str] = []
+    if weights is not None:
+        if "detect" not in known:
+            raise ConfigError(
+                "--weights sets detect.weights, but no graph has a stage named detect; "
+                "use --set STAGE.weights=PATH"
+            )
+        out.append(f"detect.weights={json.dumps(str(Path(weights).resolve()))}")
+    for item in items:
+        key = item.partition("=")[0].strip()
+        if "." not in key and key not in (*TOP_LEVEL_KEYS, "plugins"):
+            item = f"detect.{item.strip()}"
+        out.append(item)
+    return out
+
+
+def overrides_for(items: list[str], here: set[str], known: set[str]) -> list[str]:
+    """The overrides for a graph with stages ``here``: those naming a stage of ``known`` that this
+    graph lacks are skipped (the other graph's stages); everything else stays, so a typo still fails."""
+    heads = [item.partition("=")[0].strip().partition(".")[0] for item in items]
+    return [item for item, head in zip(items, heads, strict=True) if head in here or head not in known]
+
+
+def _section(raw: dict[str, Any], key: str) -> dict[str, Any]:
+    if not isinstance(raw.get(key), dict):
+        raw[key] = {}
+    return raw[key]
+
+
 def build_graph(
     args: argparse.Namespace,
     mode: str,
     out_dir: Path,
-    probe_path: Path,
+    probe_path: Path | None,
     realtime: bool,
     frames: int | None,
     basic: bool = False,
-) -> dict[str, Any]:
-    """The built-in replay graph (full, or detect-and-track with ``basic``) on the benchmark video, with
-    a probe fed by the last stage before the sinks that sends PersonCrops."""
-    from amodal.graphs import builtin_replay_graph, register_stages
-    from pipeline.registry import get_stage
+) -> GraphConfig:
+    """The ``--config`` graph (``--basic-config`` with ``basic``) on the benchmark video in ``mode``,
+    with the ``--set`` overrides, without its sinks under ``--no-sinks``, and with the probe fed by
+    ``probe_source`` when ``probe_path`` is given."""
+    from amodal.graphs import load_app_graph
+    from amodal.replay import for_files, stream_ids
 
-    register_stages()
-    graph = builtin_replay_graph(basic=basic)
-    graph.update(mode=mode, output_dir=str(out_dir), plugins=[PLUGIN])
-    graph["logging"]["level"] = "ERROR"
-    # A stage process that finishes keeps flushing its last queued messages for linger_s; behind a
-    # slow detector the 2 s default can drop the tail (and its EndOfStream), so replay waits it out.
-    graph.setdefault("shutdown", {})["linger_s"] = 600.0
+    video = Path(args.video).resolve()
+    raw = for_files(raw_graph(args, basic), [video], stream_ids([video]), str(out_dir))
+    own = raw.get("plugins")
+    raw.update(mode=mode, plugins=[*(own if isinstance(own, list) else []), PLUGIN])
+    _section(raw, "logging")["level"] = "ERROR"
     if realtime:  # a live camera: native rate, short drop_oldest links keep latency bounded
-        graph["links"].update(policy="drop_oldest", hwm=args.live_hwm)
-    stages = []
-    for spec in graph["stages"]:
-        if spec["type"] == "ingest":
-            spec["config"].update(
-                streams=[{"id": "bench", "source": str(Path(args.video).resolve())}],
-                capture_clock="wall",
-                max_frames=frames,
-                realtime=realtime,
-            )
-        elif spec["type"] == "detect":
-            spec["config"].update(weights=str(Path(args.weights).resolve()), **args.detect_overrides)
-        elif spec["type"].endswith("_sink") and not args.sinks:
-            continue
-        stages.append(spec)
-    last = [
-        s["name"]
-        for s in stages
-        if not s["type"].endswith("_sink") and PersonCrops in (get_stage(s["type"]).emits or ())
-    ][-1]
-    stages.append(
-        {"name": "probe", "type": "bench_probe", "inputs": [last], "config": {"path": str(probe_path)}}
-    )
-    graph["stages"] = stages
-    return graph
+        _section(raw, "links").update(policy="drop_oldest", hwm=args.live_hwm)
+    names = stage_names(raw)
+    graph = load_app_graph(data=raw, overrides=overrides_for(args.overrides, names, args.known_stages))
+    sources = [s.name for s in graph.stages if issubclass(s.stage_class, SourceStage)]
+    if len(sources) != 1:
+        raise ConfigError(f"amodal bench needs a graph with one source stage, this one has {sources}")
+    by_name = {s["name"]: s for s in raw["stages"]}
+    source = by_name[sources[0]]
+    source["config"] = {
+        **(source.get("config") or {}),
+        "capture_clock": "wall",
+        "max_frames": frames,
+        "realtime": realtime,
+    }
+    drop = set() if args.sinks else sink_names(graph)
+    raw["stages"] = [s for s in raw["stages"] if s["name"] not in drop]
+    if probe_path is not None:
+        if PROBE in names:
+            raise ConfigError(f"stage name {PROBE!r} is the bench's probe; rename that stage of the graph")
+        raw["stages"].append(
+            {
+                "name": PROBE,
+                "type": "bench_probe",
+                "inputs": [probe_source(graph)],
+                "config": {"path": str(probe_path)},
+            }
+        )
+    return load_app_graph(data=raw, overrides=overrides_for(args.overrides, names - drop, args.known_stages))
 
 
 def bench_graph(
@@ -535,15 +686,12 @@ def bench_graph(
     basic: bool = False,
 ) -> dict[str, Any]:
     """One run of the graph; in embedded mode also each stage's metrics (``stage_metrics``)."""
-    from amodal.graphs import load_app_graph
     from pipeline.runtime import EmbeddedRuntime
     from pipeline.supervisor import ProcessRuntime
 
     with tempfile.TemporaryDirectory(prefix=f"bench-{mode}-") as tmp:
         probe = Path(tmp) / "probe.json"
-        graph = load_app_graph(
-            data=build_graph(args, mode, Path(tmp) / "out", probe, realtime, frames, basic)
-        )
+        graph = build_graph(args, mode, Path(tmp) / "out", probe, realtime, frames, basic)
         runtime = EmbeddedRuntime(graph) if mode == "embedded" else ProcessRuntime(graph)
         started = time.perf_counter()
         report = runtime.run()
@@ -551,6 +699,7 @@ def bench_graph(
         if report.exit_code != 0:
             raise RuntimeError(f"{mode} run failed (exit {report.exit_code}): {report.error}")
         stats = probe_stats(probe, args.warmup)
+        stats["probe_source"] = graph.stage(PROBE).input_specs()[0].source
         stats["run_seconds_incl_startup"] = round(wall, 2)
         if mode == "embedded":
             stats["stage_metrics"] = stage_metrics(runtime.metrics.registry)
@@ -589,8 +738,9 @@ def bench_basic_vs_full(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------- transport
-def bench_transport(sample_frame: Frame, sample_crops: PersonCrops, count: int) -> dict[str, Any]:
-    """Encode + send + receive + decode per message, one sender thread, over each transport."""
+def bench_transport(sample_frame: Frame, sample_crops: PersonCrops | None, count: int) -> dict[str, Any]:
+    """Encode + send + receive + decode per message, one sender thread, over each transport (the
+    PersonCrops only when the graph makes one)."""
     import zmq
 
     from pipeline.wire import decode, encode
@@ -600,6 +750,8 @@ def bench_transport(sample_frame: Frame, sample_crops: PersonCrops, count: int) 
     tmp = tempfile.mkdtemp(prefix="bench-ipc-")
     try:
         for label, message in (("frame", sample_frame), ("person_crops", sample_crops)):
+            if message is None:
+                continue
             started = time.perf_counter()
             for _ in range(count):
                 decode(encode(message))
@@ -644,7 +796,26 @@ def bench_transport(sample_frame: Frame, sample_crops: PersonCrops, count: int) 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog_of(__name__), description=__doc__.splitlines()[0])
     parser.add_argument("video", help="video file to benchmark on")
-    parser.add_argument("--weights", required=True, help="detector weights (.pt/.onnx/.engine/OpenVINO dir)")
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="GRAPH.yaml",
+        help="graph YAML benchmarked end to end and stage by stage bare (default: the built-in "
+        "replay graph, configs/replay.yaml)",
+    )
+    parser.add_argument(
+        "--basic-config",
+        default=None,
+        metavar="GRAPH.yaml",
+        help="graph YAML the full graph is compared with end to end (default: the built-in "
+        "detect-and-track graph, configs/replay_basic.yaml)",
+    )
+    parser.add_argument(
+        "--weights",
+        default=None,
+        metavar="PATH",
+        help="detector weights (.pt/.onnx/.engine/OpenVINO dir): short for --set detect.weights=PATH",
+    )
     parser.add_argument("--frames", type=int, default=None, help="use only the first N frames")
     parser.add_argument("--warmup", type=int, default=10, help="frames excluded from every fps measurement")
     parser.add_argument(
@@ -665,7 +836,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-sinks",
         dest="sinks",
         action="store_false",
-        help="graphs without the sqlite/jsonl/video sinks (... -> probe)",
+        help="graphs without their sinks, the stages that emit nothing (... -> probe)",
     )
     parser.add_argument(
         "--realtime-frames",
@@ -684,65 +855,49 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--transport-messages", type=int, default=300)
     parser.add_argument(
         "--set",
-        dest="detect_set",
+        dest="set_items",
         action="append",
         default=[],
-        help="detect config override key=value (e.g. interval=2)",
+        metavar="KEY=VALUE",
+        help="graph override as in amodal replay --set (detect.conf=0.4, links.hwm=32), for both "
+        "graphs (skipped for a graph without the stage it names); a key without a stage name "
+        "(interval=2) means detect.KEY",
     )
     parser.add_argument("--json", dest="json_path", default=None, help="also write the JSON here")
     return parser
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The options, plus ``known_stages`` (the stage names of both graphs) and ``overrides`` (``--weights``
+    and ``--set`` as graph overrides, ``bench_overrides``)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
+    args.known_stages = stage_names(raw_graph(args)) | stage_names(raw_graph(args, basic=True))
+    args.overrides = bench_overrides(args.weights, args.set_items, args.known_stages)
     return args
 
 
-def bench_sinks(
-    specs: list[Any], streams: dict[str, list[Any]], annotated: list[Frame], warmup: int
-) -> dict[str, float]:
-    """Every sink bare: Frame sinks on the tracker's annotated frames, the others on the recorded
-    PersonCrops of their (last recorded) input stage."""
-    fps: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="bench-sinks-") as tmp:
-        for spec in specs:
-            if not spec.type.endswith("_sink"):
-                continue
-            print(f"{spec.name} bare ...", file=sys.stderr)
-            cls = spec.stage_class
-            sources = [i.source for i in spec.input_specs() if i.source in streams]
-            inputs = (
-                annotated
-                if Frame in cls.accepts or not sources
-                else [m for m in streams[sources[-1]] if isinstance(m, PersonCrops)]
-            )
-            sink = cls.from_config(spec.config, StageContext(spec.name, output_dir=tmp))
-            fps[spec.name], _ = run_bare(sink, inputs, warmup)
-    return fps
-
-
-def model_call_report(specs: list[Any], person: dict[str, Any], recorded: list[Any]) -> dict[str, Any]:
-    """``model_calls_per_track`` (model rows / tracks with a row) and ``model_calls_vs_track_length``."""
-    spans = track_spans(recorded)
-    video_fps = stream_fps(recorded)
-    by_name = {spec.name: spec for spec in specs}
+def model_call_report(graph: GraphConfig, bare: BareRun) -> dict[str, Any]:
+    """``model_calls_per_track`` (model rows / tracks with a row) and ``model_calls_vs_track_length``
+    for every stage with a scheduler, each against the tracks of its own recorded input; ``tracks_seen``
+    and ``video_fps`` from the first stage that emits PersonCrops (the tracker)."""
     per_track: dict[str, float | None] = {}
     growth: dict[str, Any] = {}
-    for name, runs in person["runs"].items():
-        if runs is None:
-            continue
-        check = calls_vs_length(runs, spans, getattr(by_name[name].config, "schedule", None), video_fps)
-        rows = person["details"][name].get("model_rows", 0)
+    for name, runs in bare.runs.items():
+        inputs = bare.inputs[name]
+        schedule = getattr(graph.stage(name).config, "schedule", None)
+        check = calls_vs_length(runs, track_spans(inputs), schedule, stream_fps(inputs))
+        rows = bare.metrics.get(name, {}).get("model_rows", 0)
         per_track[name] = round(rows / check["tracks_run"], 2) if check["tracks_run"] else None
         growth[name] = check
+    crops = bare.first_output(PersonCrops)
     return {
         "model_calls_per_track": per_track,
         "model_calls_vs_track_length": growth,
-        "tracks_seen": len(spans),
-        "video_fps": round(video_fps, 2),
+        "tracks_seen": len(track_spans(crops)),
+        "video_fps": round(stream_fps(crops), 2),
     }
 
 
@@ -752,76 +907,56 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("YOLO_AUTOINSTALL", "false")
     os.environ.setdefault("YOLO_VERBOSE", "false")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from pipeline.configfile import apply_overrides
-
-    args.detect_overrides = apply_overrides({}, args.detect_set)
-
-    from amodal.graphs import load_app_graph
-    from pipeline.registry import get_stage
+    from stages.person_stage import PersonStage
 
     with tempfile.TemporaryDirectory(prefix="bench-bare-") as tmp:
-        template = load_app_graph(
-            data=build_graph(args, "embedded", Path(tmp) / "out", Path(tmp) / "p.json", False, args.frames)
-        )
-    specs = [spec for spec in template.stages if spec.type != "bench_probe"]
-    configs = {spec.name: spec for spec in specs}
+        graph = build_graph(args, "embedded", Path(tmp) / "out", None, False, args.frames)
 
     result: dict[str, Any] = {
         "video": args.video,
+        "config": args.config or "built-in replay graph",
+        "basic_config": args.basic_config or "built-in basic replay graph",
         "weights": args.weights,
+        "overrides": args.overrides,
         "cpu_count": os.cpu_count(),
         "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
         "warmup_frames": args.warmup,
-        "graph_stages": [spec.name for spec in specs],
+        "graph_stages": [spec.name for spec in graph.stages],
     }
     print(f"decode ({args.video}) ...", file=sys.stderr)
-    result["decode_fps"], frames = bench_decode(args.video, args.frames)
-    result["frames"] = len(frames)
-    ff = bench_ffmpeg(args.video, len(frames))
+    result["decode_fps"], result["frames"] = bench_decode(args.video, args.frames)
+    ff = bench_ffmpeg(args.video, result["frames"])
     result.update(ff or {"ffmpeg_fps": None})
     result["decode_vs_ffmpeg"] = round(result["decode_fps"] / ff["ffmpeg_fps"], 3) if ff else None
 
-    stage_fps: dict[str, float] = {}
-    print("ingest bare ...", file=sys.stderr)
-    stage_fps["ingest"] = bench_ingest(configs["ingest"].config)
-    print("detect bare ...", file=sys.stderr)
-    detect_cfg = configs["detect"].config
-    detect = get_stage("detect")(detect_cfg, StageContext("detect"))
-    stage_fps["detect"], detected = run_bare(detect, frames, args.warmup, batch=detect_cfg.max_batch)
-    del detect
-    print("track bare ...", file=sys.stderr)
-    track = get_stage("track")(configs["track"].config, StageContext("track"))
-    stage_fps["track"], tracked = run_bare(track, detected, args.warmup)
-    annotated = [m for m in tracked if isinstance(m, Frame)]
-    crops = [m for m in tracked if isinstance(m, PersonCrops)]
-    # The tracker's stream as the next stages receive it: PersonCrops and TrackEnd in order, then the
-    # EndOfStream the runtime forwards after the tracker's last outputs.
-    recorded = [m for m in tracked if isinstance(m, (PersonCrops, TrackEnd))]
-    recorded += [EndOfStream(sid, "finished") for sid in sorted({m.stream_id for m in frames})]
-    streams: dict[str, list[Any]] = {"track": recorded}
-    with tempfile.TemporaryDirectory(prefix="bench-person-") as tmp:
-        person = bench_person_stages(specs, streams, args.warmup, Path(tmp))
-    stage_fps.update(person["fps"])
-    result["person_stages"] = person["details"]
-    result.update(model_call_report(specs, person, recorded))
-    stage_fps.update(bench_sinks(specs, streams, annotated, args.warmup))
-    result["stage_fps"] = stage_fps
+    with tempfile.TemporaryDirectory(prefix="bench-stages-") as tmp:
+        bare = bench_stages(graph, args.warmup, Path(tmp))
+    result["stage_fps"] = stage_fps = bare.fps
+    result["bare_stages"] = bare.details
+    result["person_stages"] = {
+        spec.name: {"fps": bare.fps[spec.name], "messages": bare.details[spec.name]["messages"]}
+        | bare.metrics.get(spec.name, {})
+        for spec in graph.stages
+        if issubclass(spec.stage_class, PersonStage)
+    }
+    result.update(model_call_report(graph, bare))
     result["slowest_stage"] = min(stage_fps, key=stage_fps.get)
     result["slowest_stage_fps"] = stage_fps[result["slowest_stage"]]
 
-    sample_frame = next((f for f in detected if f.detections is not None and len(f.detections)), detected[0])
-    sample_crops = max(crops, key=lambda c: len(c.tracks))
+    frames = [m for name in bare.order for m in bare.outputs[name] if isinstance(m, Frame)]
+    sample_frame = next((f for f in frames if f.detections is not None and len(f.detections)), frames[0])
+    crops = [m for m in bare.first_output(PersonCrops) if isinstance(m, PersonCrops)]
+    sample_crops = max(crops, key=lambda c: len(c.tracks)) if crops else None
     result["transport_us"] = bench_transport(sample_frame, sample_crops, args.transport_messages)
     result["sample_sizes"] = {
         "frame_detections": len(sample_frame.detections or ()),
-        "crops_per_message": len(sample_crops.tracks),
+        "crops_per_message": len(sample_crops.tracks) if sample_crops is not None else None,
     }
     slowest = result["slowest_stage"]
-    recheck_inputs = {"ingest": None, "detect": frames, "track": detected}.get(slowest)
-    if slowest in person["fps"]:
-        sources = [i.source for i in configs[slowest].input_specs() if i.source in streams]
-        recheck_inputs = streams[sources[-1]]
-    del tracked, annotated, crops, streams, recorded, person
+    recheck_inputs = bare.inputs.get(slowest)  # none for a source: not measured again
+    if recheck_inputs is not None:
+        recheck_inputs = truncate_stream(recheck_inputs, args.recheck_frames)
+    del bare, frames, crops, sample_frame, sample_crops
 
     result.update(bench_basic_vs_full(args))
     latency: dict[str, Any] = {}
@@ -829,7 +964,7 @@ def main(argv: list[str] | None = None) -> int:
         if mode not in args.modes:
             result[f"{mode}_fps"] = result[f"{mode}_ratio"] = None
             continue
-        if mode == "embedded":  # the built-in replay graph in its own mode: the full runs above
+        if mode == "embedded":  # the full graph in its own mode: the full runs above
             stats = result["full_run"]
             result["embedded_fps"] = result["full_fps"]
         else:
@@ -841,22 +976,17 @@ def main(argv: list[str] | None = None) -> int:
         latency[f"{mode}_fast"] = stats["latency_ms"]
     if args.recheck_frames and recheck_inputs is not None:
         print(f"{slowest} bare again ...", file=sys.stderr)
-        spec = configs[slowest]
+        spec = graph.stage(slowest)
         with tempfile.TemporaryDirectory(prefix="bench-recheck-") as tmp:
             stage = spec.stage_class.from_config(spec.config, StageContext(slowest, output_dir=tmp))
-            if slowest in result["person_stages"]:
-                inputs = truncate_stream(recheck_inputs, args.recheck_frames)
-                again, _ = run_stream(stage, inputs, args.warmup)
-            else:
-                batch = getattr(spec.config, "max_batch", 1) if slowest == "detect" else 1
-                again, _ = run_bare(stage, recheck_inputs[: args.recheck_frames], args.warmup, batch=batch)
+            again, _ = run_stream(stage, recheck_inputs, args.warmup)
         result["slowest_stage_fps_first"] = result["slowest_stage_fps"]
         result["slowest_stage_fps_recheck"] = again
         result["slowest_stage_fps"] = max(result["slowest_stage_fps"], again)
         for mode in ("embedded", "process"):
             if result.get(f"{mode}_fps") is not None:
                 result[f"{mode}_ratio"] = round(result[f"{mode}_fps"] / result["slowest_stage_fps"], 3)
-    del frames, detected, recheck_inputs
+    del recheck_inputs
     if args.realtime_frames:
         print("embedded graph at native rate ...", file=sys.stderr)
         stats = bench_graph(args, "embedded", realtime=True, frames=args.realtime_frames)
