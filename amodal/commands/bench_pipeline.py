@@ -852,7 +852,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-measure the slowest stage bare on this many frames after the graph runs "
         "(the machine's load drifts); ratios use the faster of the two; 0 = skip",
     )
-    parser.add_argument("--transport-messages", type=int, default=300)
+    parser.add_argument(
+        "--transport-messages",
+        type=int,
+        default=300,
+        help="messages per transport in the transport_us figure",
+    )
     parser.add_argument(
         "--set",
         dest="set_items",
