@@ -144,7 +144,7 @@ def test_graphs_get_the_video_the_overrides_and_the_probe(tmp_path):
     clip = write_clip(tmp_path / "clip.mp4", frames=2)
     weights = tmp_path / "weights.pt"  # never read: the graphs are only loaded
     argv = [
-        str(clip), "--weights", str(weights), "--set", "detect.conf=0.4", "--set", "interval=2",
+        str(clip), "--weights", str(weights), "--set", "detect.conf=0.4", "--set", "detect.interval=2",
         "--set", "grade.schedule.every_s=3", "--no-sinks",
     ]  # fmt: skip
     args = parse_args(argv)

@@ -9,8 +9,7 @@ The graphs are ``--config`` (default: the built-in replay graph, ``configs/repla
 gets the video as its single ingest stage's stream the way ``amodal replay`` does
 (``amodal.replay.for_files``), and the ``--set`` overrides in ``amodal replay``'s spelling
 (``detect.conf=0.4``, ``links.hwm=32``) apply to both; an override that names a stage only the other
-graph has is skipped for this one. ``--weights W`` is short for ``--set detect.weights=W``, and a key
-without a stage name (``--set interval=2``) is the older spelling of ``detect.interval=2``.
+graph has is skipped for this one. ``--weights W`` is short for ``--set detect.weights=W``.
 
 Measures, on one video:
 
@@ -89,7 +88,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from amodal.commands import prog_of
 from pipeline.configfile import ConfigError, load_yaml
-from pipeline.graph_settings import TOP_LEVEL_KEYS, GraphConfig
+from pipeline.graph_settings import GraphConfig
 from pipeline.messages import CONTROL_TYPES, DATA_TYPES, EndOfStream, Frame, PersonCrops, TrackEnd
 from pipeline.metrics import RuntimeMetrics
 from pipeline.registry import register_stage
@@ -595,9 +594,7 @@ def stage_names(raw: dict[str, Any]) -> set[str]:
 
 def bench_overrides(weights: str | None, items: list[str], known: set[str]) -> list[str]:
     """``--weights`` and ``--set`` as graph overrides (``amodal replay --set``'s spelling): ``--weights
-    W`` is ``detect.weights=W`` (resolved), and a key without a stage name that is not a top-level key
-    (``interval=2``) is the older spelling of ``detect.interval=2``. ``known``: the stage names of
-    both graphs."""
+    W`` is ``detect.weights=W`` (resolved). ``known``: the stage names of both graphs."""
     out: list[str] = []
     if weights is not None:
         if "detect" not in known:
@@ -606,12 +603,7 @@ def bench_overrides(weights: str | None, items: list[str], known: set[str]) -> l
                 "use --set STAGE.weights=PATH"
             )
         out.append(f"detect.weights={json.dumps(str(Path(weights).resolve()))}")
-    for item in items:
-        key = item.partition("=")[0].strip()
-        if "." not in key and key not in (*TOP_LEVEL_KEYS, "plugins"):
-            item = f"detect.{item.strip()}"
-        out.append(item)
-    return out
+    return out + list(items)
 
 
 def overrides_for(items: list[str], here: set[str], known: set[str]) -> list[str]:
@@ -865,8 +857,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="graph override as in amodal replay --set (detect.conf=0.4, links.hwm=32), for both "
-        "graphs (skipped for a graph without the stage it names); a key without a stage name "
-        "(interval=2) means detect.KEY",
+        "graphs (skipped for a graph without the stage it names)",
     )
     parser.add_argument("--json", dest="json_path", default=None, help="also write the JSON here")
     return parser
