@@ -51,6 +51,7 @@ __all__ = [
     "area_class_from_grades",
     "area_class_from_visibility",
     "clip_box",
+    "pixel_bounds",
     "crop_box",
     "evaluation_report",
     "find_sequences",
@@ -285,14 +286,18 @@ def select_boxes(
     return gt.subset(index)
 
 
-def clip_box(box_ltwh: Sequence[float], image_hw: Sequence[int]) -> tuple[int, int, int, int]:
-    """A MOT box (1-based left, top, width, height) as 0-based pixel bounds ``(x0, y0, x1, y1)``
-    (end exclusive) clipped to the image; empty (x1 <= x0 or y1 <= y0) when it lies outside."""
-    left, top, width, height = (float(v) for v in box_ltwh)
+def pixel_bounds(xyxy: Sequence[float], image_hw: Sequence[int]) -> tuple[int, int, int, int]:
+    """A box's 0-based pixel bounds ``(x0, y0, x1, y1)`` (rounded, end exclusive) clipped to the
+    image; empty (x1 <= x0 or y1 <= y0) when it lies outside."""
     h, w = int(image_hw[0]), int(image_hw[1])
-    x0, y0 = round(left - 1.0), round(top - 1.0)
-    x1, y1 = round(left - 1.0 + width), round(top - 1.0 + height)
+    x0, y0, x1, y1 = (round(float(v)) for v in xyxy)
     return max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+
+
+def clip_box(box_ltwh: Sequence[float], image_hw: Sequence[int]) -> tuple[int, int, int, int]:
+    """A MOT box (1-based left, top, width, height) as ``pixel_bounds`` in the image."""
+    left, top, width, height = (float(v) for v in box_ltwh)
+    return pixel_bounds((left - 1.0, top - 1.0, left - 1.0 + width, top - 1.0 + height), image_hw)
 
 
 def _is_clipped(box_ltwh: Sequence[float], image_hw: Sequence[int]) -> bool:

@@ -36,7 +36,7 @@ from models.data.reid_datasets import normalize
 from models.data.transforms import resize
 
 from .grader import VISIBLE, GradeThresholds, calibrate_visible_threshold, decide_grades, occlusion_score
-from .grader_eval import MIN_CROP_HW, roc_auc, spearman
+from .grader_eval import MIN_CROP_HW, pixel_bounds, roc_auc, spearman
 from .occlusion_augment import LOCATIONS
 from .realistic_occlusion import hidden_location
 
@@ -168,13 +168,6 @@ class LabelCounts:
         return dict(self.__dict__)
 
 
-def _inside(xyxy: Sequence[float], frame_hw: Sequence[int]) -> tuple[int, int, int, int]:
-    """Pixel bounds (x0, y0, x1, y1), end exclusive, of the box clipped to the frame."""
-    h, w = int(frame_hw[0]), int(frame_hw[1])
-    x0, y0, x1, y1 = (round(float(v)) for v in xyxy)
-    return max(0, x0), max(0, y0), min(w, x1), min(h, y1)
-
-
 def label_boxes(
     key: int,
     frame: int,
@@ -192,7 +185,7 @@ def label_boxes(
     out = []
     for track, box, cover in zip(track_ids, np.asarray(boxes_xyxy).reshape(-1, 4), covers, strict=True):
         counts.boxes += 1
-        x0, y0, x1, y1 = _inside(box, frame_hw)
+        x0, y0, x1, y1 = pixel_bounds(box, frame_hw)
         if y1 - y0 < MIN_CROP_HW[0] or x1 - x0 < MIN_CROP_HW[1]:
             counts.small += 1
             continue
@@ -238,7 +231,7 @@ def sample_boxes(
 def crop_box(image_bgr: np.ndarray, xyxy: Sequence[float], size_hw: Sequence[int]) -> np.ndarray:
     """The box's part inside the frame, resized to ``size_hw`` as the pipeline's predictors resize
     (``models.data.transforms.resize``) and turned to RGB: uint8 (H, W, 3)."""
-    x0, y0, x1, y1 = _inside(xyxy, image_bgr.shape[:2])
+    x0, y0, x1, y1 = pixel_bounds(xyxy, image_bgr.shape[:2])
     if x1 <= x0 or y1 <= y0:
         raise ValueError(
             f"box {tuple(xyxy)} lies outside the {image_bgr.shape[1]}x{image_bgr.shape[0]} frame"
