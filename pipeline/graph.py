@@ -45,10 +45,10 @@ def load_graph(
     ``plugins`` list, so a stage process started from the loaded graph imports them too.
     """
     raw = load_yaml(path) if path is not None else copy.deepcopy(data or {})
-    if plugins:
-        own = raw.get("plugins")
-        raw["plugins"] = [*plugins, *own] if isinstance(own, list) else ([*plugins] if own is None else own)
     raw = apply_stage_overrides(raw, overrides)
+    own = raw.get("plugins")
+    if plugins and (own is None or isinstance(own, list)):  # a malformed list is reported by validation
+        raw["plugins"] = list(dict.fromkeys([*plugins, *(own or [])]))
     source = str(path) if path is not None else "config"
     try:
         raw = interpolate_env(raw, env)
