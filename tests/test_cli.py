@@ -28,8 +28,15 @@ def test_the_builtin_replay_graphs_are_the_configs_yaml_files_and_valid(basic: b
     assert raw == load_yaml(REPO / "configs" / name)
     graph = load_app_graph(data=raw)
     assert graph.plugins == ["stages"]  # so a stage process started from it registers them too
-    extra = ['plugins=["stages", "tests.test_pipeline_support"]']  # --set cannot drop them; listed once
-    assert load_app_graph(data=raw, overrides=extra).plugins == ["stages", "tests.test_pipeline_support"]
+    for extra in (
+        'plugins=["tests.test_pipeline_support"]',
+        'plugins=["stages", "tests.test_pipeline_support"]',
+    ):
+        # --set cannot drop the application's plugins, and each is listed once
+        assert load_app_graph(data=raw, overrides=[extra]).plugins == [
+            "stages",
+            "tests.test_pipeline_support",
+        ]
     assert graph.stages[0].type == "ingest" and graph.stages[-1].type == "video_sink"
 
 
