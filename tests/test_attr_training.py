@@ -57,7 +57,7 @@ def test_training_reduces_loss_then_eval_and_export(tmp_path):
     assert best.is_file() and (tmp_path / "run" / "metrics.json").is_file()
 
     # resuming a finished run trains nothing more and keeps the history
-    again = train_attributes.train(recipe)
+    again = train_attributes.train(recipe, resume=True)
     assert [e["train_loss"] for e in again["history"]] == losses
 
     out = tmp_path / "eval.json"

@@ -118,7 +118,7 @@ def test_tiny_training_run_reduces_loss_and_resumes(shared_dir, tmp_path):
     # resume: a longer recipe continues from step 12 instead of starting over
     recipe = _tiny_recipe(shared_dir, tmp_path / "run", 8)
     recipe.train.grader_only_iterations = 8
-    resumed = train(recipe, show_progress=False)
+    resumed = train(recipe, resume=True, show_progress=False)
     assert resumed["history"][-1]["step"] == 16 and len(resumed["history"]) == 4
 
 
@@ -439,7 +439,7 @@ def test_visibility_grader_trains_on_realistic_occlusions_calibrates_and_resumes
         ReIDRecipe.model_validate({**raw, "train": {**raw["train"], "iterations": 0}})
     # a longer grader phase continues from the last checkpoint
     raw["train"]["grader_only_iterations"] = 12
-    resumed = train(ReIDRecipe.model_validate(raw), show_progress=False)
+    resumed = train(ReIDRecipe.model_validate(raw), resume=True, show_progress=False)
     assert resumed["history"][-1]["step"] == 16 and len(resumed["history"]) == 4
     # the visibility grader without the masks it learns from is refused at load time
     raw["data"]["masks"] = None

@@ -4,7 +4,7 @@
     amodal train attributes --config configs/attributes_part_osnet.yaml \
         [--set optim.epochs=2 --set loss.scheme=exp] [--json runs/x/metrics.json]
 
-Resumable: rerun the same command and it continues from ``<run.out_dir>/last.pt``. Each epoch is scored
+Resumable: the same command with ``--resume`` continues from ``<run.out_dir>/last.pt``. Each epoch is scored
 on the held-out part of the TRAINING data (by person id); ``best.pt`` keeps the best held-out mA and
 is a self-describing checkpoint that ``amodal eval attributes --weights`` and the pipeline load.
 With ``selection.thresholds`` other than ``fixed``, each epoch also chooses per-attribute decision
@@ -38,7 +38,15 @@ from models.attributes.recipe import (
 )
 from models.data.attribute_dataset import AttributeImageDataset
 from models.data.transforms import AttributeTransform
-from models.training import Checkpointer, pick_device, progress, seed_everything, set_threads, write_json
+from models.training import (
+    Checkpointer,
+    pick_device,
+    progress,
+    seed_everything,
+    set_threads,
+    training_parser,
+    write_json,
+)
 from pipeline.configfile import load_config
 
 logger = logging.getLogger("train_attributes")
@@ -65,8 +73,9 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def train(recipe: AttributeRecipe, json_out: Path | None = None) -> dict:
-    """Run (or resume) the recipe; returns the metrics payload also written to JSON."""
+def train(recipe: AttributeRecipe, json_out: Path | None = None, resume: bool = False) -> dict:
+    """Run the recipe (``resume``: from ``<run.out_dir>/last.pt`` when it exists); returns the metrics
+    payload also written to JSON."""
     rc, dc, oc = recipe.run, recipe.data, recipe.optim
     set_threads(rc.threads)
     seed_everything(rc.seed)
@@ -130,7 +139,7 @@ def train(recipe: AttributeRecipe, json_out: Path | None = None) -> dict:
 
     ckpt = Checkpointer(out_dir)
     start_epoch, step, best_mA, history = 0, 0, -1.0, []
-    state = ckpt.load_last(device)
+    state = ckpt.load_last(device) if resume else None
     if state is not None:
         if state.get("bundle", {}).get("attribute_names") != names:
             raise ValueError(f"{ckpt.last_path} was trained on other attributes; use another run.out_dir")
@@ -234,17 +243,8 @@ def train(recipe: AttributeRecipe, json_out: Path | None = None) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", required=True, help="YAML recipe (configs/attributes_*.yaml)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe key, e.g. --set loss.scheme=exp --set run.device=cuda (repeatable)",
+    parser = training_parser(
+        prog_of(__name__), __doc__, "configs/attributes_*.yaml", "loss.scheme=exp --set run.device=cuda"
     )
     parser.add_argument(
         "--json", type=Path, default=None, help="metrics JSON (default <run.out_dir>/metrics.json)"
@@ -256,8 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    recipe = load_config(AttributeRecipe, args.config, overrides=args.overrides)
-    payload = train(recipe, args.json)
+    overrides = [*args.overrides, *(["run.progress=false"] if args.no_progress else [])]
+    recipe = load_config(AttributeRecipe, args.config, overrides=overrides)
+    payload = train(recipe, args.json, resume=args.resume)
     logger.info("best held-out epoch %s: %s", payload["best_epoch"], payload["best_held_out"])
     return 0
 

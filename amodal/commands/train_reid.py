@@ -2,7 +2,7 @@
 
     amodal train reid --config configs/reid_oamn_osnet_x0_25_peta.yaml [--set train.iterations=50]
 
-Resumes from ``<run.out_dir>/last.pt`` when it exists (``--fresh`` ignores it); writes
+``--resume`` continues from ``<run.out_dir>/last.pt``, as in every ``amodal train`` command; writes
 ``<run.out_dir>/metrics.json`` and the inference weights ``<run.out_dir>/oamn.pt`` at the end.
 Run-level keys (``run.device``, ``run.threads``, ``run.seed``, ``run.out_dir``, cadences) are spelled
 as in every other recipe: ``--set run.device=cuda --set run.threads=8``.
@@ -49,6 +49,7 @@ from models.training import (
     progress,
     seed_everything,
     set_threads,
+    training_parser,
     write_json,
 )
 from pipeline.configfile import load_config
@@ -153,7 +154,7 @@ def _ship_best_network(model: OAMN, best: dict[str, Any], validating: bool) -> N
     logger.info("shipping the network of step %d (best validation score %.2f)", best["step"], best["score"])
 
 
-def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -> dict[str, Any]:
+def train(recipe: ReIDRecipe, resume: bool = False, show_progress: bool = True) -> dict[str, Any]:
     """Run (or resume) a recipe; returns the metrics also written to ``<run.out_dir>/metrics.json``.
     The progress bar shows when both ``show_progress`` and ``run.progress`` say so."""
     tc, rc = recipe.train, recipe.run
@@ -222,7 +223,7 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
     validations: list[dict[str, float]] = []
     best: dict[str, Any] = {"score": -1.0, "step": 0, "model": None}
     start = 0
-    state = None if fresh else ckpt.load_last(map_location=device)
+    state = ckpt.load_last(map_location=device) if resume else None
     if state is not None:
         model.load_state_dict(state["model"])
         opt_main.load_state_dict(state["opt_main"])
@@ -420,14 +421,7 @@ def train(recipe: ReIDRecipe, fresh: bool = False, show_progress: bool = True) -
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", required=True, help="YAML recipe (configs/reid_*.yaml)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], help="a.b.c=value override")
-    parser.add_argument("--fresh", action="store_true", help="ignore an existing last.pt")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
-    return parser
+    return training_parser(prog_of(__name__), __doc__, "configs/reid_*.yaml", "train.iterations=50")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -435,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     recipe = load_config(ReIDRecipe, args.config, overrides=args.overrides)
-    metrics = train(recipe, fresh=args.fresh, show_progress=not args.no_progress)
+    metrics = train(recipe, resume=args.resume, show_progress=not args.no_progress)
     logger.info("done: %s", metrics["final"])
     return 0
 
