@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from amodal.commands import prog_of
 from models.attributes.model import load_attribute_model, save_attribute_model
 from models.attributes.predictor import AttributeExportWrapper, feature_stride
 from models.backends import check_onnx_parity, create_backend, export_onnx, runtimes_from_names
+from models.timing import call_seconds
 from models.training import set_threads, write_json
 
 logger = logging.getLogger("export_attributes")
@@ -32,13 +32,7 @@ logger = logging.getLogger("export_attributes")
 
 def time_backend(backend, feeds: dict[str, np.ndarray], repeats: int, warmup: int = 2) -> float:
     """Median milliseconds per crop of ``backend(feeds)``."""
-    for _ in range(warmup):
-        backend(feeds)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        backend(feeds)
-        times.append(time.perf_counter() - t0)
+    times = call_seconds(lambda: backend(feeds), repeats, warmup)
     return 1000.0 * float(np.median(times)) / next(iter(feeds.values())).shape[0]
 
 

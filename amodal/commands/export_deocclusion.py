@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 
 import numpy as np
 import torch
@@ -29,6 +28,7 @@ from models.backends import (
     runtimes_from_names,
 )
 from models.deocclusion.predictor import INPUT_NAME, load_deoccluder
+from models.timing import call_seconds
 from models.training import set_threads, write_json
 
 logger = logging.getLogger("export_deocclusion")
@@ -59,13 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def bench(backend, batch: int, size: tuple[int, int], runs: int) -> dict[str, float]:
     x = np.random.default_rng(0).uniform(-1, 1, (batch, 3, *size)).astype(np.float32)
-    for _ in range(2):
-        backend(x)
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        backend(x)
-        times.append(time.perf_counter() - t0)
+    times = call_seconds(lambda: backend(x), runs)
     median = float(np.median(times))
     return {
         "batch": batch,

@@ -27,6 +27,7 @@ from models.reid.encoder import BackendEncoder
 from models.reid.gallery import OcclusionGallery
 from models.reid.oamn import OAMNInference, load_oamn
 from models.reid.occlusion_augment import NUM_GRADES, grade_index
+from models.timing import call_seconds
 from models.training import write_json
 
 logger = logging.getLogger("export_reid")
@@ -36,13 +37,7 @@ OUTPUTS = ["embedding", "grade"]
 def time_backend(backend, batch: int, hw: tuple[int, int], repeats: int, warmup: int = 3) -> dict[str, float]:
     """Median milliseconds per call and per crop at one batch size."""
     x = np.random.default_rng(0).standard_normal((batch, 3, *hw)).astype(np.float32)
-    for _ in range(warmup):
-        backend(x)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        backend(x)
-        times.append(time.perf_counter() - t0)
+    times = call_seconds(lambda: backend(x), repeats, warmup)
     med = float(np.median(times)) * 1000
     return {"batch": batch, "ms_per_batch": med, "ms_per_crop": med / batch, "repeats": repeats}
 

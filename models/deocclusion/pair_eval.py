@@ -9,7 +9,6 @@ crops when the set has labels and cameras.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from models.timing import call_seconds
 
 from .checkpoint import load_generator
 from .data import to_uint8
@@ -141,12 +142,7 @@ def timing(
     out = {}
     for b in batches:
         x = torch.randint(0, 256, (b, 3, *size), dtype=torch.uint8)
-        run(x)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            run(x)
-            times.append(time.perf_counter() - t0)
+        times = call_seconds(lambda x=x: run(x), repeats, warmup=1)
         out[f"ms_per_crop_batch{b}"] = 1000 * float(np.median(times)) / b
     return out
 
