@@ -8,7 +8,9 @@ runs, so ``amodal --help`` and ``amodal replay`` do not pay for torch training c
 
 from __future__ import annotations
 
-__all__ = ["COMMANDS", "GROUPS", "prog_of"]
+import argparse
+
+__all__ = ["COMMANDS", "GROUPS", "prog_of", "command_parser"]
 
 #: (group, name) or (name,) -> (module under amodal.commands, one-line description)
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
@@ -62,3 +64,11 @@ def prog_of(module_name: str) -> str:
         if module == short:
             return "amodal " + " ".join(words)
     raise KeyError(f"{module_name} is not an amodal command")
+
+
+def command_parser(module_name: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser a command's ``build_parser`` starts from: its ``amodal ...`` name and its module
+    docstring as the description, shown as written."""
+    return argparse.ArgumentParser(
+        prog=prog_of(module_name), description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )

@@ -44,7 +44,7 @@ import av
 import numpy as np
 import torch
 
-from amodal.commands import prog_of
+from amodal.commands import command_parser
 from models.reid.oamn import load_oamn, save_oamn_weights
 from models.reid.site_adaptation import (
     MIN_COVERED,
@@ -262,9 +262,7 @@ def _fmt(value: float | None) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser(__name__, __doc__)
     parser.add_argument("--weights", required=True, help="OAMN checkpoint with a 'visibility' grader")
     parser.add_argument("--video", required=True, help="the site's recording (any format PyAV decodes)")
     parser.add_argument("--tracks", required=True, help="the pipeline's JSONL for that recording")

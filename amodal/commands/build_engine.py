@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amodal.commands import prog_of
+from amodal.commands import command_parser
 from models.backends.base import BackendUnavailable
 from models.backends.engine_profile import EngineProfile
 from models.backends.export import onnx_io_spec
@@ -30,9 +30,7 @@ logger = logging.getLogger("build_engine")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = command_parser(__name__, __doc__)
     p.add_argument("--onnx", required=True, help="ONNX export (models.backends.export_onnx)")
     p.add_argument("--cache-dir", default="engines", help="engine cache directory")
     p.add_argument(

@@ -14,7 +14,7 @@ import logging
 
 import torch
 
-from amodal.commands import prog_of
+from amodal.commands import command_parser
 from models.data.reid_datasets import load_images
 from models.reid.calibration import calibrate, held_out_records
 from models.reid.oamn import OAMNInference, load_oamn, save_oamn_weights
@@ -24,9 +24,7 @@ logger = logging.getLogger("calibrate_reid")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser(__name__, __doc__)
     parser.add_argument("--weights", required=True, help="OAMN checkpoint that lists its held-out ids")
     parser.add_argument("--data", required=True, help="the data root it was trained from")
     parser.add_argument("--out", required=True, help="calibrated checkpoint to write (may be --weights)")

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from amodal.commands import prog_of
+from amodal.commands import command_parser
 from models.attributes.matching import match_attributes
 from models.attributes.metrics import attribute_metrics, format_metrics
 from models.attributes.model import load_attribute_model
@@ -200,9 +200,7 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser(__name__, __doc__)
     parser.add_argument("--weights", required=True, type=Path, help="attribute checkpoint (.pt)")
     parser.add_argument(
         "--data", required=True, type=Path, help="PETA / Market-1501 / RAP / PA-100K root, or a CSV/JSON file"

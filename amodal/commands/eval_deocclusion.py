@@ -38,8 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from amodal.commands import prog_of
+from amodal.commands import command_parser
 from models.backends import create_backend, export_onnx, runtimes_from_names
+from models.data.peta_attributes import IMAGE_SUFFIXES
 from models.deocclusion.checkpoint import load_generator
 from models.deocclusion.data import OcclusionPairs, load_crops, occluder_pool, to_tensor, to_uint8
 from models.deocclusion.dataset_setup import load_crop_set
@@ -49,13 +50,10 @@ from models.deocclusion.synthesis import MODES, OcclusionSynthesizer
 from models.training import set_threads, write_json
 
 logger = logging.getLogger("eval_deocclusion")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = command_parser(__name__, __doc__)
     p.add_argument(
         "--weights",
         required=True,

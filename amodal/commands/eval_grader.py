@@ -41,7 +41,7 @@ from dataclasses import replace
 
 import torch
 
-from amodal.commands import prog_of
+from amodal.commands import command_parser
 from models.backends import BackendConfig, runtimes_from_names
 from models.data.reid_datasets import load_images, normalize
 from models.reid.calibration import held_out_records
@@ -114,9 +114,7 @@ def _held_out(args: argparse.Namespace, predictor: ReidPredictor, thresholds: Gr
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser(__name__, __doc__)
     parser.add_argument("--weights", required=True, help="OAMN checkpoint (a path or a models/weights/ name)")
     parser.add_argument(
         "--data", required=True, help="directory of MOTChallenge sequences, or one sequence directory"

@@ -59,7 +59,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from amodal.commands import prog_of
+from amodal.commands import command_parser
 from models.data.reid_datasets import ReIDRecord, load_images, normalize, read_market_folder
 from models.reid.calibration import held_out_records
 from models.reid.encoder import TorchEncoder
@@ -580,9 +580,7 @@ def print_report(results: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser(__name__, __doc__)
     parser.add_argument("--weights", required=True, help="OAMN checkpoint with held-out identities")
     parser.add_argument("--data", required=True, help="Market-1501-style root (query/, bounding_box_test/)")
     parser.add_argument("--json", required=True, help="metrics JSON to write")

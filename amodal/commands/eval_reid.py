@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from amodal.commands import prog_of
+from amodal.commands import command_parser
 from models.backbones import create_backbone
 from models.data.reid_datasets import (
     ReIDRecord,
@@ -282,9 +282,7 @@ def _person_occluder(folder: str, masks_dir: str, hw: tuple[int, int]):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser(__name__, __doc__)
     parser.add_argument(
         "--weights", required=True, help="OAMN checkpoint, or backbone weights with --backbone"
     )

@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from amodal.commands import prog_of
+from amodal.commands import command_parser
 from models.attributes.metrics import attribute_metrics
+from models.data.peta_attributes import IMAGE_SUFFIXES
 from models.data.transforms import load_rgb, resize
 from models.deocclusion.grid import save_grid
 from models.deocclusion.image_metrics import psnr, ssim
@@ -43,14 +44,11 @@ from models.superres.predictor import SuperResolver
 from models.training import set_threads, write_json
 
 logger = logging.getLogger("eval_superres")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 BASELINES = ("bilinear", "bicubic")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = command_parser(__name__, __doc__)
     p.add_argument(
         "--weights",
         required=True,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from amodal.commands import prog_of
+from amodal.commands import command_parser
 from models.attributes.model import load_attribute_model, save_attribute_model
 from models.attributes.predictor import AttributeExportWrapper, feature_stride
 from models.backends import check_onnx_parity, create_backend, export_onnx, runtimes_from_names
@@ -37,9 +37,7 @@ def time_backend(backend, feeds: dict[str, np.ndarray], repeats: int, warmup: in
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser(__name__, __doc__)
     parser.add_argument("--weights", required=True, type=Path, help="attribute checkpoint (.pt)")
     parser.add_argument("--onnx", required=True, type=Path, help="ONNX file to write")
     parser.add_argument(

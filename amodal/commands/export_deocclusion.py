@@ -19,7 +19,7 @@ import sys
 import numpy as np
 import torch
 
-from amodal.commands import prog_of
+from amodal.commands import command_parser
 from models.backends import (
     BackendUnavailable,
     check_onnx_parity,
@@ -35,9 +35,7 @@ logger = logging.getLogger("export_deocclusion")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = command_parser(__name__, __doc__)
     p.add_argument("--weights", required=True, help="generator or two-stage file")
     p.add_argument("--onnx", required=True, help="output ONNX path")
     p.add_argument("--atol", type=float, default=1e-4, help="parity tolerance (fp32)")

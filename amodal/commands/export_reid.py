@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from amodal.commands import prog_of
+from amodal.commands import command_parser
 from models.backends import check_onnx_parity, create_backend, export_onnx, runtimes_from_names
 from models.reid.encoder import BackendEncoder
 from models.reid.gallery import OcclusionGallery
@@ -70,9 +70,7 @@ def backend_dim(backend, hw: tuple[int, int]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog_of(__name__), description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser(__name__, __doc__)
     parser.add_argument("--weights", required=True, help="OAMN checkpoint (amodal train reid oamn.pt)")
     parser.add_argument("--onnx", required=True, help="ONNX file to write")
     parser.add_argument("--json", help="write parity + timings here")
