@@ -390,13 +390,17 @@ def test_short_soak_kills_detect_cuts_the_camera_and_reports(rtsp_ok, shared_dir
             "--kill-every",
             "7s",
             "--cut-camera-every",
-            "5s",
+            "4s",
             "--cut-for",
             "2s",
             "--set",
             f"detect.weights={weights}",
             "--set",
             "detect.imgsz=160",
+            # reconnect within a second of the camera's return, so the cut's reconnect lands well
+            # inside the 12 s run even on a loaded machine (the default backoff reaches 4 s)
+            "--set",
+            "ingest.reconnect.max_s=1",
             "--workdir",
             str(tmp_path / "work"),
             "--out",
