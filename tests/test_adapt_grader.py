@@ -260,9 +260,14 @@ def test_tool_end_to_end(tmp_path, footage, tiny_oamn):
     assert lines["duplicates"] == 1 and lines["other_streams"] == 4 and lines["other_types"] == 2
     assert lines["chosen_unmatched"] == 1 and lines["no_pts"] == 0
     crops = report["crops"]
-    assert crops["adapt"]["occluded"] + crops["check"]["occluded"] == 30
-    assert crops["adapt"]["clear"] + crops["check"]["clear"] == 66
+    parts = ("adapt", "calibrate", "check")
+    assert sum(crops[p]["occluded"] for p in parts) == 30
+    assert sum(crops[p]["clear"] for p in parts) == 66
     assert crops["adapt"]["occluded"] > 0 and crops["check"]["occluded"] > 0  # two occluded tracks
+    # calibration takes a track never seen occluded (1 and 3 stand behind 2 and 4)
+    calibrate, check = set(report["calibrate_tracks"]), set(report["check_tracks"])
+    assert len(calibrate) == 1 and not calibrate & {1, 3} and not calibrate & check
+    assert crops["calibrate"] == {"occluded": 0, "clear": sum(t in calibrate for _, t in sampled["clear"])}
     for part in ("before", "after"):
         m = report[part]
         assert (m["occluded"], m["clear"]) == (crops["check"]["occluded"], crops["check"]["clear"])
@@ -272,7 +277,7 @@ def test_tool_end_to_end(tmp_path, footage, tiny_oamn):
         assert all(np.isfinite(v) for v in report["losses"][which].values())
         assert set(report["losses"][which]) == {"total", "rank", "bound", "location", "clear", "distill"}
 
-    # the checkpoint: loads, only the grader changed, the threshold is the clear crops' calibration
+    # the checkpoint: loads, only the grader changed, the threshold is the calibration tracks' clear crops
     model, cfg = load_oamn(out)
     original, cfg0 = load_oamn(tiny_oamn)
     assert cfg.grade_thresholds == cfg0.grade_thresholds and cfg.grader == "visibility"
@@ -283,15 +288,15 @@ def test_tool_end_to_end(tmp_path, footage, tiny_oamn):
             assert torch.equal(new[key], old[key]), key
     assert any(not torch.equal(new[k], old[k]) for k in old if k.startswith("grader."))
     assert 0.5 <= cfg.visible_threshold <= 1.0
-    check = set(report["check_tracks"])
-    adapt_clear = [(f, t) for f, t in sampled["clear"] if t not in check]
+    adapt_clear = [(f, t) for f, t in sampled["clear"] if t not in check | calibrate]
     assert len(adapt_clear) == crops["adapt"]["clear"]
+    calibrate_clear = [(f, t) for f, t in sampled["clear"] if t in calibrate]
     frames = {}
     with av.open(str(video)) as container:
         for f, frame in enumerate(container.decode(video=0)):
             frames[f] = frame.to_ndarray(format="bgr24")
     images = []
-    for f, t in adapt_clear:
+    for f, t in calibrate_clear:
         x1, y1, x2, y2 = _boxes(f)[t]
         images.append(resize(np.ascontiguousarray(frames[f][y1:y2, x1:x2]), (64, 32))[..., ::-1])
     x = normalize(torch.from_numpy(np.ascontiguousarray(np.stack(images))).permute(0, 3, 1, 2))

@@ -5,8 +5,8 @@ The pipeline's JSONL (``stages/sinks/jsonl.py``: one ``tracks`` line per frame) 
 tracked person was; a person whose box is overlapped by the box of a person nearer the camera (lower
 bottom edge) is hidden on that side, by at most the covered share. Those pseudo labels fine-tune
 the grader alone (``models/reid/site_adaptation.py``), its visible threshold is recalibrated on the
-site's clear crops, and the adapted checkpoint is written with a before / after report on tracks
-held out of the adaptation.
+clear crops of tracks held out of the fitting, and the adapted checkpoint is written with a before /
+after report on other tracks held out of the adaptation.
 
     amodal adapt-grader --weights models/weights/oamn_osnet_x0_25_peta.pt \\
         --video recordings/cam1.mp4 --tracks runs/cam1/events.jsonl \\

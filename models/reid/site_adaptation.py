@@ -6,7 +6,7 @@ person nearer the camera (its bottom edge y2 lower in the frame) overlaps anothe
 overlap tells on which side that person is hidden and bounds how much (a box is not a silhouette:
 the hidden share is at most the covered share). From such pseudo labels the grader alone is
 fine-tuned, pulled back towards what synthetic training taught by distillation, and its
-``visible_threshold`` recalibrated on the site's clear crops.
+``visible_threshold`` recalibrated on clear crops of tracks held out of the fitting.
 
     covers = box_occlusion(boxes_xyxy, frame_hw)            # per box: covered share, side, truncated
     label = pseudo_label(covers[i])                         # "occluded", "clear" or None (unused)
@@ -426,11 +426,13 @@ def adapt_grader(
     exceed the covered one: relu((1 - covered_A) - v_A); (c) the covered side scores highest:
     relu(s^q - s^p + 0.1) for q != p; (d) clear crops towards v = 1, s = 0, weight 0.2; (e) L2 to
     the original grader's outputs, weight 0.5. The grader is in train mode while adapting (its
-    BatchNorm sees the site), in eval mode after. ``visible_threshold`` is then recalibrated on the
-    adaptation tracks' clear crops (``calibrate_visible_threshold``, at most ``max_false_occluded``
-    graded occluded) and ``grader_reference_median`` set to their median v; ``grade_thresholds``
-    stay. The tracks of ``split_tracks`` (``seed``, ``check_every``) are held out and the report
-    compares the grader before and after on them (``check_metrics``)."""
+    BatchNorm sees the site), in eval mode after. Two parts of the tracks are held out of the fitting
+    (``split_tracks``, each taking every ``check_every``-th track): the calibration tracks (seed
+    ``seed + 1``, from the tracks never seen occluded), whose clear crops recalibrate
+    ``visible_threshold`` (``calibrate_visible_threshold``, at most ``max_false_occluded`` graded
+    occluded) and set ``grader_reference_median`` to their median v (``grade_thresholds`` stay); and
+    the check tracks (``seed``), on which the report compares the grader before and after
+    (``check_metrics``)."""
     kind = require_visibility_grader(model)
     if len(occluded) < min_crops or len(clear) < min_crops:
         raise AdaptationError(
@@ -446,18 +448,31 @@ def adapt_grader(
     if (occluded.location < 0).any():
         raise ValueError("every occluded crop needs its covered side (location >= 0)")
 
-    check_ids = split_tracks(occluded.track_id, clear.track_id, seed, check_every)
     is_occ = np.concatenate([np.ones(len(occluded), bool), np.zeros(len(clear), bool)])
     covered = np.concatenate([occluded.covered, np.zeros(len(clear))])
     location = np.concatenate([occluded.location, np.full(len(clear), -1)])
     tracks = np.concatenate([occluded.track_id, clear.track_id])
+    check_ids = split_tracks(occluded.track_id, clear.track_id, seed, check_every)
     check = np.isin(tracks, sorted(check_ids))
-    adapt_occ = np.flatnonzero(is_occ & ~check)
-    adapt_clear = np.flatnonzero(~is_occ & ~check)
-    if len(adapt_occ) == 0 or len(adapt_clear) == 0:
+    # The threshold is set on clear crops the grader was not fitted to: fitted ones are pushed to
+    # v = 1 by term (d), so their quantile sits above what the site's other whole people score.
+    # Taken from the tracks never seen occluded, so no occluded crop is lost to the fitting.
+    never_occluded = set(tracks[~check].tolist()) - set(tracks[is_occ].tolist())
+    calibrate_ids = split_tracks([], sorted(never_occluded), seed + 1, check_every)
+    calibrate = np.isin(tracks, sorted(calibrate_ids))
+    adapt_occ = np.flatnonzero(is_occ & ~check & ~calibrate)
+    adapt_clear = np.flatnonzero(~is_occ & ~check & ~calibrate)
+    calibrate_clear = np.flatnonzero(~is_occ & calibrate)
+    for what, rows in (("occluded", adapt_occ), ("clear", adapt_clear)):
+        if len(rows) == 0:
+            raise AdaptationError(
+                f"no {what} crops left to adapt on after holding out tracks "
+                f"{sorted(check_ids | calibrate_ids)} to check and calibrate: record longer footage"
+            )
+    if len(calibrate_clear) == 0:
         raise AdaptationError(
-            f"no {'occluded' if len(adapt_occ) == 0 else 'clear'} crops left to adapt on after holding "
-            f"out tracks {sorted(check_ids)}: record longer footage"
+            f"no clear crops to calibrate the visible threshold on (tracks {sorted(calibrate_ids)}): "
+            "record longer footage"
         )
 
     g = grader_features(model, torch.cat([occluded.images, clear.images]), batch_size)
@@ -497,7 +512,7 @@ def adapt_grader(
     model.eval()
     after = _grade(grader, g, batch_size)
 
-    v_clear = after[adapt_clear, VISIBLE]
+    v_clear = after[calibrate_clear, VISIBLE]
     visible = calibrate_visible_threshold(v_clear, max_false_occluded)
     median = float(np.median(v_clear))
     new_cfg = cfg.model_copy(update={"visible_threshold": visible, "grader_reference_median": median})
@@ -517,10 +532,16 @@ def adapt_grader(
             "occluded": len(occluded),
             "clear": len(clear),
             "adapt": {"occluded": int(len(adapt_occ)), "clear": int(len(adapt_clear))},
+            "calibrate": {"occluded": int((is_occ & calibrate).sum()), "clear": int(len(calibrate_clear))},
             "check": {"occluded": int((is_occ & check).sum()), "clear": int((~is_occ & check).sum())},
         },
-        "tracks": {"adapt": len(set(tracks.tolist()) - check_ids), "check": len(check_ids)},
+        "tracks": {
+            "adapt": len(set(tracks.tolist()) - check_ids - calibrate_ids),
+            "calibrate": len(calibrate_ids),
+            "check": len(check_ids),
+        },
         "check_tracks": sorted(check_ids),
+        "calibrate_tracks": sorted(calibrate_ids),
         "before": judged(before, thresholds_before),
         "after": judged(after, thresholds_after),
         "losses": {"first": _mean_terms(losses[:window]), "last": _mean_terms(losses[-window:])},
