@@ -428,7 +428,7 @@ def adapt_grader(
     the original grader's outputs, weight 0.5. The grader is in train mode while adapting (its
     BatchNorm sees the site), in eval mode after. Two parts of the tracks are held out of the fitting
     (``split_tracks``, each taking every ``check_every``-th track): the calibration tracks (seed
-    ``seed + 1``, from the tracks never seen occluded), whose clear crops recalibrate
+    ``seed + 1``), whose clear crops recalibrate
     ``visible_threshold`` (``calibrate_visible_threshold``, at most ``max_false_occluded`` graded
     occluded) and set ``grader_reference_median`` to their median v (``grade_thresholds`` stay); and
     the check tracks (``seed``), on which the report compares the grader before and after
@@ -456,9 +456,9 @@ def adapt_grader(
     check = np.isin(tracks, sorted(check_ids))
     # The threshold is set on clear crops the grader was not fitted to: fitted ones are pushed to
     # v = 1 by term (d), so their quantile sits above what the site's other whole people score.
-    # Taken from the tracks never seen occluded, so no occluded crop is lost to the fitting.
-    never_occluded = set(tracks[~check].tolist()) - set(tracks[is_occ].tolist())
-    calibrate_ids = split_tracks([], sorted(never_occluded), seed + 1, check_every)
+    # Stratified like the check tracks: in a crowd most tracks are occluded at some time, and the
+    # few never occluded ones are too few to set a threshold on (one track on the crosswalk clip).
+    calibrate_ids = split_tracks(tracks[is_occ & ~check], tracks[~check], seed + 1, check_every)
     calibrate = np.isin(tracks, sorted(calibrate_ids))
     adapt_occ = np.flatnonzero(is_occ & ~check & ~calibrate)
     adapt_clear = np.flatnonzero(~is_occ & ~check & ~calibrate)
