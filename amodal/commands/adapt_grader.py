@@ -42,10 +42,9 @@ from typing import Any
 
 import av
 import numpy as np
-import torch
 
 from amodal.commands import command_parser
-from models.reid.oamn import load_oamn, save_oamn_weights
+from models.reid.oamn import load_oamn, oamn_extra, save_oamn_weights
 from models.reid.site_adaptation import (
     MIN_COVERED,
     MIN_CROPS,
@@ -426,8 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         "min_covered": args.min_covered,
         **report,
     }
-    ckpt = torch.load(weights, map_location="cpu", weights_only=True)
-    extra = dict(ckpt.get("extra") or {}) if isinstance(ckpt, dict) else {}
+    extra = oamn_extra(weights)
     extra["adaptation"] = summary
     save_oamn_weights(model, result.model_config.model_dump(mode="json"), args.out, extra)
     logger.info("wrote %s", args.out)

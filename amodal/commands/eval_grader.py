@@ -39,8 +39,6 @@ import logging
 import time
 from dataclasses import replace
 
-import torch
-
 from amodal.commands import command_parser
 from models.backends import BackendConfig, runtimes_from_names
 from models.data.reid_datasets import load_images, normalize
@@ -58,6 +56,7 @@ from models.reid.grader_eval import (
     score_sequence,
     select_boxes,
 )
+from models.reid.oamn import oamn_extra
 from models.reid.predictor import ReidPredictor
 from models.training import set_threads, write_json
 
@@ -89,7 +88,7 @@ def _log_table(report: dict) -> None:
 
 def _held_out(args: argparse.Namespace, predictor: ReidPredictor, thresholds: GradeThresholds) -> dict:
     """``--held-out``: the checkpoint's held-out identities, occluded realistically (``--seed``)."""
-    extra = torch.load(predictor.weights, map_location="cpu", weights_only=True).get("extra", {})
+    extra = oamn_extra(predictor.weights)
     try:
         records = held_out_records(extra, args.data, str(predictor.weights))
     except ValueError as err:

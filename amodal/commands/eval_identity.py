@@ -66,7 +66,7 @@ from models.reid.encoder import TorchEncoder
 from models.reid.evaluation import synthesize_occlusions
 from models.reid.grader import GradeThresholds, decide_grades
 from models.reid.metrics import cmc_map
-from models.reid.oamn import load_oamn
+from models.reid.oamn import load_oamn, oamn_extra
 from models.reid.occlusion_augment import NUM_GRADES
 from models.reid.track_embedding import TrackEmbedding, crop_weights, laplacian_sharpness
 from models.reid.unification import plain_similarity, unification_versions, unified_similarity
@@ -208,7 +208,7 @@ def market_tracks(root: str | Path, num_ids: int, id_seed: int, max_track_len: i
 def held_out_tracks(weights: str, data: str | Path, max_ids: int, max_track_len: int) -> TrackSet:
     """Two tracks per held-out identity with >= 2 crops: the first half of its crops in path order
     (camera 0) and the second half (camera 1)."""
-    extra = torch.load(weights, map_location="cpu", weights_only=True).get("extra", {})
+    extra = oamn_extra(weights)
     records = held_out_records(extra, data, weights)
     by_id: dict[str, list[ReIDRecord]] = {}
     for r in records:
@@ -616,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     hw = tuple(cfg.input_size)
     thresholds = cfg.thresholds()
     offsets = None if cfg.similarity_offsets is None else np.asarray(cfg.similarity_offsets, np.float32)
-    extra = torch.load(args.weights, map_location="cpu", weights_only=True).get("extra", {})
+    extra = oamn_extra(args.weights)
     held_root = args.held_out_data or str(REPO_ROOT / extra.get("data", {}).get("root", ""))
     variants = list(VARIANTS.values())
 

@@ -49,7 +49,7 @@ from models.reid.evaluation import (
 from models.reid.grader import GradeThresholds, adapt_thresholds, decide_grades, visible_fraction
 from models.reid.grader_data import load_body_masks
 from models.reid.metrics import cmc_map, confusion_matrix
-from models.reid.oamn import load_oamn
+from models.reid.oamn import load_oamn, oamn_extra
 from models.reid.occlusion_augment import AREAS, LOCATIONS, grade_from_index
 from models.reid.unification import (
     plain_similarity,
@@ -260,7 +260,7 @@ def evaluate(
 
 def _held_out_records(weights: str, data: str) -> tuple[list[ReIDRecord], list[ReIDRecord]]:
     try:
-        extra = torch.load(weights, map_location="cpu", weights_only=True).get("extra", {})
+        extra = oamn_extra(weights)
         return held_out_split(held_out_records(extra, data, weights))
     except ValueError as err:
         raise SystemExit(str(err)) from err

@@ -207,6 +207,13 @@ def save_oamn_weights(
     return path
 
 
+def oamn_extra(path: str | Path) -> dict:
+    """The ``extra`` a checkpoint carries (seed, data root, held-out identities, calibration, site
+    adaptation); ``{}`` when it has none. Read after ``load_oamn``, which names a bad file clearly."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return dict(ckpt.get("extra") or {}) if isinstance(ckpt, dict) else {}
+
+
 def load_oamn(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[OAMN, Any]:
     """Load a checkpoint written by ``save_oamn_weights`` or a training checkpoint (``last.pt`` /
     ``best.pt`` from ``amodal train reid``); returns the model in eval mode and its model config."""
