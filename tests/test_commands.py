@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +41,10 @@ def test_each_program_is_reached_by_its_words_and_describes_every_option(words, 
         main([*words, "--help"])
     assert stop.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: amodal {' '.join(words)}")
+    # a usage example keeps its line breaks (a lone backslash at a docstring line's end joins the
+    # lines, and --help shows "... x.pt         --onnx ...")
+    joined = [line for line in (module.__doc__ or "").splitlines() if re.search(r"\S {5,}\S", line)]
+    assert joined == []
 
 
 def test_the_graph_commands_describe_every_option_and_the_top_help_lists_every_command(capsys) -> None:

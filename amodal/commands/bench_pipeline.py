@@ -1,6 +1,6 @@
 """Benchmark a graph against its own stages run bare, in the same run (ratios, not absolutes).
 
-    amodal bench ../shared/media/crosswalk-occlusions.mp4 \
+    amodal bench ../shared/media/crosswalk-occlusions.mp4 \\
         --weights ../shared/models/yolov8n_int8_openvino_model --json bench.json
     amodal bench VIDEO --config GRAPH.yaml [--basic-config BASIC.yaml] [--set detect.conf=0.4] ...
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Evaluate an attribute checkpoint: mA, accuracy, precision, recall, F1 and a per-attribute table.
 
-    amodal eval attributes --weights models/weights/attributes_part_osnet_x0_25.pt \
-        --data ../shared/datasets/PETA --subsets VIPeR --json runs/eval_viper.json \
+    amodal eval attributes --weights models/weights/attributes_part_osnet_x0_25.pt \\
+        --data ../shared/datasets/PETA --subsets VIPeR --json runs/eval_viper.json \\
         [--occlusion bottom --occlusion-range 0.5 0.8 --seed 0] [--backend onnxruntime --onnx x.onnx]
 
 ``--occlusion bottom`` is Fabbri et al.'s occRAP protocol (sec. 4): the bottom 50-80% of every test

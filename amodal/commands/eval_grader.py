@@ -27,8 +27,8 @@ MASKS its parsing maps; the identities the checkpoint held out in training are o
 realistically (people in front, static objects, frame-border cuts, or nothing; ``--seed``), and
 the report is per occlusion kind instead of per sequence.
 
-    amodal eval grader --weights models/weights/oamn_osnet_x0_25_market.pt \
-        --data ../shared/datasets/Market-1501/bounding_box_train \
+    amodal eval grader --weights models/weights/oamn_osnet_x0_25_market.pt \\
+        --data ../shared/datasets/Market-1501/bounding_box_train \\
         --held-out ../shared/datasets/Market-1501/bounding_box_train_parsing --json runs/g_held_out.json
 """
 

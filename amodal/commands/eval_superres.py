@@ -1,8 +1,8 @@
 """Evaluate super-resolution networks: PSNR/SSIM of SR vs plain up-sampling against the HR crop, and
 attribute mA on small crops with and without SR (reconstruction paper sec. 4-5, Tab. 2 "lowRAP").
 
-    amodal eval superres --weights models/weights/superres_x4_market.pt \
-        models/weights/superres_x2_market.pt --data ../shared/datasets/Market-1501 --json out.json \
+    amodal eval superres --weights models/weights/superres_x4_market.pt \\
+        models/weights/superres_x2_market.pt --data ../shared/datasets/Market-1501 --json out.json \\
         [--attribute-model models/weights/attributes_vocab_osnet_x0_25.pt] [--limit 2000 --seed 0]
 
 For every test crop (HR) and every ``--weights`` file (scale r): LR = HR downsampled by r (the

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Export an attribute checkpoint to ONNX, check parity with torch, and time inference per crop.
 
-    amodal export attributes --weights models/weights/attributes_part_osnet_x0_25.pt \
+    amodal export attributes --weights models/weights/attributes_part_osnet_x0_25.pt \\
         --onnx runs/attributes.onnx --json runs/export_attributes.json [--with-mask] [--benchmark]
 
 The graph takes ``images`` (B, 3, H, W) normalised RGB (and ``masks`` (B, 1, H, W) with

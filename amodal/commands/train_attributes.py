@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train a pedestrian-attribute network from a YAML recipe (configs/attributes_*.yaml).
 
-    amodal train attributes --config configs/attributes_part_osnet.yaml \
+    amodal train attributes --config configs/attributes_part_osnet.yaml \\
         [--set optim.epochs=2 --set loss.scheme=exp] [--json runs/x/metrics.json]
 
 Resumable: the same command with ``--resume`` continues from ``<run.out_dir>/last.pt``. Each epoch is scored

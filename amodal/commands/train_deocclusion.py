@@ -1,6 +1,6 @@
 """Train the de-occlusion U-Net GAN (de-occlusion paper sec. 3) on crops with synthesised occlusions.
 
-    amodal train deocclusion --config configs/deocclusion_cpu.yaml \
+    amodal train deocclusion --config configs/deocclusion_cpu.yaml \\
         [--set optim.epochs=2 ...] [--resume]
 
 Alternating D / G updates with K = 1, Adam(0.5, 0.999), lr 2e-4, batch 20, horizontal flips

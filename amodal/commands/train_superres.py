@@ -1,6 +1,6 @@
 """Train the super-resolution network G^S (reconstruction paper sec. 3.3) on Market-1501 training crops.
 
-    amodal train superres --config configs/superres_x4_market.yaml \
+    amodal train superres --config configs/superres_x4_market.yaml \\
         [--set optim.max_iters=200 ...] [--resume] [--no-progress]
 
 LR inputs are the HR crops downsampled by ``model.scale`` (sec. 3.3 / lowRAP); content loss L1, MSE

@@ -2,7 +2,7 @@
 training crops occluded with exact targets (``models/deocclusion/pairs.py``).
 
     amodal train two-stage --config configs/deocclusion_two_stage_mask.yaml
-    amodal train two-stage --config configs/deocclusion_two_stage_content.yaml \
+    amodal train two-stage --config configs/deocclusion_two_stage_content.yaml \\
         [--set optim.max_iters=500 ...] [--resume]
 
 ``stage: mask`` trains the mask-completion network and writes ``<out_dir>/masks.pt``;
