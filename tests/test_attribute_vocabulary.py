@@ -379,11 +379,14 @@ def test_a_peta35_model_evaluates_on_market_and_peta(tmp_path):
     assert m["data_naming"] == "peta" and len(m["scored_attributes"]) == 35 and m["num_samples"] == 3
 
 
-def test_vocabulary_recipe_loads_and_names_bad_keys():
+@pytest.mark.parametrize(
+    "name", ["attributes_vocab_osnet_market_peta.yaml", "attributes_vocab_osnet_market_reid.yaml"]
+)
+def test_vocabulary_recipe_loads_and_names_bad_keys(name):
     from models.attributes.recipe import AttributeRecipe
     from pipeline.configfile import ConfigError, load_config
 
-    path = REPO / "configs" / "attributes_vocab_osnet_market_peta.yaml"
+    path = REPO / "configs" / name
     recipe = load_config(AttributeRecipe, path)
     assert [s.label for s in recipe.data.sources] == ["peta", "market"]
     assert recipe.data.attributes == "vocabulary" and recipe.selection.thresholds == "balanced_accuracy"
