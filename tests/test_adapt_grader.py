@@ -20,8 +20,11 @@ from models.data.transforms import resize
 from models.reid.grader import VISIBLE, calibrate_visible_threshold
 from models.reid.occlusion_augment import LOCATIONS
 from models.reid.site_adaptation import (
+    AdaptationError,
     Candidate,
     LabelCounts,
+    SiteCrops,
+    adapt_grader,
     box_occlusion,
     label_boxes,
     pseudo_label,
@@ -345,3 +348,17 @@ def test_tool_clear_errors(tmp_path, footage, tiny_oamn):
         main(["--weights", str(softmax), *base, "--tracks", str(tracks), "--stream", "cam1"])
     with pytest.raises(SystemExit, match="does not exist"):
         main(["--weights", str(tmp_path / "missing.pt"), *base, "--tracks", str(tracks)])
+
+
+def test_footage_without_a_track_to_calibrate_on_is_refused(tiny_oamn):
+    """Two people, each occluded at some time: one track is held out to check, the other is a group
+    of one and stays to fit, so no clear crop is left to set the threshold on, and adapting says so
+    instead of calibrating on crops it was fitted to."""
+    from models.reid.oamn import load_oamn
+
+    model, cfg = load_oamn(tiny_oamn)
+    images = torch.zeros(24, 3, *cfg.input_size, dtype=torch.uint8)
+    occluded = SiteCrops(images, np.full(24, 0.5), np.zeros(24), np.arange(24) % 2 + 1)
+    clear = SiteCrops(images, np.zeros(24), np.full(24, -1), np.arange(24) % 2 + 1)
+    with pytest.raises(AdaptationError, match=r"no clear crops to calibrate the visible threshold on"):
+        adapt_grader(model, cfg, occluded, clear, steps=1)
