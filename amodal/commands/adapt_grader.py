@@ -44,7 +44,7 @@ import av
 import numpy as np
 
 from amodal.commands import command_parser
-from models.reid.oamn import load_oamn, oamn_extra, save_oamn_weights
+from models.reid.oamn import load_oamn_checkpoint, save_oamn_weights
 from models.reid.site_adaptation import (
     MIN_COVERED,
     MIN_CROPS,
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         tracks_path = require_file(args.tracks, "--tracks")
     except FileNotFoundError as err:
         raise SystemExit(str(err)) from err
-    model, cfg = load_oamn(weights)
+    model, cfg, extra = load_oamn_checkpoint(weights)
     try:
         require_visibility_grader(model)
     except AdaptationError as err:
@@ -425,7 +425,6 @@ def main(argv: list[str] | None = None) -> int:
         "min_covered": args.min_covered,
         **report,
     }
-    extra = oamn_extra(weights)
     extra["adaptation"] = summary
     save_oamn_weights(model, result.model_config.model_dump(mode="json"), args.out, extra)
     logger.info("wrote %s", args.out)

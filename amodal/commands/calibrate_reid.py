@@ -17,7 +17,7 @@ import torch
 from amodal.commands import command_parser
 from models.data.reid_datasets import load_images
 from models.reid.calibration import calibrate, held_out_records
-from models.reid.oamn import OAMNInference, load_oamn, oamn_extra, save_oamn_weights
+from models.reid.oamn import OAMNInference, load_oamn_checkpoint, save_oamn_weights
 from models.training import write_json
 
 logger = logging.getLogger("calibrate_reid")
@@ -39,8 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
-    model, cfg = load_oamn(args.weights)
-    extra = oamn_extra(args.weights)
+    model, cfg, extra = load_oamn_checkpoint(args.weights)
     try:
         records = held_out_records(extra, args.data, args.weights)
     except ValueError as err:

@@ -66,7 +66,7 @@ from models.reid.encoder import TorchEncoder
 from models.reid.evaluation import synthesize_occlusions
 from models.reid.grader import GradeThresholds, decide_grades
 from models.reid.metrics import cmc_map
-from models.reid.oamn import load_oamn, oamn_extra
+from models.reid.oamn import load_oamn_checkpoint
 from models.reid.occlusion_augment import NUM_GRADES
 from models.reid.track_embedding import TrackEmbedding, crop_weights, laplacian_sharpness
 from models.reid.unification import plain_similarity, unification_versions, unified_similarity
@@ -205,10 +205,11 @@ def market_tracks(root: str | Path, num_ids: int, id_seed: int, max_track_len: i
     return _build(groups, {r.path for r in query})
 
 
-def held_out_tracks(weights: str, data: str | Path, max_ids: int, max_track_len: int) -> TrackSet:
-    """Two tracks per held-out identity with >= 2 crops: the first half of its crops in path order
-    (camera 0) and the second half (camera 1)."""
-    extra = oamn_extra(weights)
+def held_out_tracks(
+    extra: dict, weights: str, data: str | Path, max_ids: int, max_track_len: int
+) -> TrackSet:
+    """Two tracks per held-out identity (``extra``, the checkpoint ``weights``' own, lists them) with
+    >= 2 crops: the first half of its crops in path order (camera 0) and the second half (camera 1)."""
     records = held_out_records(extra, data, weights)
     by_id: dict[str, list[ReIDRecord]] = {}
     for r in records:
@@ -611,18 +612,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     t0 = time.time()
-    model, cfg = load_oamn(args.weights)
+    model, cfg, extra = load_oamn_checkpoint(args.weights)
     encoder = TorchEncoder(model, args.batch_size)
     hw = tuple(cfg.input_size)
     thresholds = cfg.thresholds()
     offsets = None if cfg.similarity_offsets is None else np.asarray(cfg.similarity_offsets, np.float32)
-    extra = oamn_extra(args.weights)
     held_root = args.held_out_data or str(REPO_ROOT / extra.get("data", {}).get("root", ""))
     variants = list(VARIANTS.values())
 
     # held-out PETA identities: choose the aggregation and the new-identity threshold
     try:
-        held = held_out_tracks(args.weights, held_root, args.held_out_ids, args.max_track_len)
+        held = held_out_tracks(extra, args.weights, held_root, args.held_out_ids, args.max_track_len)
     except ValueError as err:
         raise SystemExit(str(err)) from err
     logger.info("held-out PETA: %s", held.sizes())

@@ -49,7 +49,7 @@ from models.reid.evaluation import (
 from models.reid.grader import GradeThresholds, adapt_thresholds, decide_grades, visible_fraction
 from models.reid.grader_data import load_body_masks
 from models.reid.metrics import cmc_map, confusion_matrix
-from models.reid.oamn import load_oamn, oamn_extra
+from models.reid.oamn import load_oamn_checkpoint
 from models.reid.occlusion_augment import AREAS, LOCATIONS, grade_from_index
 from models.reid.unification import (
     plain_similarity,
@@ -258,9 +258,8 @@ def evaluate(
     return results
 
 
-def _held_out_records(weights: str, data: str) -> tuple[list[ReIDRecord], list[ReIDRecord]]:
+def _held_out_records(extra: dict, weights: str, data: str) -> tuple[list[ReIDRecord], list[ReIDRecord]]:
     try:
-        extra = oamn_extra(weights)
         return held_out_split(held_out_records(extra, data, weights))
     except ValueError as err:
         raise SystemExit(str(err)) from err
@@ -353,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
-    offsets, reference_median = None, None
+    offsets, reference_median, extra = None, None, {}
     if args.backbone:
         if not args.input_size:
             parser.error("--backbone needs --input-size H W")
@@ -362,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         desc = {"model": "backbone", "backbone": args.backbone}
         thresholds = GradeThresholds(*(args.thresholds or (0.5, 0.75)))
     else:
-        oamn, cfg = load_oamn(args.weights)
+        oamn, cfg, extra = load_oamn_checkpoint(args.weights)
         model = _OAMNModel(oamn).eval()
         hw = tuple(cfg.input_size)
         if args.input_size and tuple(args.input_size) != hw:
@@ -376,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.held_out:
         if args.backbone:
             parser.error("--held-out needs an OAMN checkpoint (it lists the identities held out)")
-        query, gallery = _held_out_records(args.weights, args.data)
+        query, gallery = _held_out_records(extra, args.weights, args.data)
         desc["split"] = "held-out training identities"
     else:
         query, gallery = evaluation_split(args.data, args.subset, args.query_cam, args.gallery_cam)

@@ -23,7 +23,16 @@ from .attention import SpatialRelationAttention
 from .grader import OcclusionGrader
 from .occlusion_augment import grade_from_index, occlusion_box
 
-__all__ = ["OAMN", "OAMNOutput", "OAMNInference", "infer_feature_hw", "load_oamn", "save_oamn_weights"]
+__all__ = [
+    "OAMN",
+    "OAMNOutput",
+    "OAMNInference",
+    "infer_feature_hw",
+    "load_oamn",
+    "load_oamn_checkpoint",
+    "oamn_extra",
+    "save_oamn_weights",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -209,14 +218,27 @@ def save_oamn_weights(
 
 def oamn_extra(path: str | Path) -> dict:
     """The ``extra`` a checkpoint carries (seed, data root, held-out identities, calibration, site
-    adaptation); ``{}`` when it has none. Read after ``load_oamn``, which names a bad file clearly."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    adaptation); ``{}`` when it has none. For a caller that needs nothing else of the file (one that
+    also needs the network reads both at once with ``load_oamn_checkpoint``); read after the file was
+    checked, e.g. by ``load_oamn``, which names a bad file clearly."""
+    return _extra_of(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def _extra_of(ckpt: object) -> dict:
     return dict(ckpt.get("extra") or {}) if isinstance(ckpt, dict) else {}
 
 
 def load_oamn(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[OAMN, Any]:
     """Load a checkpoint written by ``save_oamn_weights`` or a training checkpoint (``last.pt`` /
     ``best.pt`` from ``amodal train reid``); returns the model in eval mode and its model config."""
+    model, cfg, _ = load_oamn_checkpoint(path, map_location)
+    return model, cfg
+
+
+def load_oamn_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[OAMN, Any, dict]:
+    """``load_oamn`` and the checkpoint's ``extra`` (``oamn_extra``), from one read of the file."""
     from .config import OAMNModelConfig
 
     path = Path(path)
@@ -241,4 +263,4 @@ def load_oamn(path: str | Path, map_location: str | torch.device = "cpu") -> tup
             f"{path}: weights do not match the OAMN config: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}"
         )
-    return model.eval(), cfg
+    return model.eval(), cfg, _extra_of(ckpt)
