@@ -23,7 +23,13 @@ from typing import Literal
 import numpy as np
 
 from .attribute_vocabulary import MARKET_FIELDS, MARKET_MAPPING, VOCABULARY_NAMES
-from .peta_attributes import AttributeRecord, AttributeRecords, ReaderCounts, check_reader_counts
+from .peta_attributes import (
+    IMAGE_SUFFIXES,
+    AttributeRecord,
+    AttributeRecords,
+    ReaderCounts,
+    check_reader_counts,
+)
 
 __all__ = ["MARKET_SPLIT_FOLDERS", "read_market_attributes", "read_market_identity_labels"]
 
@@ -34,7 +40,6 @@ MARKET_SPLIT_FOLDERS: dict[str, tuple[str, ...]] = {
     "test": ("query", "bounding_box_test"),
 }
 _NAME = re.compile(r"^(-?\d+)_c(\d+)")
-_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
 
 
 def _mat_string(item: object) -> str:
@@ -101,7 +106,7 @@ def read_market_attributes(
         excluded = {"distractor": 0, "junk": 0, "unparsed": 0}
         folder_ids: set[str] = set()
         for image in sorted(folder.iterdir()):
-            if image.suffix.lower() not in _SUFFIXES:
+            if image.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             counts.images += 1
             match = _NAME.match(image.name)

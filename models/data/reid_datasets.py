@@ -28,6 +28,8 @@ from PIL import Image
 
 from models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
+from .peta_attributes import IMAGE_SUFFIXES
+
 __all__ = [
     "ReIDRecord",
     "PETA_REID_SUBSETS",
@@ -44,7 +46,6 @@ logger = logging.getLogger(__name__)
 
 #: PETA subsets whose identities have several images (MIT has one image per person)
 PETA_REID_SUBSETS = ("3DPeS", "CAVIAR4REID", "GRID", "SARC3D", "TownCentre", "VIPeR")
-_IMAGE_EXT = {".bmp", ".jpg", ".jpeg", ".png"}
 _MARKET = re.compile(r"^(-?\d+)_c(\d+)")
 
 
@@ -77,7 +78,7 @@ def read_peta_reid(root: str | Path, subsets: Sequence[str], min_images_per_id: 
         if not folder.is_dir():
             raise FileNotFoundError(f"PETA subset folder not found: {folder}")
         for path in sorted(folder.iterdir()):
-            if path.suffix.lower() not in _IMAGE_EXT:
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
             pid = path.stem.split("_")[0]
             records.append(ReIDRecord(str(path), f"{subset}/{pid}", _peta_camera(subset, path.stem), subset))
@@ -105,7 +106,7 @@ def read_market_folder(folder: str | Path, keep_distractors: bool = False) -> li
     records = []
     bad = 0
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in _IMAGE_EXT:
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
             continue
         match = _MARKET.match(path.name)
         if match is None:
