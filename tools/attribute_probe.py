@@ -4,11 +4,12 @@
         --weights ../shared/models/osnet_x0_25_msmt17.pth ../shared/models/osnet_x0_25_market1501.pth
 
 Market-1501's training identities (attributes per identity, the 30 of the shared vocabulary it
-labels) are split by person: ``--held-out`` of them (seeded) are held out, the others give at most
-``--per-id`` crops each. Per weights file: the backbone's 512-d feature (``forward_head``) of every
-crop, standardised on the training part; one logistic regression per attribute, weighted so
-positives and negatives count alike (then 0.5 is the balanced threshold); mA of the held-out
-persons (``models.attributes.metrics.attribute_metrics``; attributes with both classes there).
+labels) are split by person as attribute training splits them (``split_holdout``: ``--held-out`` of
+them, hashed with ``--seed``, so seed 0 holds out the Market persons the recipes hold out); the
+others give at most ``--per-id`` crops each (``cap_images_per_id``). Per weights file: the
+backbone's 512-d feature (``forward_head``) of every crop, standardised on the training part; one
+logistic regression per attribute, weighted so positives and negatives count alike (then 0.5 is the
+balanced threshold); mA of the held-out persons (``models.attributes.metrics.attribute_metrics``).
 No test identity is read. Used to choose the attribute network's starting weights (its config cites
 the figures); a probe, not a trained model.
 """
@@ -24,32 +25,18 @@ import torch
 import torch.nn.functional as F
 
 from models.attributes.metrics import attribute_metrics
+from models.attributes.recipe import cap_images_per_id, split_holdout
 from models.backbones import create_backbone
 from models.data.market_attributes import read_market_attributes
-from models.data.reid_datasets import ReIDRecord, load_images, normalize
-
-
-def split_by_person(records, held_out: float, per_id: int, seed: int):
-    ids = sorted({r.person_id for r in records})
-    rng = np.random.default_rng(seed)
-    held = set(rng.permutation(ids)[: int(len(ids) * held_out)].tolist())
-    taken: dict[str, int] = {}
-    train, test = [], []
-    for r in records:
-        if r.person_id in held:
-            test.append(r)
-        elif taken.get(r.person_id, 0) < per_id:
-            taken[r.person_id] = taken.get(r.person_id, 0) + 1
-            train.append(r)
-    return train, test
+from models.data.reid_datasets import load_images, normalize
 
 
 @torch.no_grad()
 def features(backbone, records, hw: tuple[int, int], batch: int = 128) -> torch.Tensor:
     out = []
     for i in range(0, len(records), batch):
-        chunk = [ReIDRecord(path=r.path, pid=0, camid=0, subset="") for r in records[i : i + batch]]
-        out.append(backbone.forward_head(backbone.forward_features(normalize(load_images(chunk, hw)))))
+        images = normalize(load_images(records[i : i + batch], hw))
+        out.append(backbone.forward_head(backbone.forward_features(images)))
     return torch.cat(out)
 
 
@@ -92,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     data = read_market_attributes(args.data, "train")
     columns = np.flatnonzero(np.asarray(data.labelled))
     names = [data.names[i] for i in columns]
-    train, test = split_by_person(data.records, args.held_out, args.per_id, args.seed)
+    train, test = split_holdout(data, args.held_out, args.seed)
+    train, test = cap_images_per_id(train, args.per_id).records, test.records
     y_train = np.stack([r.labels[columns] for r in train]).astype(np.float32)
     y_test = np.stack([r.labels[columns] for r in test]).astype(np.float32)
     print(f"{len(train)} training crops, {len(test)} held-out crops, {len(names)} attributes")

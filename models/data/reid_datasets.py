@@ -165,7 +165,8 @@ def relabel(records: Sequence[ReIDRecord]) -> tuple[np.ndarray, dict[str, int]]:
 
 
 def load_images(records: Sequence[ReIDRecord], size_hw: tuple[int, int]) -> torch.Tensor:
-    """All images decoded, RGB, resized (bilinear) to ``size_hw``: a uint8 tensor (N, 3, H, W).
+    """All images decoded, RGB, resized (bilinear) to ``size_hw``: a uint8 tensor (N, 3, H, W). Only
+    each record's ``path`` is read, so attribute records (``AttributeRecord``) load the same way.
 
     Training keeps the whole (small) training set in memory this way, so no batch waits on decoding.
     """
