@@ -91,11 +91,36 @@ def test_pseudo_labels_and_counts():
         "occluded": 1,
         "clear": 2,
         "partial": 1,
+        "same_box": 0,
+        "unsure": 0,
     }
     assert [(c.track_id, c.label) for c in out] == [(1, "occluded"), (2, "clear"), (4, "clear")]
     assert out[0].key == 7 and out[0].frame == 3 and LOCATIONS[out[0].location] == "bottom"
     covers = box_occlusion(boxes, (300, 400))
     assert pseudo_label(covers[2]) is None and pseudo_label(covers[2], min_covered=0.1) == "occluded"
+
+
+def test_duplicates_and_unsure_clear_boxes_are_not_used():
+    boxes = np.array(
+        [
+            [100, 100, 140, 200],  # a second detection of the next box's person (IoU 0.85)
+            [102, 102, 142, 204],  # in front of its duplicate: clear
+            [300, 50, 316, 120],  # nothing in front, but the detector is unsure: a bollard
+            [200, 100, 240, 200],  # nothing in front, confidence unknown: clear
+        ],
+        dtype=np.float64,
+    )
+    covers = box_occlusion(boxes, (300, 400))
+    assert covers[0].front_iou == pytest.approx(38 * 98 / (40 * 100 + 40 * 102 - 38 * 98))
+    assert covers[0].covered > 0.9 and covers[1].front_iou == 0.0
+    counts = LabelCounts()
+    out = label_boxes(0, 0, [1, 2, 3, 4], boxes, (300, 400), counts, confidences=[0.9, 0.9, 0.3, None])
+    assert [(c.track_id, c.label) for c in out] == [(2, "clear"), (4, "clear")]
+    assert (counts.same_box, counts.unsure, counts.clear, counts.occluded) == (1, 1, 2, 0)
+    # both rules are the caller's to move: a stricter IoU, a laxer confidence
+    assert pseudo_label(covers[0], max_front_iou=0.9) == "occluded"
+    assert pseudo_label(covers[2], confidence=0.3) is None
+    assert pseudo_label(covers[2], confidence=0.3, min_confidence=0.25) == "clear"
 
 
 def _candidate(frame: int, track: int, label: str) -> Candidate:
@@ -127,8 +152,9 @@ def test_split_keeps_occlusions_on_both_sides():
 def _boxes(f: int) -> dict[int, list[int]]:
     """Boxes (x1, y1, x2, y2, clipped to the frame) of frame ``f``. Two people stand still (1, 3);
     two walk in from the frame edges and stop in front of them (2, 4: lower in the frame); one stands
-    apart (5). Every edge is a multiple of the grid cells of the covered boxes (32 x 96 px boxes,
-    2 x 3 px cells), so the covered share is the exact area ratio."""
+    apart (5), detected twice (6: its duplicate, a little lower); a bollard the detector is unsure
+    of stands apart (7, ``CONFIDENCE``). Every edge of a box with a box in front is a multiple of
+    its grid cells (32 x 96 px boxes, 2 x 3 px cells), so the covered share is the exact area ratio."""
     x2 = min(8 * f - 16, 56)
     x4 = max(300 - 8 * f, 196)
     return {
@@ -137,31 +163,48 @@ def _boxes(f: int) -> dict[int, list[int]]:
         3: [200, 60, 232, 156],
         4: [max(0, x4), 111, min(HW[1], x4 + 40), 231],
         5: [140, 20, 170, 100],
+        6: [142, 22, 172, 103],
+        7: [280, 20, 296, 80],
     }
 
 
-def _expected_label(box: list[int], others: list[list[int]]) -> str:
+#: the detector's confidence per track (the bollard's is below MIN_CLEAR_CONFIDENCE)
+CONFIDENCE = {1: 0.9, 2: 0.9, 3: 0.9, 4: 0.9, 5: 0.8, 6: 0.7, 7: 0.35}
+
+
+def _iou(a: list[int], b: list[int]) -> float:
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def _expected_label(box: list[int], others: list[list[int]], confidence: float) -> str:
     """The label by the continuous geometry: area of the box under boxes with a larger bottom."""
     x1, y1, x2, y2 = box
     if x1 <= 2 or y1 <= 2 or x2 >= HW[1] - 2 or y2 >= HW[0] - 2:
         return "truncated"
+    fronts = [o for o in others if o[3] > y2]
+    if any(_iou(box, o) >= 0.5 for o in fronts):
+        return "same_box"
     covered = 0.0
-    for ox1, oy1, ox2, oy2 in others:  # the planted fronts never overlap each other
-        if oy2 > y2:
-            covered += max(0, min(x2, ox2) - max(x1, ox1)) * max(0, min(y2, oy2) - max(y1, oy1))
+    for ox1, oy1, ox2, oy2 in fronts:  # the planted fronts never overlap each other
+        covered += max(0, min(x2, ox2) - max(x1, ox1)) * max(0, min(y2, oy2) - max(y1, oy1))
     share = covered / ((x2 - x1) * (y2 - y1))
-    return "occluded" if share >= 0.3 else "clear" if share == 0 else "partial"
+    if share >= 0.3:
+        return "occluded"
+    if share > 0:
+        return "partial"
+    return "clear" if confidence >= 0.5 else "unsure"
 
 
 def _expected():
     """Box counts, the boxes sampled every TRACK_STEP frames per track, by label."""
-    counts = {"boxes": 0, "small": 0, "truncated": 0, "occluded": 0, "clear": 0, "partial": 0}
+    counts = dict.fromkeys(LabelCounts().as_dict(), 0)
     last: dict[int, int] = {}
     sampled: dict[str, list[tuple[int, int]]] = {"occluded": [], "clear": []}
     for f in range(FRAMES):
         boxes = _boxes(f)
         for track, box in boxes.items():
-            label = _expected_label(box, [b for t, b in boxes.items() if t != track])
+            label = _expected_label(box, [b for t, b in boxes.items() if t != track], CONFIDENCE[track])
             counts["boxes"] += 1
             counts[label] += 1
             if label in sampled and (track not in last or f - last[track] >= TRACK_STEP):
@@ -174,6 +217,9 @@ def _draw(f: int, background: np.ndarray) -> np.ndarray:
     image = background.copy()
     colours = {1: (40, 40, 200), 2: (200, 60, 40), 3: (40, 180, 60), 4: (180, 40, 180), 5: (30, 200, 220)}
     boxes = _boxes(f)
+    x1, y1, x2, y2 = boxes.pop(7)
+    cv2.rectangle(image, (x1 + 4, y1), (x2 - 5, y2 - 1), (90, 90, 90), -1)  # the bollard
+    del boxes[6]  # the second detection of person 5
     for track in sorted(boxes, key=lambda t: boxes[t][3]):  # the nearest person last
         x1, y1, x2, y2 = boxes[track]
         head = (x2 - x1) // 3
@@ -202,7 +248,8 @@ def footage(tmp_path_factory) -> tuple[Path, Path]:
     lines = []
     for f in range(FRAMES):
         tracks = [
-            {"track_id": t, "xyxy": b, "confidence": 0.9, "state": "updated"} for t, b in _boxes(f).items()
+            {"track_id": t, "xyxy": b, "confidence": CONFIDENCE[t], "state": "updated"}
+            for t, b in _boxes(f).items()
         ]
         line = {"type": "tracks", "stream_id": "cam1", "seq": f, "pts": f / FPS, "frame_size": list(HW)}
         lines.append({**line, "tracks": tracks})
@@ -251,10 +298,13 @@ def test_tool_end_to_end(tmp_path, footage, tiny_oamn):
     report = json.loads(report_path.read_text())
 
     counts, sampled = _expected()
-    assert counts == {"boxes": 200, "small": 0, "truncated": 6, "occluded": 60, "clear": 128, "partial": 6}
+    assert counts == {
+        **{"boxes": 280, "small": 0, "truncated": 6, "occluded": 60, "clear": 128, "partial": 6},
+        **{"same_box": 40, "unsure": 40},
+    }
     # the boxes are labelled from the tracks file alone: the line past the end adds a clear box of
-    # track 9, which is sampled but cut from no frame
-    assert report["boxes"] == {**counts, "boxes": 201, "clear": 129}
+    # track 9 (its line gives no confidence, so none is checked), sampled but cut from no frame
+    assert report["boxes"] == {**counts, "boxes": 281, "clear": 129}
     assert report["sampled"] == {"occluded": len(sampled["occluded"]), "clear": len(sampled["clear"]) + 1}
     assert report["crops"]["occluded"] == len(sampled["occluded"]) == 30
     assert report["crops"]["clear"] == len(sampled["clear"]) == 66
@@ -336,6 +386,13 @@ def test_tool_clear_errors(tmp_path, footage, tiny_oamn):
     record["tracks"][1]["xyxy"] = [1, 2, 3]
     broken.write_text("\n".join([text[1], json.dumps(record)]) + "\n")
     with pytest.raises(SystemExit, match=r"broken\.jsonl:2: malformed tracks line: track 1: xyxy"):
+        main([*args, "--tracks", str(broken), "--stream", "cam1"])
+    record = json.loads(text[0])
+    record["tracks"][0]["confidence"] = "high"
+    broken.write_text(json.dumps(record) + "\n")
+    with pytest.raises(
+        SystemExit, match=r"broken\.jsonl:1: .*track 0: confidence must be a number in \[0, 1\]"
+    ):
         main([*args, "--tracks", str(broken), "--stream", "cam1"])
 
     with pytest.raises(

@@ -19,9 +19,12 @@ Each ``tracks`` line of the stream is matched to the decoded frame nearest its `
 from the start of the video stream, as the pipeline's file ingest writes them), within half a frame
 interval; lines that match no frame are counted and reported. Per frame, every tracked box is
 labelled from the boxes in front of it: ``occluded`` (covered share >= ``--min-covered``),
-``clear`` (nothing in front) or unused (partly covered, within 2 px of the frame edge, or smaller
-than 8 x 4 px). At most one crop per track every ``--track-step`` frames (frame numbers: pts x the
-video's frame rate) and ``--max-crops`` per label (drawn with ``--seed``) are cut from the frames.
+``clear`` (nothing in front, detector confidence >= ``--min-clear-confidence``) or unused (partly
+covered; within 2 px of the frame edge; smaller than 8 x 4 px; IoU >= ``--max-front-iou`` with a
+box in front, a duplicate detection or a person hidden whole; clear but less confident: a
+detector's long-lived false positive, a bollard or a patch of road, is such a box). At most one
+crop per track every ``--track-step`` frames (frame numbers: pts x the video's frame rate) and
+``--max-crops`` per label (drawn with ``--seed``) are cut from the frames.
 Fewer than 20 occluded or 20 clear crops and nothing is adapted.
 
 The output checkpoint has the same network with the adapted grader, the model config's
@@ -46,6 +49,8 @@ import numpy as np
 from amodal.commands import command_parser
 from models.reid.oamn import load_oamn_checkpoint, save_oamn_weights
 from models.reid.site_adaptation import (
+    MAX_FRONT_IOU,
+    MIN_CLEAR_CONFIDENCE,
     MIN_COVERED,
     MIN_CROPS,
     AdaptationError,
@@ -79,9 +84,12 @@ class TracksLine:
     frame_hw: tuple[int, int]
     track_ids: tuple[int, ...]
     boxes: np.ndarray  # (K, 4) x1, y1, x2, y2
+    confidences: tuple[float | None, ...] = ()  # the detector's, None where the line has none
 
 
-def _parse_tracks(record: dict, where: str) -> tuple[int | None, float | None, tuple[int, int], list, list]:
+def _parse_tracks(
+    record: dict, where: str
+) -> tuple[int | None, float | None, tuple[int, int], list, list, list]:
     def bad(what: str) -> TracksFileError:
         return TracksFileError(f"{where}: malformed tracks line: {what}")
 
@@ -101,7 +109,7 @@ def _parse_tracks(record: dict, where: str) -> tuple[int | None, float | None, t
     tracks = record.get("tracks")
     if not isinstance(tracks, list):
         raise bad(f"tracks must be a list, got {type(tracks).__name__}")
-    ids, boxes = [], []
+    ids, boxes, confs = [], [], []
     for k, track in enumerate(tracks):
         if not isinstance(track, dict):
             raise bad(f"track {k} is not an object")
@@ -115,9 +123,15 @@ def _parse_tracks(record: dict, where: str) -> tuple[int | None, float | None, t
             or not np.isfinite(box).all()
         ):
             raise bad(f"track {k}: xyxy must be 4 numbers, got {box!r}")
+        conf = track.get("confidence")
+        if conf is not None and (
+            isinstance(conf, bool) or not isinstance(conf, int | float) or not 0.0 <= conf <= 1.0
+        ):
+            raise bad(f"track {k}: confidence must be a number in [0, 1] or absent, got {conf!r}")
         ids.append(tid)
         boxes.append([float(v) for v in box])
-    return seq, None if pts is None else float(pts), (size[0], size[1]), ids, boxes
+        confs.append(None if conf is None else float(conf))
+    return seq, None if pts is None else float(pts), (size[0], size[1]), ids, boxes, confs
 
 
 def read_tracks(path: str | Path, stream: str | None = None) -> tuple[str, list[TracksLine], dict[str, int]]:
@@ -146,13 +160,13 @@ def read_tracks(path: str | Path, stream: str | None = None) -> tuple[str, list[
             stream_id = record.get("stream_id")
             if not isinstance(stream_id, str):
                 raise TracksFileError(f"{where}: malformed tracks line: stream_id must be a string")
-            seq, pts, size, ids, boxes = _parse_tracks(record, where)
+            seq, pts, size, ids, boxes, confs = _parse_tracks(record, where)
             lines = parsed.setdefault(stream_id, [])
             if lines and seq is not None and lines[-1].seq == seq:
                 counts["duplicates"] += 1
                 continue
             box_array = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-            lines.append(TracksLine(n, seq, pts, size, tuple(ids), box_array))
+            lines.append(TracksLine(n, seq, pts, size, tuple(ids), box_array, tuple(confs)))
     if not parsed:
         raise TracksFileError(f"{path}: no 'tracks' lines")
     if stream is None:
@@ -281,6 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="a box is an occluded crop when at least this share of it is covered by boxes in front",
     )
     parser.add_argument(
+        "--min-clear-confidence",
+        type=float,
+        default=MIN_CLEAR_CONFIDENCE,
+        help="a box with nothing in front is a clear crop only when the detector is at least this confident",
+    )
+    parser.add_argument(
+        "--max-front-iou",
+        type=float,
+        default=MAX_FRONT_IOU,
+        help="a box this similar (IoU) to a box in front is not used: a duplicate, or a person hidden whole",
+    )
+    parser.add_argument(
         "--min-crops",
         type=int,
         default=MIN_CROPS,
@@ -302,6 +328,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if not 0.0 < args.min_covered <= 1.0:
         parser.error("--min-covered must be in (0, 1]")
+    if not 0.0 <= args.min_clear_confidence <= 1.0:
+        parser.error("--min-clear-confidence must be in [0, 1]")
+    if not 0.0 < args.max_front_iou <= 1.0:
+        parser.error("--max-front-iou must be in (0, 1]")
     if args.seed < 0:
         parser.error("--seed must be >= 0")
     if args.lr <= 0:
@@ -342,13 +372,23 @@ def main(argv: list[str] | None = None) -> int:
             continue
         frame = round(line.pts * info.rate)
         candidates += label_boxes(
-            key, frame, line.track_ids, line.boxes, line.frame_hw, counts, args.min_covered
+            key,
+            frame,
+            line.track_ids,
+            line.boxes,
+            line.frame_hw,
+            counts,
+            args.min_covered,
+            confidences=line.confidences or None,
+            min_confidence=args.min_clear_confidence,
+            max_front_iou=args.max_front_iou,
         )
     chosen = sample_boxes(candidates, args.track_step, args.max_crops, args.seed)
     sampled = {label: sum(c.label == label for c in chosen) for label in ("occluded", "clear")}
     logger.info(
         "%s stream %r: %d tracks lines, %d boxes: %d occluded, %d clear, %d partly covered, "
-        "%d truncated, %d small; sampled %d occluded, %d clear",
+        "%d truncated, %d small, %d the same as a box in front, %d clear but unsure; "
+        "sampled %d occluded, %d clear",
         tracks_path,
         stream,
         len(lines),
@@ -358,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         counts.partial,
         counts.truncated,
         counts.small,
+        counts.same_box,
+        counts.unsure,
         sampled["occluded"],
         sampled["clear"],
     )
@@ -423,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         "track_step": args.track_step,
         "max_crops": args.max_crops,
         "min_covered": args.min_covered,
+        "min_clear_confidence": args.min_clear_confidence,
+        "max_front_iou": args.max_front_iou,
         **report,
     }
     extra["adaptation"] = summary

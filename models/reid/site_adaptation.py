@@ -16,9 +16,14 @@ fine-tuned, pulled back towards what synthetic training taught by distillation, 
     result.model_config                                     # cfg with the new visible threshold
 
 Pseudo labels: ``occluded`` = covered share >= ``min_covered`` (0.3) and not truncated; ``clear`` =
-nothing covered and not truncated; partly covered and truncated boxes (the frame border may hide
-part of the person, so their label is unknown) are not used. ``amodal adapt-grader`` reads the
-recording and the pipeline's JSONL and writes the adapted checkpoint.
+nothing covered, not truncated and the detector sure of it (confidence >= ``min_confidence``, 0.5);
+unused: partly covered and truncated boxes (the frame border may hide part of the person, so their
+label is unknown), boxes nearly the same as a box in front (IoU >= ``max_front_iou``, 0.5: a
+duplicate detection of one person, or a person hidden whole behind one of the same size; the crop
+shows the front person whole either way) and unsure clear boxes (on real footage the detector's
+long-lived false positives, a bollard, a patch of road, are low-confidence "people" with nothing in
+front of them). ``amodal adapt-grader`` reads the recording and the pipeline's JSONL and writes the
+adapted checkpoint.
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ __all__ = [
     "SiteCrops",
     "Adaptation",
     "AdaptationError",
+    "MAX_FRONT_IOU",
+    "MIN_CLEAR_CONFIDENCE",
     "MIN_COVERED",
     "MIN_CROPS",
     "box_occlusion",
@@ -71,6 +78,10 @@ MIN_CROPS = 20
 RANK_MARGIN = 0.2
 #: margin by which the covered side's score should exceed the others'
 LOCATION_MARGIN = 0.1
+#: a box this similar (IoU) to a box in front is the same box: a duplicate or a person hidden whole
+MAX_FRONT_IOU = 0.5
+#: a clear pseudo label needs the detector at least this sure the box is a person
+MIN_CLEAR_CONFIDENCE = 0.5
 #: weight of the clear crops' pull towards v = 1, s = 0 (some clear crops are hidden by objects)
 CLEAR_WEIGHT = 0.2
 #: weight of the distillation towards the original grader's outputs
@@ -86,12 +97,14 @@ class AdaptationError(ValueError):
 @dataclass(frozen=True)
 class BoxCover:
     """What the boxes in front of a box say about it: ``covered`` share of its area in [0, 1],
-    ``location`` (index in LOCATIONS of the covered side, -1 when nothing is covered) and
-    ``truncated`` (within the border margin of the frame edge: the border may hide part of it)."""
+    ``location`` (index in LOCATIONS of the covered side, -1 when nothing is covered),
+    ``truncated`` (within the border margin of the frame edge: the border may hide part of it) and
+    ``front_iou`` (the largest IoU with a box in front, 0 when none is)."""
 
     covered: float
     location: int
     truncated: bool
+    front_iou: float = 0.0
 
 
 def box_occlusion(
@@ -122,21 +135,60 @@ def box_occlusion(
         truncated = bool(x1 <= border_px or y1 <= border_px or x2 >= w - border_px or y2 >= h - border_px)
         cy, cx = y1 + rows * (y2 - y1), x1 + cols * (x2 - x1)
         covered = np.zeros((gh, gw), dtype=bool)
-        for fx1, fy1, fx2, fy2 in boxes[boxes[:, 3] > y2]:
+        front = boxes[boxes[:, 3] > y2]
+        for fx1, fy1, fx2, fy2 in front:
             covered |= ((cy >= fy1) & (cy < fy2))[:, None] & ((cx >= fx1) & (cx < fx2))[None, :]
         share = float(covered.mean())
-        out.append(BoxCover(share, hidden_location(body, covered) if share > 0 else -1, truncated))
+        location = hidden_location(body, covered) if share > 0 else -1
+        out.append(BoxCover(share, location, truncated, _largest_iou((x1, y1, x2, y2), front)))
     return out
 
 
-def pseudo_label(cover: BoxCover, min_covered: float = MIN_COVERED) -> Label | None:
-    """``occluded`` (covered >= ``min_covered``, not truncated), ``clear`` (nothing covered, not
-    truncated) or None: partly covered or truncated boxes say nothing certain."""
+def _largest_iou(box: Sequence[float], others: np.ndarray) -> float:
+    if len(others) == 0:
+        return 0.0
+    x1, y1, x2, y2 = box
+    iw = np.clip(np.minimum(x2, others[:, 2]) - np.maximum(x1, others[:, 0]), 0.0, None)
+    ih = np.clip(np.minimum(y2, others[:, 3]) - np.maximum(y1, others[:, 1]), 0.0, None)
+    inter = iw * ih
+    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    union = (x2 - x1) * (y2 - y1) + areas - inter
+    return float(np.max(np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)))
+
+
+def pseudo_label(
+    cover: BoxCover,
+    min_covered: float = MIN_COVERED,
+    confidence: float | None = None,
+    min_confidence: float = MIN_CLEAR_CONFIDENCE,
+    max_front_iou: float = MAX_FRONT_IOU,
+) -> Label | None:
+    """``occluded`` (covered >= ``min_covered``), ``clear`` (nothing covered and the detector's
+    ``confidence`` >= ``min_confidence``; None = not known, not checked) or None: truncated, nearly
+    the same as a box in front (IoU >= ``max_front_iou``), partly covered or unsure clear boxes say
+    nothing certain."""
+    return _label_and_reason(cover, min_covered, confidence, min_confidence, max_front_iou)[0]
+
+
+def _label_and_reason(
+    cover: BoxCover,
+    min_covered: float,
+    confidence: float | None,
+    min_confidence: float,
+    max_front_iou: float,
+) -> tuple[Label | None, str]:
+    """(label, the LabelCounts field the box is counted in)."""
     if cover.truncated:
-        return None
+        return None, "truncated"
+    if cover.front_iou >= max_front_iou:
+        return None, "same_box"
     if cover.covered >= min_covered:
-        return "occluded"
-    return "clear" if cover.covered == 0.0 else None
+        return "occluded", "occluded"
+    if cover.covered > 0.0:
+        return None, "partial"
+    if confidence is not None and confidence < min_confidence:
+        return None, "unsure"
+    return "clear", "clear"
 
 
 @dataclass(frozen=True)
@@ -160,9 +212,11 @@ class LabelCounts:
     boxes: int = 0
     small: int = 0  # inside part lower or narrower than MIN_CROP_HW
     truncated: int = 0
+    same_box: int = 0  # IoU with a box in front >= max_front_iou
     occluded: int = 0
     clear: int = 0
     partial: int = 0  # 0 < covered < min_covered
+    unsure: int = 0  # nothing in front, detector confidence < min_confidence
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -178,25 +232,29 @@ def label_boxes(
     min_covered: float = MIN_COVERED,
     grid: tuple[int, int] = (32, 16),
     border_px: float = 2.0,
+    *,
+    confidences: Sequence[float | None] | None = None,
+    min_confidence: float = MIN_CLEAR_CONFIDENCE,
+    max_front_iou: float = MAX_FRONT_IOU,
 ) -> list[Candidate]:
     """The pseudo-labelled boxes of one frame (all its tracked boxes are needed: any may be in front
-    of another); ``counts`` is updated with every box."""
-    covers = box_occlusion(boxes_xyxy, frame_hw, grid, border_px)
+    of another; ``confidences``, one per box or None when unknown, are the detector's);
+    ``counts`` is updated with every box."""
+    boxes = np.asarray(boxes_xyxy).reshape(-1, 4)
+    covers = box_occlusion(boxes, frame_hw, grid, border_px)
+    if confidences is None:
+        confidences = [None] * len(boxes)
     out = []
-    for track, box, cover in zip(track_ids, np.asarray(boxes_xyxy).reshape(-1, 4), covers, strict=True):
+    for track, box, cover, conf in zip(track_ids, boxes, covers, confidences, strict=True):
         counts.boxes += 1
         x0, y0, x1, y1 = pixel_bounds(box, frame_hw)
         if y1 - y0 < MIN_CROP_HW[0] or x1 - x0 < MIN_CROP_HW[1]:
             counts.small += 1
             continue
-        if cover.truncated:
-            counts.truncated += 1
-            continue
-        label = pseudo_label(cover, min_covered)
+        label, reason = _label_and_reason(cover, min_covered, conf, min_confidence, max_front_iou)
+        setattr(counts, reason, getattr(counts, reason) + 1)
         if label is None:
-            counts.partial += 1
             continue
-        setattr(counts, label, getattr(counts, label) + 1)
         xyxy = tuple(float(v) for v in box)
         out.append(Candidate(key, frame, int(track), xyxy, cover.covered, cover.location, label))
     return out
