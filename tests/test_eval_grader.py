@@ -269,6 +269,10 @@ def test_tool_end_to_end(tmp_path, tiny_oamn):
         assert m["spearman"] is None or -1.0 <= m["spearman"] <= 1.0
         assert 0.0 <= m["occluded_found"] <= 1.0 and 0.0 <= m["false_alarm"] <= 1.0
         assert m["area_accuracy"] is not None and 0.0 <= m["area_accuracy"] <= 1.0
+        inside = m["inside_frame"]  # the boxes past a frame edge left out
+        assert inside["boxes"] == m["boxes"] - m["clipped"] and inside["boxes"] > 0
+        assert inside["positives"] == m["positives"] - m["clipped"]  # both planted clipped boxes are
+        assert inside["negatives"] == m["negatives"]  # occluded (visibility 0.6, 0.4)
     assert report["grade_thresholds"] == [0.5, 0.75] and report["input_size"] == [64, 32]
 
     # subsampled, every class, other thresholds

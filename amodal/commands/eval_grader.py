@@ -5,7 +5,7 @@ ROC AUC of the occlusion score for visibility < 0.7, its Spearman correlation wi
 the 3 x 3 confusion of the grade decision's area (holistic, 1/4, 1/2) against the hidden share, and
 the operating point (share of occluded boxes graded occluded, share of the others graded occluded).
 
-    amodal eval grader --weights models/weights/oamn_osnet_x0_25_peta.pt \\
+    amodal eval grader --weights models/weights/oamn_osnet_x0_25_market.pt \\
         --data ../shared/datasets/MOT17/train --json runs/eval_grader_mot17.json \\
         --frame-step 10 --max-boxes-per-seq 1000
     # one sequence, persons on vehicles and static persons too, other thresholds
@@ -19,7 +19,9 @@ wide. MOT17's per-detector copies of a sequence (-DPM, -FRCNN, -SDP) are evaluat
 crops are resized to the checkpoint's input size; the scores come from ``ReidPredictor``, the
 occlusion score is 1 - the predicted visible fraction (``grader.occlusion_score``), the grades come
 from ``ReidPredictor.grades`` (the checkpoint's thresholds unless ``--thresholds`` /
-``--grade-visible``).
+``--grade-visible``). Every section also reports ``inside_frame``, its boxes wholly inside the frame:
+MOTChallenge's visibility does not count the frame edge, the grader does (a person cut by the edge
+is partly unseen, and the pipeline crops that way too), so clipped boxes are a known disagreement.
 
 ``--held-out MASKS`` evaluates on synthetic but exactly labelled occlusion instead: ``--data`` is
 the training folder the checkpoint was trained on (e.g. Market-1501's ``bounding_box_train``),
@@ -73,9 +75,11 @@ def _log_table(report: dict) -> None:
         f"{'acc':>6} {'found':>6} {'false':>6}"
     )
     lines = [header]
-    for name, m in [*report["sequences"].items(), ("overall", report["overall"])]:
+    inside = report["overall"]["inside_frame"]
+    rows = [*report["sequences"].items(), ("overall", report["overall"]), ("overall, inside frame", inside)]
+    for name, m in rows:
         lines.append(
-            f"{name[:20]:<20} {m['boxes']:>6d} {m['skipped_small']:>7d} {m['positives']:>6d} "
+            f"{name[:20]:<20} {m['boxes']:>6d} {m.get('skipped_small', 0):>7d} {m['positives']:>6d} "
             f"{_fmt(m['auc']):>6} {_fmt(m['spearman']):>6} {_fmt(m['area_accuracy']):>6} "
             f"{_fmt(m['occluded_found']):>6} {_fmt(m['false_alarm']):>6}"
         )

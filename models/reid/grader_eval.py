@@ -516,6 +516,7 @@ class SequenceScores:
     occlusion: np.ndarray  # (M,) occlusion_score(scores)
     grades: np.ndarray  # (M,) int64
     counts: dict[str, int]
+    clipped: np.ndarray  # (M,) bool: the box reaches past the frame edge (its inside part was scored)
 
 
 def score_sequence(
@@ -531,10 +532,10 @@ def score_sequence(
     """Run the grader over ``gt``'s boxes of ``sequence``. ``predict``: BGR uint8 crops (n, H, W, 3)
     of ``size_hw`` -> grader scores (n, K); ``grade``: scores -> (n,) grade indices.
     ``candidates``: the boxes ``gt`` was selected from (``select_boxes``), for the counts."""
-    rows, scores, skipped, clipped = [], [], 0, 0
+    rows, scores, skipped, clipped = [], [], 0, []
     for batch in iter_crop_batches(sequence, gt, size_hw, batch_size, min_hw):
         skipped += len(batch.skipped)
-        clipped += len(batch.clipped)
+        clipped.append(batch.clipped)
         if len(batch.rows):
             rows.append(batch.rows)
             scores.append(np.asarray(predict(batch.crops), dtype=np.float32))
@@ -552,27 +553,40 @@ def score_sequence(
         "selected": len(gt),
         "frames": int(len(np.unique(gt.frames))),
         "skipped_small": skipped,
-        "clipped": clipped,
+        "clipped": int(sum(len(c) for c in clipped)),
     }
-    return SequenceScores(sequence.name, gt.visibility[index], s, occlusion, grades, counts)
+    at_edge = np.isin(index, np.concatenate(clipped)) if clipped else np.zeros(len(index), dtype=bool)
+    return SequenceScores(sequence.name, gt.visibility[index], s, occlusion, grades, counts, at_edge)
 
 
 def evaluation_report(
     results: Sequence[SequenceScores], visibility_threshold: float = VISIBILITY_THRESHOLD
 ) -> dict:
     """``{"sequences": {name: metrics}, "overall": metrics}``: ``grader_metrics`` plus the box
-    counts of each sequence, and of all sequences' boxes pooled."""
+    counts of each sequence, and of all sequences' boxes pooled. Each section also holds
+    ``inside_frame``: the metrics of its boxes that lie wholly inside the frame. MOTChallenge's
+    visibility does not count the frame edge while the grader counts a cut at the edge as hidden
+    (the pipeline's crops are cut there too), so a clipped box of visibility 1 is an honest
+    disagreement; that row compares like with like."""
 
-    def section(visibility, occlusion, grades, counts) -> dict:
-        return {**counts, **grader_metrics(occlusion, grades, visibility, visibility_threshold)}
+    def section(visibility, occlusion, grades, counts, clipped) -> dict:
+        inside = ~clipped
+        return {
+            **counts,
+            **grader_metrics(occlusion, grades, visibility, visibility_threshold),
+            "inside_frame": grader_metrics(
+                occlusion[inside], grades[inside], visibility[inside], visibility_threshold
+            ),
+        }
 
-    sequences = {r.name: section(r.visibility, r.occlusion, r.grades, r.counts) for r in results}
+    sequences = {r.name: section(r.visibility, r.occlusion, r.grades, r.counts, r.clipped) for r in results}
     keys = results[0].counts.keys() if results else ()
     overall = section(
         np.concatenate([r.visibility for r in results]) if results else np.zeros(0),
         np.concatenate([r.occlusion for r in results]) if results else np.zeros(0),
         np.concatenate([r.grades for r in results]) if results else np.zeros(0, dtype=np.int64),
         {k: int(sum(r.counts[k] for r in results)) for k in keys},
+        np.concatenate([r.clipped for r in results]) if results else np.zeros(0, dtype=bool),
     )
     overall["num_sequences"] = len(results)
     return {"sequences": sequences, "overall": overall}
