@@ -20,9 +20,10 @@ from the start of the video stream, as the pipeline's file ingest writes them), 
 interval; lines that match no frame are counted and reported. Per frame, every tracked box is
 labelled from the boxes in front of it: ``occluded`` (covered share >= ``--min-covered``),
 ``clear`` (nothing in front, detector confidence >= ``--min-clear-confidence``) or unused (partly
-covered; within 2 px of the frame edge; smaller than 8 x 4 px; IoU >= ``--max-front-iou`` with a
-box in front, a duplicate detection or a person hidden whole; clear but less confident: a
-detector's long-lived false positive, a bollard or a patch of road, is such a box). At most one
+covered; within 1.5 % of the frame size of its edge; smaller than 8 x 4 px; IoU >=
+``--max-front-iou`` with a box in front, a duplicate detection or a person hidden whole; clear but
+less confident: a detector's long-lived false positive, a bollard or a patch of road, is such a
+box). At most one
 crop per track every ``--track-step`` frames (frame numbers: pts x the video's frame rate) and
 ``--max-crops`` per label (drawn with ``--seed``) are cut from the frames.
 Fewer than 20 occluded or 20 clear crops and nothing is adapted.

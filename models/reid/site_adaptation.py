@@ -46,6 +46,7 @@ from .occlusion_augment import LOCATIONS
 from .realistic_occlusion import hidden_location
 
 __all__ = [
+    "BORDER_SHARE",
     "BoxCover",
     "Candidate",
     "LabelCounts",
@@ -78,6 +79,8 @@ MIN_CROPS = 20
 RANK_MARGIN = 0.2
 #: margin by which the covered side's score should exceed the others'
 LOCATION_MARGIN = 0.1
+#: a box this close to the frame edge (share of the frame's height or width) may be cut by it
+BORDER_SHARE = 0.015
 #: a box this similar (IoU) to a box in front is the same box: a duplicate or a person hidden whole
 MAX_FRONT_IOU = 0.5
 #: a clear pseudo label needs the detector at least this sure the box is a person
@@ -111,12 +114,14 @@ def box_occlusion(
     boxes_xyxy: np.ndarray | Sequence[Sequence[float]],
     frame_hw: Sequence[int],
     grid: tuple[int, int] = (32, 16),
-    border_px: float = 2.0,
+    border: float = BORDER_SHARE,
 ) -> list[BoxCover]:
     """Per box of one frame: each box rasterised on a ``grid`` (rows, columns) of cells, a cell
     covered when its centre lies in a box whose bottom y2 is larger (that person is nearer the
     camera, in front); the covered side is ``realistic_occlusion.hidden_location`` of the covered
-    cells in the full grid. A box whose edge is within ``border_px`` of the frame edge is truncated."""
+    cells in the full grid. A box whose edge is within ``border`` of the frame's height (top,
+    bottom) or width (left, right) of the frame edge, and at least 2 px, is truncated: a detector's
+    box of a person the edge cuts ends a few pixels inside the frame, not on its edge."""
     boxes = np.asarray(boxes_xyxy, dtype=np.float64)
     if boxes.size == 0:
         boxes = boxes.reshape(0, 4)
@@ -128,11 +133,12 @@ def box_occlusion(
     if gh < 1 or gw < 1:
         raise ValueError(f"grid must be positive (rows, columns), got {grid}")
     h, w = float(frame_hw[0]), float(frame_hw[1])
+    my, mx = max(2.0, border * h), max(2.0, border * w)
     body = np.ones((gh, gw), dtype=bool)
     rows, cols = (np.arange(gh) + 0.5) / gh, (np.arange(gw) + 0.5) / gw
     out = []
     for x1, y1, x2, y2 in boxes:
-        truncated = bool(x1 <= border_px or y1 <= border_px or x2 >= w - border_px or y2 >= h - border_px)
+        truncated = bool(x1 <= mx or y1 <= my or x2 >= w - mx or y2 >= h - my)
         cy, cx = y1 + rows * (y2 - y1), x1 + cols * (x2 - x1)
         covered = np.zeros((gh, gw), dtype=bool)
         front = boxes[boxes[:, 3] > y2]
@@ -231,7 +237,7 @@ def label_boxes(
     counts: LabelCounts,
     min_covered: float = MIN_COVERED,
     grid: tuple[int, int] = (32, 16),
-    border_px: float = 2.0,
+    border: float = BORDER_SHARE,
     *,
     confidences: Sequence[float | None] | None = None,
     min_confidence: float = MIN_CLEAR_CONFIDENCE,
@@ -241,7 +247,7 @@ def label_boxes(
     of another; ``confidences``, one per box or None when unknown, are the detector's);
     ``counts`` is updated with every box."""
     boxes = np.asarray(boxes_xyxy).reshape(-1, 4)
-    covers = box_occlusion(boxes, frame_hw, grid, border_px)
+    covers = box_occlusion(boxes, frame_hw, grid, border)
     if confidences is None:
         confidences = [None] * len(boxes)
     out = []
