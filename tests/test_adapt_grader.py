@@ -329,6 +329,7 @@ def test_tool_end_to_end(tmp_path, footage, tiny_oamn):
     calibrate, check = set(report["calibrate_tracks"]), set(report["check_tracks"])
     assert len(calibrate) == 1 and not calibrate & {1, 3} and not calibrate & check
     assert crops["calibrate"] == {"occluded": 0, "clear": sum(t in calibrate for _, t in sampled["clear"])}
+    assert (report["before_all_crops"]["occluded"], report["before_all_crops"]["clear"]) == (30, 65)
     for part in ("before", "after"):
         m = report[part]
         assert (m["occluded"], m["clear"]) == (crops["check"]["occluded"], crops["check"]["clear"])

@@ -447,6 +447,15 @@ def main(argv: list[str] | None = None) -> int:
             _fmt(m["occluded_graded_occluded"]),
             _fmt(m["location_accuracy"]),
         )
+    m = report["before_all_crops"]
+    logger.info(
+        "before on all %d occluded and %d clear crops: AUC %s, Spearman %s, clear graded occluded %s",
+        m["occluded"],
+        m["clear"],
+        _fmt(m["auc"]),
+        _fmt(m["spearman"]),
+        _fmt(m["clear_graded_occluded"]),
+    )
     logger.info(
         "visible threshold %s -> %.3f, reference median %s -> %.3f",
         _fmt(report["visible_threshold"]["before"]),

@@ -496,7 +496,7 @@ def adapt_grader(
     ``visible_threshold`` (``calibrate_visible_threshold``, at most ``max_false_occluded`` graded
     occluded) and set ``grader_reference_median`` to their median v (``grade_thresholds`` stay); and
     the check tracks (``seed``), on which the report compares the grader before and after
-    (``check_metrics``)."""
+    (``check_metrics``); ``before_all_crops`` judges the grader as it came on every crop."""
     kind = require_visibility_grader(model)
     if len(occluded) < min_crops or len(clear) < min_crops:
         raise AdaptationError(
@@ -608,6 +608,8 @@ def adapt_grader(
         "calibrate_tracks": sorted(calibrate_ids),
         "before": judged(before, thresholds_before),
         "after": judged(after, thresholds_after),
+        # nothing was fitted before: every labelled crop of the site judges the grader as shipped
+        "before_all_crops": check_metrics(before, is_occ, covered, location, thresholds_before),
         "losses": {"first": _mean_terms(losses[:window]), "last": _mean_terms(losses[-window:])},
         "visible_threshold": {"before": cfg.visible_threshold, "after": visible},
         "grader_reference_median": {"before": cfg.grader_reference_median, "after": median},
