@@ -25,7 +25,7 @@ from models.backends.engine_profile import EngineProfile
 from models.backends.export import onnx_io_spec
 from models.backends.tensorrt_backend import TensorRTBackend
 from models.backends.tensorrt_build import make_int8_calibrator
-from models.data.peta_attributes import IMAGE_SUFFIXES
+from models.data.images import image_files
 
 logger = logging.getLogger("build_engine")
 
@@ -58,7 +58,7 @@ def calibration_batches(folder: str, size: tuple[int, int], batch: int, count: i
     """Yield (batch, 3, H, W) float32 batches in [-1, 1] from a folder of crops (deterministic order)."""
     from models.deocclusion.data import load_crops, to_tensor
 
-    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = image_files(folder)
     if not paths:
         raise SystemExit(f"no calibration crops under {folder}")
     paths = paths[: batch * count]

@@ -40,7 +40,7 @@ import torch
 
 from amodal.commands import command_parser
 from models.backends import create_backend, export_onnx, runtimes_from_names
-from models.data.peta_attributes import IMAGE_SUFFIXES
+from models.data.images import image_files
 from models.deocclusion.checkpoint import load_generator
 from models.deocclusion.data import OcclusionPairs, load_crops, occluder_pool, to_tensor, to_uint8
 from models.deocclusion.dataset_setup import load_crop_set
@@ -123,7 +123,7 @@ def load_eval_crops(args: argparse.Namespace, size: tuple[int, int]):
     folders = [root / "bounding_box_test", root / "query"]
     if not all(f.is_dir() for f in folders):
         folders = [root]
-    paths = sorted(p for f in folders for p in f.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = image_files(*folders)
     paths = [p for p in paths if not re.match(r"^(-1|0000)_", p.name)]  # Market-1501 junk / distractors
     if not paths:
         raise SystemExit(f"no images found under {root}")

@@ -35,7 +35,7 @@ import torch
 
 from amodal.commands import command_parser
 from models.attributes.metrics import attribute_metrics
-from models.data.peta_attributes import IMAGE_SUFFIXES
+from models.data.images import image_files
 from models.data.transforms import load_rgb, resize
 from models.deocclusion.grid import save_grid
 from models.deocclusion.image_metrics import psnr, ssim
@@ -116,7 +116,7 @@ def load_test_records(args: argparse.Namespace, fmt: str, model_names: list[str]
             keep = np.sort(np.random.default_rng(args.seed).choice(len(records), args.limit, replace=False))
             records.records = [records.records[i] for i in keep]
         return [str(r.path) for r in records.records], records, naming
-    paths = sorted(str(p) for p in args.data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = [str(p) for p in image_files(args.data)]
     if not paths:
         raise SystemExit(f"no images found under {args.data}")
     if args.limit is not None and args.limit < len(paths):

@@ -23,8 +23,8 @@ from typing import Literal
 import numpy as np
 
 from .attribute_vocabulary import MARKET_FIELDS, MARKET_MAPPING, VOCABULARY_NAMES
+from .images import is_image
 from .peta_attributes import (
-    IMAGE_SUFFIXES,
     AttributeRecord,
     AttributeRecords,
     ReaderCounts,
@@ -106,7 +106,7 @@ def read_market_attributes(
         excluded = {"distractor": 0, "junk": 0, "unparsed": 0}
         folder_ids: set[str] = set()
         for image in sorted(folder.iterdir()):
-            if image.suffix.lower() not in IMAGE_SUFFIXES:
+            if not is_image(image):
                 continue
             counts.images += 1
             match = _NAME.match(image.name)

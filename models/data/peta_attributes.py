@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .images import IMAGE_SUFFIXES, is_image
+
 __all__ = [
     "PETA_35_ATTRIBUTES",
     "PETA_BINARY_ATTRIBUTES",
@@ -196,7 +198,6 @@ PETA_SUBSETS: tuple[str, ...] = (
 )
 PETA_TRAIN_SUBSETS: tuple[str, ...] = ("3DPeS", "CAVIAR4REID", "GRID", "MIT", "SARC3D", "TownCentre")
 PETA_TEST_SUBSETS: tuple[str, ...] = ("VIPeR",)
-IMAGE_SUFFIXES = frozenset({".bmp", ".jpg", ".jpeg", ".png"})
 _ID_SPLIT = re.compile(r"[_.]")
 
 
@@ -378,7 +379,7 @@ def read_peta_attributes(
         key_of_int = {_int_key(k): k for k in by_key if _int_key(k) is not None}
         used: set[str] = set()
         for image in sorted(folder.iterdir()):
-            if image.suffix.lower() not in IMAGE_SUFFIXES:
+            if not is_image(image):
                 continue
             counts.images += 1
             pid = _person_id(image.name)

@@ -28,7 +28,7 @@ from PIL import Image
 
 from models.backbones import IMAGENET_MEAN, IMAGENET_STD
 
-from .peta_attributes import IMAGE_SUFFIXES
+from .images import is_image
 
 __all__ = [
     "ReIDRecord",
@@ -78,7 +78,7 @@ def read_peta_reid(root: str | Path, subsets: Sequence[str], min_images_per_id: 
         if not folder.is_dir():
             raise FileNotFoundError(f"PETA subset folder not found: {folder}")
         for path in sorted(folder.iterdir()):
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
+            if not is_image(path):
                 continue
             pid = path.stem.split("_")[0]
             records.append(ReIDRecord(str(path), f"{subset}/{pid}", _peta_camera(subset, path.stem), subset))
@@ -106,7 +106,7 @@ def read_market_folder(folder: str | Path, keep_distractors: bool = False) -> li
     records = []
     bad = 0
     for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES:
+        if not is_image(path):
             continue
         match = _MARKET.match(path.name)
         if match is None:
