@@ -6,7 +6,8 @@ tracked person was; a person whose box is overlapped by the box of a person near
 bottom edge) is hidden on that side, by at most the covered share. Those pseudo labels fine-tune
 the grader alone (``models/reid/site_adaptation.py``), its visible threshold is recalibrated on the
 clear crops of tracks held out of the fitting, and the adapted checkpoint is written with a before /
-after report on other tracks held out of the adaptation.
+after report on other tracks held out of the adaptation, and the grader as it came judged on every
+labelled crop (``before_all_crops``: with ``--steps 1`` a way to measure any checkpoint on a site).
 
     amodal adapt-grader --weights models/weights/oamn_osnet_x0_25_peta.pt \\
         --video recordings/cam1.mp4 --tracks runs/cam1/events.jsonl \\
