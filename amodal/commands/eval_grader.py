@@ -20,8 +20,9 @@ crops are resized to the checkpoint's input size; the scores come from ``ReidPre
 occlusion score is 1 - the predicted visible fraction (``grader.occlusion_score``), the grades come
 from ``ReidPredictor.grades`` (the checkpoint's thresholds unless ``--thresholds`` /
 ``--grade-visible``). Every section also reports ``inside_frame``, its boxes wholly inside the frame:
-MOTChallenge's visibility does not count the frame edge, the grader does (a person cut by the edge
-is partly unseen, and the pipeline crops that way too), so clipped boxes are a known disagreement.
+the grader counts a cut at the frame edge as hidden (a person cut by the edge is partly unseen, and
+the pipeline crops that way too); sources disagree on whether MOTChallenge's visibility does, and
+inside the frame the two definitions cannot differ.
 
 ``--held-out MASKS`` evaluates on synthetic but exactly labelled occlusion instead: ``--data`` is
 the training folder the checkpoint was trained on (e.g. Market-1501's ``bounding_box_train``),

@@ -1,7 +1,8 @@
 """The occlusion grader judged on real footage with annotated visibility (MOTChallenge layout).
 
 MOT17 / MOT20 ground truth gives every box the visible fraction of its person (occluders included:
-other people, objects, the frame edge is *not* counted). A grader that works ranks boxes by how
+other people, objects; whether the frame edge counts is told both ways by the sources, so the
+boxes wholly inside the frame are reported apart as well). A grader that works ranks boxes by how
 occluded they are: its occlusion score (``grader.occlusion_score``, higher = more occluded) should
 separate visibility < 0.7 from the rest (ROC AUC), follow 1 - visibility (Spearman), and its grade
 decision's area (holistic, 1/4, 1/2) should match the hidden share of the box.
@@ -564,10 +565,10 @@ def evaluation_report(
 ) -> dict:
     """``{"sequences": {name: metrics}, "overall": metrics}``: ``grader_metrics`` plus the box
     counts of each sequence, and of all sequences' boxes pooled. Each section also holds
-    ``inside_frame``: the metrics of its boxes that lie wholly inside the frame. MOTChallenge's
-    visibility does not count the frame edge while the grader counts a cut at the edge as hidden
-    (the pipeline's crops are cut there too), so a clipped box of visibility 1 is an honest
-    disagreement; that row compares like with like."""
+    ``inside_frame``: the metrics of its boxes that lie wholly inside the frame. The grader counts a
+    cut at the frame edge as hidden (the pipeline's crops are cut there too); if the annotation
+    does not (the sources disagree on MOTChallenge's), a clipped box of visibility 1 is an honest
+    disagreement. Inside the frame the two definitions cannot differ."""
 
     def section(visibility, occlusion, grades, counts, clipped) -> dict:
         inside = ~clipped
