@@ -17,7 +17,6 @@ the figures); a probe, not a trained model.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import numpy as np
@@ -29,6 +28,7 @@ from models.attributes.recipe import cap_images_per_id, split_holdout
 from models.backbones import create_backbone
 from models.data.market_attributes import read_market_attributes
 from models.data.reid_datasets import load_images, normalize
+from models.training import write_json
 
 
 @torch.no_grad()
@@ -94,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         results["weights"][path] = {"mA": metrics["mA"], "attributes_scored": metrics["num_attributes"]}
         print(f"{path}: held-out mA {100 * metrics['mA']:.2f} ({time.time() - started:.0f} s)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        write_json(args.json, results)
     return 0
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .images import IMAGE_SUFFIXES, is_image
+from .images import is_image
 
 __all__ = [
     "PETA_35_ATTRIBUTES",
@@ -315,8 +315,8 @@ def _person_id(file_name: str) -> str:
 
 def _label_key(token: str) -> str:
     """A Label.txt key without an image extension (``0606.png`` -> ``0606``)."""
-    stem, dot, ext = token.rpartition(".")
-    return stem if dot and f".{ext.lower()}" in IMAGE_SUFFIXES else token
+    stem, dot, _ = token.rpartition(".")
+    return stem if dot and is_image(token) else token
 
 
 def _int_key(key: str) -> int | None:
